@@ -1,0 +1,126 @@
+//! The one small interface over the kernel and external tools.
+//!
+//! Everything that changes the host (loop devices, mounts, mkfs, filesystem
+//! growth) or reads its truth (/proc/self/mountinfo, /sys/block) goes through
+//! [`Host`]. The real implementation lives in `ballast-host`; unit tests use
+//! [`crate::testing::FakeHost`], which records calls, so volume logic is tested
+//! without root. This module must not contain any policy.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use crate::model::FsType;
+
+/// A loop device this process attached.
+///
+/// Devices are attached with autoclear, so the kernel detaches one by itself
+/// when its last user goes away: `hold` keeps it alive between attach and
+/// mount. If the daemon dies in between, the device disappears with it.
+#[derive(Debug)]
+pub struct LoopDevice {
+    pub path: PathBuf,
+    pub hold: Option<OwnedFd>,
+}
+
+/// One loop device as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoopInfo {
+    pub device: PathBuf,
+    pub backing_file: PathBuf,
+}
+
+/// One line of /proc/self/mountinfo, the fields ballast needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// The mount source (a device such as `/dev/loop3`, or what the fs says).
+    pub source: String,
+    /// Where it is mounted (octal escapes decoded).
+    pub target: PathBuf,
+    pub fstype: String,
+    /// The path inside the source filesystem that is mounted (`/` for a whole fs).
+    pub root: String,
+}
+
+/// statvfs figures in bytes and inodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FsStats {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    /// Free bytes available to unprivileged users.
+    pub avail_bytes: u64,
+    pub total_inodes: u64,
+    pub free_inodes: u64,
+}
+
+/// I/O counters of a block device, from /sys/block/<dev>/stat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IoStats {
+    pub read_ops: u64,
+    pub read_bytes: u64,
+    pub write_ops: u64,
+    pub write_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MountOptions {
+    pub read_only: bool,
+}
+
+/// A failed host operation. `detail` carries the tool's stderr or the errno text.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("{op}: {detail}")]
+    Failed { op: String, detail: String },
+    #[error("{op}: timed out after {secs}s")]
+    TimedOut { op: String, secs: u64 },
+    #[error("{op}: target is busy")]
+    Busy { op: String },
+    #[error("{op}: {detail}")]
+    Unsupported { op: String, detail: String },
+}
+
+impl HostError {
+    pub fn failed(op: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+        HostError::Failed {
+            op: op.into(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// Kernel and external tools. Every method is safe to repeat where noted.
+pub trait Host: Send + Sync {
+    /// Whether loop devices can be attached here (root and /dev/loop-control).
+    fn loop_available(&self) -> bool;
+    /// Attach `image` to a free loop device with direct I/O and autoclear.
+    fn loop_attach(&self, image: &Path) -> Result<LoopDevice, HostError>;
+    /// Detach a loop device. A device that is already free is not an error.
+    fn loop_detach(&self, device: &Path) -> Result<(), HostError>;
+    /// Make the loop device pick up the new size of its backing file.
+    fn loop_refresh_capacity(&self, device: &Path) -> Result<(), HostError>;
+    /// Every attached loop device and its backing file.
+    fn loop_devices(&self) -> Result<Vec<LoopInfo>, HostError>;
+    /// Make a filesystem on `device` (argument vector, timeout, stderr in the error).
+    fn mkfs(&self, device: &Path, fs: FsType) -> Result<(), HostError>;
+    /// Grow the mounted filesystem at `mountpoint` on `device` to fill the device.
+    fn grow_fs(&self, fs: FsType, device: &Path, mountpoint: &Path) -> Result<(), HostError>;
+    /// Mount `device` with filesystem `fs` at `target` (which must exist).
+    fn mount(
+        &self,
+        device: &Path,
+        target: &Path,
+        fs: FsType,
+        opts: MountOptions,
+    ) -> Result<(), HostError>;
+    /// Bind-mount `source` onto `target`.
+    fn bind_mount(&self, source: &Path, target: &Path, opts: MountOptions)
+        -> Result<(), HostError>;
+    /// Unmount `target`. Not mounted is not an error; busy is [`HostError::Busy`].
+    fn unmount(&self, target: &Path) -> Result<(), HostError>;
+    /// The current mount table.
+    fn mounts(&self) -> Result<Vec<MountEntry>, HostError>;
+    /// statvfs of the filesystem holding `path`.
+    fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError>;
+    /// I/O counters of a block device such as `/dev/loop3`.
+    fn io_stats(&self, device: &Path) -> Result<IoStats, HostError>;
+}

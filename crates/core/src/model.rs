@@ -1,0 +1,434 @@
+//! The volume model: validated names and sizes, pools, volumes, consumers.
+//!
+//! These types are what the store holds (as JSON) and what every front-end
+//! shows. Parsing here is strict: anything that is not clearly valid is an
+//! [`InvalidInput`] naming what was wrong.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Longest volume, pool or consumer name.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Why an input was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {reason}")]
+pub struct InvalidInput {
+    pub what: String,
+    pub reason: String,
+}
+
+impl InvalidInput {
+    pub fn new(what: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            what: what.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Check a volume or pool name: `[A-Za-z0-9][A-Za-z0-9_.-]{0,127}`.
+///
+/// The rule keeps names safe as path components and mount point names: no
+/// `/`, no `..`-only names, no leading `-` (read as a flag by tools), no
+/// control characters.
+pub fn validate_name(kind: &str, name: &str) -> Result<(), InvalidInput> {
+    let bad = |reason: &str| Err(InvalidInput::new(format!("{kind} name {name:?}"), reason));
+    if name.is_empty() {
+        return bad("must not be empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return bad("is longer than 128 characters");
+    }
+    let first = name.as_bytes()[0];
+    if !first.is_ascii_alphanumeric() {
+        return bad("must start with a letter or digit");
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return bad(&format!(
+            "contains {c:?}; allowed are letters, digits, '_', '.' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// A consumer ID (Docker mount ID, CLI mount ID). Printable, no control
+/// characters, bounded; it is only ever a key, never a path.
+pub fn validate_consumer_id(id: &str) -> Result<(), InvalidInput> {
+    if id.len() > 256 {
+        return Err(InvalidInput::new("consumer id", "is longer than 256 bytes"));
+    }
+    if id.chars().any(|c| c.is_control()) {
+        return Err(InvalidInput::new(
+            "consumer id",
+            "contains control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Parse a size strictly: digits, optionally followed by a binary unit.
+///
+/// `64M` is 64 MiB, as Docker and REX-Ray users write it. Accepted units:
+/// `B`, `K`/`KB`/`Ki`/`KiB`, and the same for M, G, T, P. No decimals, no
+/// exponents, no signs, no zero.
+pub fn parse_size(s: &str) -> Result<u64, InvalidInput> {
+    let bad = |reason: &str| Err(InvalidInput::new(format!("size {s:?}"), reason));
+    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(digits_end);
+    if digits.is_empty() {
+        return bad("must start with a number (for example 64M or 10G)");
+    }
+    let shift = match unit {
+        "" | "B" => 0,
+        "K" | "KB" | "Ki" | "KiB" | "k" => 10,
+        "M" | "MB" | "Mi" | "MiB" => 20,
+        "G" | "GB" | "Gi" | "GiB" => 30,
+        "T" | "TB" | "Ti" | "TiB" => 40,
+        "P" | "PB" | "Pi" | "PiB" => 50,
+        _ => return bad("has an unknown unit; use B, K, M, G, T or P (binary units)"),
+    };
+    let n: u64 = match digits.parse() {
+        Ok(n) => n,
+        Err(_) => return bad("is too large"),
+    };
+    if n == 0 {
+        return bad("must be greater than zero");
+    }
+    match n.checked_mul(1u64 << shift) {
+        Some(v) => Ok(v),
+        None => bad("is too large"),
+    }
+}
+
+/// Format bytes for people: the largest binary unit that divides evenly,
+/// else one decimal in the largest unit below the value.
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut unit = 0;
+    while unit + 1 < UNITS.len() && bytes >= 1u64 << (10 * (unit + 1)) {
+        unit += 1;
+    }
+    let div = 1u64 << (10 * unit);
+    if bytes % div == 0 {
+        format!("{}{}", bytes / div, UNITS[unit])
+    } else {
+        #[allow(clippy::cast_precision_loss)] // display only
+        let v = bytes as f64 / div as f64;
+        format!("{v:.1}{}", UNITS[unit])
+    }
+}
+
+/// Filesystem of a block-backed volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FsType {
+    Ext4,
+    Xfs,
+}
+
+/// xfs refuses filesystems below 300 MiB.
+pub const XFS_MIN_SIZE: u64 = 300 << 20;
+/// Below this ext4 has no room for a journal worth having.
+pub const EXT4_MIN_SIZE: u64 = 8 << 20;
+
+impl FsType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsType::Ext4 => "ext4",
+            FsType::Xfs => "xfs",
+        }
+    }
+    pub fn min_size(self) -> u64 {
+        match self {
+            FsType::Ext4 => EXT4_MIN_SIZE,
+            FsType::Xfs => XFS_MIN_SIZE,
+        }
+    }
+}
+
+impl fmt::Display for FsType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for FsType {
+    type Err = InvalidInput;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ext4" => Ok(FsType::Ext4),
+            "xfs" => Ok(FsType::Xfs),
+            _ => Err(InvalidInput::new(
+                format!("filesystem {s:?}"),
+                "is not supported; use ext4 or xfs",
+            )),
+        }
+    }
+}
+
+/// Which backend a pool uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    /// Sparse image files on loop devices: hard size limits.
+    Loop,
+    /// Plain directories: the size is advisory.
+    Dir,
+}
+
+impl DriverKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriverKind::Loop => "loop",
+            DriverKind::Dir => "dir",
+        }
+    }
+}
+
+impl fmt::Display for DriverKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A pool: where volumes of one driver live.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Pool {
+    pub name: String,
+    pub driver: DriverKind,
+    /// Directory holding the pool's images or directories.
+    #[schema(value_type = String)]
+    pub path: PathBuf,
+    /// Provisioned bytes may reach this multiple of what the backing
+    /// filesystem can hold. 1.0 means every byte promised can be written.
+    pub overcommit_ratio: f64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Capacity figures for a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+pub struct PoolCapacity {
+    /// Bytes the pool can back: what its volumes already occupy plus the
+    /// backing filesystem's free space.
+    pub capacity_bytes: u64,
+    /// Bytes the pool's volumes occupy on the backing filesystem.
+    pub used_bytes: u64,
+    /// Sum of the pool's volume sizes.
+    pub provisioned_bytes: u64,
+    /// Bytes a new volume may still be given under the overcommit ratio.
+    pub available_bytes: u64,
+}
+
+/// The kind of consumer holding a volume mounted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsumerKind {
+    /// A Docker mount ID; counted, since `docker cp` reuses a running
+    /// container's ID for a Mount/Unmount pair of its own.
+    Docker,
+    /// A CSI target path; set-like.
+    Csi,
+    /// A CLI mount (`ballast volume mount --id`); set-like.
+    Cli,
+}
+
+impl ConsumerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsumerKind::Docker => "docker",
+            ConsumerKind::Csi => "csi",
+            ConsumerKind::Cli => "cli",
+        }
+    }
+    /// Whether repeated mounts with one ID stack up (and need as many unmounts).
+    pub fn counted(self) -> bool {
+        matches!(self, ConsumerKind::Docker)
+    }
+}
+
+/// Who wants a volume mounted: a kind and an opaque ID ("" for anonymous).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+pub struct ConsumerRef {
+    pub kind: ConsumerKind,
+    pub id: String,
+}
+
+impl ConsumerRef {
+    pub fn new(kind: ConsumerKind, id: impl Into<String>) -> Self {
+        Self {
+            kind,
+            id: id.into(),
+        }
+    }
+    /// The key under which this consumer is recorded on its volume.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.kind.as_str(), self.id)
+    }
+}
+
+/// A recorded consumer of a volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Consumer {
+    pub kind: ConsumerKind,
+    pub id: String,
+    /// How many mounts with this ID are outstanding (1 for set-like kinds).
+    pub count: u32,
+    pub since: DateTime<Utc>,
+}
+
+/// Where a volume is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeState {
+    /// An operation is creating it.
+    Creating,
+    /// Exists, not mounted on this host.
+    Available,
+    /// Attached and mounted at its staging path.
+    Mounted,
+    /// A resize is in flight.
+    Resizing,
+    /// A delete is in flight.
+    Deleting,
+}
+
+impl VolumeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeState::Creating => "creating",
+            VolumeState::Available => "available",
+            VolumeState::Mounted => "mounted",
+            VolumeState::Resizing => "resizing",
+            VolumeState::Deleting => "deleting",
+        }
+    }
+}
+
+/// Where a volume is attached and mounted on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Staging {
+    /// The loop device, for block-backed volumes.
+    #[schema(value_type = Option<String>)]
+    pub device: Option<PathBuf>,
+    /// Where the filesystem is mounted; what consumers bind or use.
+    #[schema(value_type = String)]
+    pub mountpoint: PathBuf,
+}
+
+/// A volume record as the store holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Volume {
+    /// Stable unique ID; names the backing image so a reused name never
+    /// meets another volume's data.
+    pub id: String,
+    pub name: String,
+    pub pool: String,
+    pub driver: DriverKind,
+    pub size_bytes: u64,
+    /// None for `dir` volumes.
+    pub fs: Option<FsType>,
+    pub labels: BTreeMap<String, String>,
+    pub created_at: DateTime<Utc>,
+    pub state: VolumeState,
+    /// Whether the filesystem has been made (it is made on first mount).
+    pub formatted: bool,
+    /// The image was grown while unmounted: grow the filesystem on next mount.
+    #[serde(default)]
+    pub fs_grow_pending: bool,
+    pub staging: Option<Staging>,
+    /// Keyed by [`ConsumerRef::key`].
+    pub consumers: BTreeMap<String, Consumer>,
+}
+
+impl Volume {
+    pub fn mountpoint(&self) -> Option<&std::path::Path> {
+        self.staging.as_ref().map(|s| s.mountpoint.as_path())
+    }
+}
+
+/// Labels given as `K=V`: the key is non-empty and has no control characters.
+pub fn parse_label(s: &str) -> Result<(String, String), InvalidInput> {
+    let Some((k, v)) = s.split_once('=') else {
+        return Err(InvalidInput::new(
+            format!("label {s:?}"),
+            "must have the form KEY=VALUE",
+        ));
+    };
+    validate_label(k, v)?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+pub fn validate_label(k: &str, v: &str) -> Result<(), InvalidInput> {
+    if k.is_empty() || k.len() > 256 || k.chars().any(|c| c.is_control() || c == '=') {
+        return Err(InvalidInput::new(
+            format!("label key {k:?}"),
+            "must be 1 to 256 characters without '=' or control characters",
+        ));
+    }
+    if v.len() > 4096 || v.chars().any(|c| c.is_control()) {
+        return Err(InvalidInput::new(
+            format!("label {k:?} value"),
+            "must be at most 4096 characters without control characters",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["a", "A9", "es-1-data", "x.y_z", &"a".repeat(128)] {
+            validate_name("volume", ok).unwrap();
+        }
+        let long = "a".repeat(129);
+        for bad in [
+            "", "../x", "a/b", "..", ".x", "-x", "_x", "a\0b", "a\tb", "a\nb", "a b", "a:b",
+            "é", &long,
+        ] {
+            assert!(validate_name("volume", bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("2Ti").unwrap(), 2 << 40);
+        for bad in [
+            "", "0", "0M", "-1", "10Q", "1e3", "1.5G", " 1G", "1G ", "+1", "M", "99999999999P",
+            "18446744073709551616",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn format() {
+        assert_eq!(format_size(64 << 20), "64MiB");
+        assert_eq!(format_size(1536 << 20), "1.5GiB");
+        assert_eq!(format_size(12), "12B");
+    }
+
+    #[test]
+    fn labels() {
+        assert_eq!(parse_label("a=b").unwrap(), ("a".into(), "b".into()));
+        assert_eq!(parse_label("a=").unwrap(), ("a".into(), "".into()));
+        assert!(parse_label("ab").is_err());
+        assert!(parse_label("=b").is_err());
+    }
+}
