@@ -123,4 +123,10 @@ pub trait Host: Send + Sync {
     fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError>;
     /// I/O counters of a block device such as `/dev/loop3`.
     fn io_stats(&self, device: &Path) -> Result<IoStats, HostError>;
+    /// This boot's ID; mounts and loop devices do not outlive it.
+    fn boot_id(&self) -> Option<String> {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
 }

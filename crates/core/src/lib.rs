@@ -1,9 +1,25 @@
-//! Ballast's core: the volume model, the one `VolumeService` that holds all
-//! volume logic, and the traits it drives (`Driver`, `NodeOps`, `Host`, `Store`).
+//! Ballast's core: the volume model, the one [`VolumeService`] that holds all
+//! volume logic, and the traits it drives ([`Driver`], [`NodeOps`], [`Host`],
+//! [`Store`]).
 //!
 //! Front-ends (REST, Docker plugin, CSI) translate into calls on
 //! `VolumeService` and hold no volume logic of their own.
 
+pub mod driver;
+pub mod error;
+pub mod events;
+pub mod failpoint;
 pub mod host;
+mod locks;
 pub mod model;
+pub mod reconcile;
+pub mod service;
 pub mod store;
+pub mod testing;
+
+pub use driver::{Driver, DriverError, NodeOps};
+pub use error::{Error, Result};
+pub use host::Host;
+pub use reconcile::{ReconcileReport, ServiceParts};
+pub use service::{CreateVolume, ServiceConfig, VolumeService, VolumeUsage};
+pub use store::Store;

@@ -1,1 +1,314 @@
-//! placeholder
+//! The real Linux [`Host`]: loop-device ioctls, mount syscalls, mkfs and
+//! resize tools, and the kernel's own tables (/proc/self/mountinfo,
+//! /sys/block).
+//!
+//! [`LinuxHost`] holds no state beyond its tool timeout: every question is
+//! answered from the kernel, so a restarted daemon sees what is really there.
+//! No volume policy lives here; that is `ballast_core`'s job.
+
+mod loopdev;
+mod mountinfo;
+mod tool;
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ballast_core::host::{
+    FsStats, Host, HostError, IoStats, LoopDevice, LoopInfo, MountEntry, MountOptions,
+};
+use ballast_core::model::FsType;
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+
+pub use tool::run_tool;
+
+/// How long mkfs and resize tools may run before they are killed.
+pub const DEFAULT_TOOL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The host this process runs on.
+#[derive(Debug, Clone)]
+pub struct LinuxHost {
+    /// Deadline for each external tool (mkfs, resize2fs, xfs_growfs).
+    pub tool_timeout: Duration,
+}
+
+impl LinuxHost {
+    pub fn new() -> Self {
+        LinuxHost {
+            tool_timeout: DEFAULT_TOOL_TIMEOUT,
+        }
+    }
+
+    /// Whether the kernel does direct I/O for a loop device (its sysfs `dio`);
+    /// `None` if the device is not a loop device or not attached.
+    pub fn loop_direct_io(&self, device: &Path) -> Option<bool> {
+        loopdev::dio_enabled(device)
+    }
+
+    fn tool(&self, op: &str, program: &str, args: &[&OsStr]) -> Result<(), HostError> {
+        tool::run_tool_as(op, program, args, self.tool_timeout).map(drop)
+    }
+}
+
+impl Default for LinuxHost {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn errno_failed(op: String, e: Errno) -> HostError {
+    HostError::failed(op, e.desc())
+}
+
+impl Host for LinuxHost {
+    fn loop_available(&self) -> bool {
+        nix::unistd::geteuid().is_root() && loopdev::control_available()
+    }
+
+    fn loop_attach(&self, image: &Path) -> Result<LoopDevice, HostError> {
+        loopdev::attach(image)
+    }
+
+    fn loop_detach(&self, device: &Path) -> Result<(), HostError> {
+        loopdev::detach(device)
+    }
+
+    fn loop_refresh_capacity(&self, device: &Path) -> Result<(), HostError> {
+        loopdev::refresh_capacity(device)
+    }
+
+    fn loop_devices(&self) -> Result<Vec<LoopInfo>, HostError> {
+        loopdev::list()
+    }
+
+    fn mkfs(&self, device: &Path, fs: FsType) -> Result<(), HostError> {
+        let (program, flags): (&str, &[&str]) = match fs {
+            FsType::Ext4 => (
+                "mkfs.ext4",
+                &[
+                    "-q",
+                    "-F",
+                    "-m",
+                    "0",
+                    "-E",
+                    "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
+                ],
+            ),
+            FsType::Xfs => ("mkfs.xfs", &["-q", "-f", "-K"]),
+        };
+        let mut args: Vec<&OsStr> = flags.iter().map(OsStr::new).collect();
+        args.push(device.as_os_str());
+        let op = format!("{program} {}", device.display());
+        self.tool(&op, program, &args)?;
+        tracing::info!(device = %device.display(), fs = %fs, "made filesystem");
+        Ok(())
+    }
+
+    fn grow_fs(&self, fs: FsType, device: &Path, mountpoint: &Path) -> Result<(), HostError> {
+        match fs {
+            // resize2fs grows a mounted ext4 online through its device.
+            FsType::Ext4 => self.tool(
+                &format!("resize2fs {}", device.display()),
+                "resize2fs",
+                &[device.as_os_str()],
+            )?,
+            // xfs only grows while mounted, through the mountpoint.
+            FsType::Xfs => self.tool(
+                &format!("xfs_growfs {} ({})", mountpoint.display(), device.display()),
+                "xfs_growfs",
+                &[mountpoint.as_os_str()],
+            )?,
+        }
+        tracing::info!(device = %device.display(), fs = %fs, "grew filesystem");
+        Ok(())
+    }
+
+    fn mount(
+        &self,
+        device: &Path,
+        target: &Path,
+        fs: FsType,
+        opts: MountOptions,
+    ) -> Result<(), HostError> {
+        let op = format!("mount {} on {}", device.display(), target.display());
+        let mut flags = MsFlags::empty();
+        if opts.read_only {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        nix::mount::mount(Some(device), target, Some(fs.as_str()), flags, None::<&str>)
+            .map_err(|e| errno_failed(op, e))?;
+        tracing::info!(device = %device.display(), target = %target.display(), fs = %fs, read_only = opts.read_only, "mounted");
+        Ok(())
+    }
+
+    fn bind_mount(
+        &self,
+        source: &Path,
+        target: &Path,
+        opts: MountOptions,
+    ) -> Result<(), HostError> {
+        let op = format!("bind {} on {}", source.display(), target.display());
+        nix::mount::mount(
+            Some(source),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| errno_failed(op.clone(), e))?;
+        if opts.read_only {
+            // A bind ignores MS_RDONLY; read-only takes a second, remount step.
+            let remount = nix::mount::mount(
+                None::<&str>,
+                target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            );
+            if let Err(e) = remount {
+                // Never leave a writable bind behind where read-only was asked.
+                if let Err(undo) = nix::mount::umount2(target, MntFlags::empty()) {
+                    tracing::error!(target = %target.display(), error = %undo, "cannot undo writable bind mount");
+                }
+                return Err(errno_failed(format!("{op} read-only"), e));
+            }
+        }
+        tracing::info!(source = %source.display(), target = %target.display(), read_only = opts.read_only, "bind-mounted");
+        Ok(())
+    }
+
+    fn unmount(&self, target: &Path) -> Result<(), HostError> {
+        let op = format!("unmount {}", target.display());
+        match nix::mount::umount2(target, MntFlags::empty()) {
+            Ok(()) => {
+                tracing::info!(target = %target.display(), "unmounted");
+                Ok(())
+            }
+            Err(Errno::EINVAL | Errno::ENOENT) => {
+                tracing::debug!(target = %target.display(), "not mounted");
+                Ok(())
+            }
+            Err(Errno::EBUSY) => Err(HostError::Busy { op }),
+            Err(e) => Err(errno_failed(op, e)),
+        }
+    }
+
+    fn mounts(&self) -> Result<Vec<MountEntry>, HostError> {
+        const OP: &str = "read /proc/self/mountinfo";
+        let text = std::fs::read("/proc/self/mountinfo").map_err(|e| HostError::failed(OP, e))?;
+        mountinfo::parse_mountinfo(&text).map_err(|e| HostError::failed(OP, e))
+    }
+
+    fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError> {
+        let st = nix::sys::statvfs::statvfs(path)
+            .map_err(|e| errno_failed(format!("statvfs {}", path.display()), e))?;
+        let frsize = u64::from(st.fragment_size());
+        Ok(FsStats {
+            total_bytes: u64::from(st.blocks()).saturating_mul(frsize),
+            free_bytes: u64::from(st.blocks_free()).saturating_mul(frsize),
+            avail_bytes: u64::from(st.blocks_available()).saturating_mul(frsize),
+            total_inodes: u64::from(st.files()),
+            free_inodes: u64::from(st.files_free()),
+        })
+    }
+
+    fn io_stats(&self, device: &Path) -> Result<IoStats, HostError> {
+        let op = format!("io stats of {}", device.display());
+        let name = block_name(device).ok_or_else(|| HostError::failed(&op, "not a device path"))?;
+        let stat_path = Path::new("/sys/class/block").join(name).join("stat");
+        let text = std::fs::read_to_string(&stat_path)
+            .map_err(|e| HostError::failed(&op, format!("{}: {e}", stat_path.display())))?;
+        parse_block_stat(&text).ok_or_else(|| {
+            HostError::failed(op, format!("unexpected {}: {text:?}", stat_path.display()))
+        })
+    }
+}
+
+/// The kernel name (`loop3`) of a device path, following symlinks.
+fn block_name(device: &Path) -> Option<String> {
+    let resolved: PathBuf = std::fs::canonicalize(device).unwrap_or_else(|_| device.to_path_buf());
+    resolved.file_name()?.to_str().map(str::to_string)
+}
+
+const SECTOR: u64 = 512;
+
+/// Parse /sys/block/<dev>/stat (Documentation/block/stat.rst): read I/Os,
+/// read merges, read sectors, read ticks, write I/Os, write merges, write
+/// sectors, ... Sectors are always 512 bytes here, whatever the device.
+fn parse_block_stat(text: &str) -> Option<IoStats> {
+    let fields: Vec<u64> = text
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    if fields.len() < 7 {
+        return None;
+    }
+    Some(IoStats {
+        read_ops: fields[0],
+        read_bytes: fields[2].saturating_mul(SECTOR),
+        write_ops: fields[4],
+        write_bytes: fields[6].saturating_mul(SECTOR),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_stat_fields() {
+        let text = "    1234       5    8000     100      567       8     4096      50        0      120      150        0        0        0        0        0        0\n";
+        let s = parse_block_stat(text).unwrap();
+        assert_eq!(
+            s,
+            IoStats {
+                read_ops: 1234,
+                read_bytes: 8000 * 512,
+                write_ops: 567,
+                write_bytes: 4096 * 512,
+            }
+        );
+    }
+
+    #[test]
+    fn block_stat_rejects_garbage() {
+        assert_eq!(parse_block_stat("1 2 3"), None);
+        assert_eq!(parse_block_stat("a b c d e f g"), None);
+        assert_eq!(parse_block_stat(""), None);
+    }
+
+    #[test]
+    fn block_name_of_plain_path() {
+        assert_eq!(
+            block_name(Path::new("/dev/loop-nonexistent-42")).as_deref(),
+            Some("loop-nonexistent-42")
+        );
+    }
+
+    #[test]
+    fn default_timeout() {
+        assert_eq!(LinuxHost::default().tool_timeout, DEFAULT_TOOL_TIMEOUT);
+    }
+
+    #[test]
+    fn unmount_of_unmounted_path_is_ok() {
+        // Needs no root: EINVAL (not a mountpoint) or EPERM without privilege.
+        let dir = tempfile::tempdir().unwrap();
+        let r = LinuxHost::new().unmount(dir.path());
+        if nix::unistd::geteuid().is_root() {
+            r.unwrap();
+        }
+        LinuxHost::new()
+            .unmount(&dir.path().join("missing"))
+            .or_else(|e| {
+                if nix::unistd::geteuid().is_root() {
+                    Err(e)
+                } else {
+                    Ok(())
+                }
+            })
+            .unwrap();
+    }
+}

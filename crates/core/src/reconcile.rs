@@ -1,0 +1,310 @@
+//! Opening the service: load the store, then make it and the host agree.
+//!
+//! Runs once at start, before any front-end serves. In order:
+//! 1. a new boot since the last run means no mount or loop device of ours
+//!    survived: every staged volume is set back to available, consumers gone;
+//! 2. every unfinished intent is rolled back (create, stage: the caller got
+//!    no answer) or forward (unstage, resize, delete: the caller asked for an
+//!    end state that is safe to reach);
+//! 3. staged volumes whose mount has vanished are set back to unstaged;
+//! 4. loop devices backed by our pools and mounts under our mounts directory
+//!    that no staged volume owns are detached and unmounted.
+//!
+//! It never touches a file or device that is not ballast's own: loop devices
+//! are matched by backing file inside a pool directory, mounts by path under
+//! the mounts directory.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::driver::Driver;
+use crate::error::Result;
+use crate::events::{Event, EventKind, EventLog};
+use crate::failpoint::Failpoints;
+use crate::host::Host;
+use crate::model::{DriverKind, Pool, Volume, VolumeState};
+use crate::service::{
+    IntentOp, IntentWrite, ServiceConfig, VolumeService, BOOT_ID_KEY, EVENT_PREFIX, POOL_PREFIX,
+    VOL_PREFIX,
+};
+use crate::store::{Store, StoreError, Txn};
+
+/// What the service is built from.
+pub struct ServiceParts {
+    pub store: Arc<dyn Store>,
+    pub host: Arc<dyn Host>,
+    pub drivers: Vec<Arc<dyn Driver>>,
+    pub config: ServiceConfig,
+    pub failpoints: Failpoints,
+}
+
+/// What reconciliation did at start.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub rebooted: bool,
+    pub rolled_back: Vec<String>,
+    pub rolled_forward: Vec<String>,
+    pub failed: Vec<String>,
+    pub lost_mounts: Vec<String>,
+    pub orphan_loops_detached: Vec<PathBuf>,
+    pub orphan_mounts_removed: Vec<PathBuf>,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        path: key.to_string(),
+        detail: format!("record does not parse: {e}"),
+    })
+}
+
+impl VolumeService {
+    /// Load state and reconcile it with the host.
+    pub fn open(parts: ServiceParts) -> Result<(Self, ReconcileReport)> {
+        let store = parts.store;
+        let mut pools = BTreeMap::new();
+        for (k, v) in store.scan(POOL_PREFIX)? {
+            let p: Pool = decode(&k, &v)?;
+            pools.insert(p.name.clone(), p);
+        }
+        let mut volumes = BTreeMap::new();
+        for (k, v) in store.scan(VOL_PREFIX)? {
+            let vol: Volume = decode(&k, &v)?;
+            volumes.insert(vol.name.clone(), vol);
+        }
+        let mut events = Vec::new();
+        for (k, v) in store.scan(EVENT_PREFIX)? {
+            events.push(decode::<Event>(&k, &v)?);
+        }
+        let drivers: HashMap<DriverKind, Arc<dyn Driver>> =
+            parts.drivers.into_iter().map(|d| (d.kind(), d)).collect();
+        let svc = VolumeService {
+            store,
+            host: parts.host,
+            drivers,
+            config: parts.config,
+            volumes: RwLock::new(volumes),
+            pools: RwLock::new(pools),
+            locks: Default::default(),
+            admission: Mutex::new(()),
+            events: EventLog::new(events),
+            failpoints: parts.failpoints,
+        };
+        std::fs::create_dir_all(&svc.config.mounts_dir).map_err(|e| {
+            crate::driver::DriverError::io(&svc.config.mounts_dir, e)
+        })?;
+        let report = svc.reconcile()?;
+        Ok((svc, report))
+    }
+
+    fn reconcile(&self) -> Result<ReconcileReport> {
+        let mut report = ReconcileReport::default();
+        self.reconcile_boot(&mut report)?;
+        self.reconcile_intents(&mut report)?;
+        self.reconcile_mounts(&mut report)?;
+        self.reconcile_orphans(&mut report)?;
+        Ok(report)
+    }
+
+    fn reconcile_boot(&self, report: &mut ReconcileReport) -> Result<()> {
+        let Some(boot) = self.host.boot_id() else {
+            return Ok(());
+        };
+        let stored = self.store.get(BOOT_ID_KEY)?;
+        if stored.as_deref() == Some(boot.as_bytes()) {
+            return Ok(());
+        }
+        if stored.is_some() {
+            report.rebooted = true;
+            for mut vol in self.list_volumes() {
+                if vol.staging.is_none() && vol.consumers.is_empty() {
+                    continue;
+                }
+                vol.staging = None;
+                vol.consumers.clear();
+                if vol.state == VolumeState::Mounted {
+                    vol.state = VolumeState::Available;
+                }
+                let ev = self.event(
+                    EventKind::Reconcile,
+                    &vol,
+                    "host rebooted since last run: mounts and consumers cleared".into(),
+                );
+                self.persist(Txn::new(), &vol.name.clone(), Some(&vol), None, Some(ev))?;
+            }
+        }
+        self.store
+            .commit(Txn::new().put(BOOT_ID_KEY, boot.into_bytes()))?;
+        Ok(())
+    }
+
+    fn reconcile_intents(&self, report: &mut ReconcileReport) -> Result<()> {
+        for (name, intent) in self.intents()? {
+            let op = intent.op.name();
+            let before = intent.before.clone();
+            let pool = match self.get_pool(&before.pool) {
+                Ok(p) => p,
+                Err(e) => {
+                    report.failed.push(format!("{op} {name}: {e}"));
+                    continue;
+                }
+            };
+            let (forward, result) = match &intent.op {
+                IntentOp::Create => {
+                    self.undo_create(&pool, &before);
+                    (false, Ok(()))
+                }
+                IntentOp::Stage { .. } => {
+                    self.undo_stage(&pool, &before);
+                    (false, Ok(()))
+                }
+                IntentOp::Unstage { consumer } => (
+                    true,
+                    self.unstage_steps(&before).and_then(|()| {
+                        let mut vol = before.clone();
+                        vol.consumers.remove(&consumer.key());
+                        vol.staging = None;
+                        vol.state = VolumeState::Available;
+                        self.persist(
+                            Txn::new(),
+                            &name,
+                            Some(&vol),
+                            Some(IntentWrite::Clear),
+                            None,
+                        )
+                    }),
+                ),
+                IntentOp::Resize { to, .. } => {
+                    (true, self.resize_steps(&pool, &before, *to).map(|_| ()))
+                }
+                IntentOp::Delete => (true, self.delete_steps(&before)),
+            };
+            // Rollbacks log their own failures and keep the intent.
+            let still_there = self.store.get(&crate::service::intent_key(&name))?.is_some();
+            let msg = format!(
+                "interrupted {op} of {name} {} at start",
+                if forward { "finished" } else { "undone" }
+            );
+            match result {
+                Ok(()) if !still_there => {
+                    tracing::warn!(volume = %name, op, forward, "{msg}");
+                    if forward {
+                        report.rolled_forward.push(format!("{op} {name}"));
+                    } else {
+                        report.rolled_back.push(format!("{op} {name}"));
+                    }
+                    let ev = self.events.next(
+                        EventKind::Reconcile,
+                        Some(&before.pool),
+                        Some(&name),
+                        msg,
+                    );
+                    self.store.commit(
+                        Txn::new().put(crate::events::event_key(ev.seq), crate::service::to_json(&ev)),
+                    )?;
+                    self.events.publish(ev);
+                }
+                Ok(()) => report
+                    .failed
+                    .push(format!("{op} {name}: could not be reconciled")),
+                Err(e) => {
+                    tracing::error!(volume = %name, op, error = %e, "reconcile failed; intent kept");
+                    report.failed.push(format!("{op} {name}: {e}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn reconcile_mounts(&self, report: &mut ReconcileReport) -> Result<()> {
+        for mut vol in self.list_volumes() {
+            let Some(staging) = vol.staging.clone() else {
+                continue;
+            };
+            let Ok(pool) = self.get_pool(&vol.pool) else {
+                continue;
+            };
+            let node = self.driver(pool.driver)?.node();
+            if node.is_mounted(&vol, &staging.mountpoint)? {
+                continue;
+            }
+            // Someone unmounted it behind our back. Consumers stay recorded
+            // (their unmounts will find nothing to do); the next mount
+            // stages it again.
+            vol.staging = None;
+            vol.state = VolumeState::Available;
+            let ev = self.event(
+                EventKind::Warning,
+                &vol,
+                format!(
+                    "{} was no longer mounted at start; marked unmounted",
+                    staging.mountpoint.display()
+                ),
+            );
+            self.persist(Txn::new(), &vol.name.clone(), Some(&vol), None, Some(ev))?;
+            report.lost_mounts.push(vol.name.clone());
+        }
+        Ok(())
+    }
+
+    fn reconcile_orphans(&self, report: &mut ReconcileReport) -> Result<()> {
+        let volumes = self.list_volumes();
+        let staged_mounts: HashSet<PathBuf> = volumes
+            .iter()
+            .filter_map(|v| v.staging.as_ref().map(|s| s.mountpoint.clone()))
+            .collect();
+        for m in self.host.mounts().map_err(crate::driver::DriverError::from)? {
+            if m.target.starts_with(&self.config.mounts_dir)
+                && m.target != self.config.mounts_dir
+                && !staged_mounts.contains(&m.target)
+            {
+                tracing::warn!(mount = %m.target.display(), "unmounting a mount no volume owns");
+                self.host
+                    .unmount(&m.target)
+                    .map_err(crate::driver::DriverError::from)?;
+                report.orphan_mounts_removed.push(m.target.clone());
+            }
+        }
+        // Mountpoint directories left by an interrupted stage.
+        if let Ok(rd) = std::fs::read_dir(&self.config.mounts_dir) {
+            for entry in rd.flatten() {
+                let p = entry.path();
+                if !staged_mounts.contains(&p) {
+                    let _ = std::fs::remove_dir(&p);
+                }
+            }
+        }
+        let pools = self.list_pools();
+        let mut owned: HashMap<PathBuf, bool> = HashMap::new();
+        for v in &volumes {
+            let Some(pool) = pools.iter().find(|p| p.name == v.pool) else {
+                continue;
+            };
+            if let Some(f) = self.driver(pool.driver)?.backing_file(pool, v) {
+                owned.insert(f, v.staging.is_some());
+            }
+        }
+        let loop_pools: Vec<&Pool> = pools
+            .iter()
+            .filter(|p| p.driver == DriverKind::Loop)
+            .collect();
+        for l in self
+            .host
+            .loop_devices()
+            .map_err(crate::driver::DriverError::from)?
+        {
+            let ours = loop_pools.iter().any(|p| l.backing_file.starts_with(&p.path));
+            if !ours || owned.get(&l.backing_file) == Some(&true) {
+                continue;
+            }
+            tracing::warn!(device = %l.device.display(), image = %l.backing_file.display(), "detaching a loop device no staged volume owns");
+            self.host
+                .loop_detach(&l.device)
+                .map_err(crate::driver::DriverError::from)?;
+            report.orphan_loops_detached.push(l.device.clone());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,964 @@
+//! `VolumeService`: every rule about volumes lives here.
+//!
+//! It validates input, serialises operations per volume, journals intents
+//! before side effects, keeps consumer reference counts in the store, and
+//! emits events. It is the only caller of drivers and of the store. Reads are
+//! served from an in-memory copy of the store's records, which only this
+//! service writes, so `list` never touches a backend.
+//!
+//! Every operation that changes the host follows one pattern:
+//! 1. under the volume's lock, write the intent (and the record's new
+//!    transitional state) in one transaction;
+//! 2. run the idempotent steps, with a failpoint after each;
+//! 3. write the result and delete the intent in one transaction.
+//!
+//! A failed step undoes what the operation did and deletes the intent. A
+//! crash leaves the intent for [`crate::reconcile`] to finish or undo.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::Utc;
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use crate::driver::{Driver, DriverError};
+use crate::error::{Error, Result};
+use crate::events::{event_key, Event, EventKind, EventLog, KEEP};
+use crate::failpoint::Failpoints;
+use crate::host::{Host, LoopDevice};
+use crate::model::{
+    validate_consumer_id, validate_label, validate_name, Consumer, ConsumerRef, DriverKind,
+    FsType, InvalidInput, Pool, PoolCapacity, Staging, Volume, VolumeState,
+};
+use crate::store::{Store, Txn};
+
+pub(crate) const POOL_PREFIX: &str = "pool/";
+pub(crate) const VOL_PREFIX: &str = "vol/";
+pub(crate) const INTENT_PREFIX: &str = "intent/";
+pub(crate) const EVENT_PREFIX: &str = "event/";
+pub(crate) const BOOT_ID_KEY: &str = "meta/boot_id";
+
+/// Settings the service needs; the daemon fills them from its config.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Where volumes are mounted: `<run-dir>/mounts/<name>`.
+    pub mounts_dir: PathBuf,
+    pub default_size: u64,
+    pub default_fs: FsType,
+}
+
+/// A request to create a volume. Unset fields take the pool's defaults.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CreateVolume {
+    pub name: String,
+    pub size_bytes: Option<u64>,
+    pub fs: Option<FsType>,
+    pub pool: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Live usage of a mounted volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VolumeUsage {
+    pub used_bytes: u64,
+    pub total_bytes: u64,
+    pub used_inodes: u64,
+    pub total_inodes: u64,
+}
+
+/// What an unfinished operation was doing; stored before its first side
+/// effect and deleted with its result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Intent {
+    pub op: IntentOp,
+    /// The volume record as the operation found it (for a create: as it
+    /// will be).
+    pub before: Volume,
+    pub started: chrono::DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum IntentOp {
+    Create,
+    Stage { consumer: ConsumerRef },
+    Unstage { consumer: ConsumerRef },
+    Resize { from: u64, to: u64 },
+    Delete,
+}
+
+impl IntentOp {
+    pub fn name(&self) -> &'static str {
+        match self {
+            IntentOp::Create => "create",
+            IntentOp::Stage { .. } => "stage",
+            IntentOp::Unstage { .. } => "unstage",
+            IntentOp::Resize { .. } => "resize",
+            IntentOp::Delete => "delete",
+        }
+    }
+}
+
+pub(crate) enum IntentWrite {
+    Set(Box<Intent>),
+    Clear,
+}
+
+pub(crate) fn vol_key(name: &str) -> String {
+    format!("{VOL_PREFIX}{name}")
+}
+pub(crate) fn intent_key(name: &str) -> String {
+    format!("{INTENT_PREFIX}{name}")
+}
+pub(crate) fn pool_key(name: &str) -> String {
+    format!("{POOL_PREFIX}{name}")
+}
+
+pub(crate) fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    // Our records are plain data (strings, numbers, maps with string keys):
+    // serialising them cannot fail.
+    serde_json::to_vec(v).expect("records serialise")
+}
+
+pub struct VolumeService {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) host: Arc<dyn Host>,
+    pub(crate) drivers: HashMap<DriverKind, Arc<dyn Driver>>,
+    pub(crate) config: ServiceConfig,
+    pub(crate) volumes: RwLock<BTreeMap<String, Volume>>,
+    pub(crate) pools: RwLock<BTreeMap<String, Pool>>,
+    pub(crate) locks: crate::locks::NameLocks,
+    /// Serialises capacity checks with the records they admit.
+    pub(crate) admission: Mutex<()>,
+    pub(crate) events: EventLog,
+    pub(crate) failpoints: Failpoints,
+}
+
+impl VolumeService {
+    // ----- reads -------------------------------------------------------
+
+    pub fn list_volumes(&self) -> Vec<Volume> {
+        self.volumes.read().values().cloned().collect()
+    }
+
+    pub fn volume_count(&self) -> usize {
+        self.volumes.read().len()
+    }
+
+    pub fn get_volume(&self, name: &str) -> Result<Volume> {
+        self.volumes
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::not_found("volume", name))
+    }
+
+    /// Filesystem usage of a mounted volume; None when it is not mounted.
+    pub fn volume_usage(&self, vol: &Volume) -> Option<VolumeUsage> {
+        let staging = vol.staging.as_ref()?;
+        let st = self.host.fs_stats(&staging.mountpoint).ok()?;
+        Some(VolumeUsage {
+            used_bytes: st.total_bytes.saturating_sub(st.free_bytes),
+            total_bytes: st.total_bytes,
+            used_inodes: st.total_inodes.saturating_sub(st.free_inodes),
+            total_inodes: st.total_inodes,
+        })
+    }
+
+    pub fn list_pools(&self) -> Vec<Pool> {
+        self.pools.read().values().cloned().collect()
+    }
+
+    pub fn get_pool(&self, name: &str) -> Result<Pool> {
+        self.pools
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::not_found("pool", name))
+    }
+
+    pub fn pool_capacity(&self, pool: &Pool) -> Result<PoolCapacity> {
+        let usage = self.driver(pool.driver)?.usage(pool)?;
+        let provisioned: u64 = self
+            .volumes
+            .read()
+            .values()
+            .filter(|v| v.pool == pool.name)
+            .map(|v| v.size_bytes)
+            .sum();
+        let capacity = usage
+            .backing_avail_bytes
+            .saturating_add(usage.volumes_used_bytes);
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss
+        )]
+        // Capacities are far below 2^53; the ratio is a small positive factor.
+        let limit = (capacity as f64 * pool.overcommit_ratio) as u64;
+        Ok(PoolCapacity {
+            capacity_bytes: capacity,
+            used_bytes: usage.volumes_used_bytes,
+            provisioned_bytes: provisioned,
+            available_bytes: limit.saturating_sub(provisioned),
+        })
+    }
+
+    pub fn recent_events(&self, limit: usize) -> Vec<Event> {
+        self.events.recent(limit)
+    }
+
+    pub fn subscribe_events(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Unfinished intents (normally none outside an operation).
+    pub fn intents(&self) -> Result<Vec<(String, Intent)>> {
+        let mut out = Vec::new();
+        for (k, v) in self.store.scan(INTENT_PREFIX)? {
+            let intent: Intent = serde_json::from_slice(&v).map_err(|e| {
+                crate::store::StoreError::Corrupt {
+                    path: k.clone(),
+                    detail: e.to_string(),
+                }
+            })?;
+            out.push((k[INTENT_PREFIX.len()..].to_string(), intent));
+        }
+        Ok(out)
+    }
+
+    // ----- pools -------------------------------------------------------
+
+    /// Record a pool and prepare its storage; an identical existing pool is
+    /// fine.
+    pub fn ensure_pool(&self, pool: Pool) -> Result<Pool> {
+        validate_name("pool", &pool.name)?;
+        if !(pool.overcommit_ratio.is_finite() && pool.overcommit_ratio > 0.0) {
+            return Err(InvalidInput::new("overcommit ratio", "must be a positive number").into());
+        }
+        let _g = self.locks.lock(&format!("pool:{}", pool.name));
+        if let Some(existing) = self.pools.read().get(&pool.name) {
+            if existing.driver != pool.driver || existing.path != pool.path {
+                return Err(Error::AlreadyExists {
+                    name: pool.name.clone(),
+                    detail: format!(
+                        "pool exists with driver {} at {}",
+                        existing.driver,
+                        existing.path.display()
+                    ),
+                });
+            }
+            self.driver(existing.driver)?.init_pool(existing)?;
+            return Ok(existing.clone());
+        }
+        self.driver(pool.driver)?.init_pool(&pool)?;
+        self.store.commit(
+            Txn::new()
+                .require_absent(pool_key(&pool.name))
+                .put(pool_key(&pool.name), to_json(&pool)),
+        )?;
+        self.pools.write().insert(pool.name.clone(), pool.clone());
+        Ok(pool)
+    }
+
+    /// Change a pool's overcommit ratio.
+    pub fn set_overcommit(&self, name: &str, ratio: f64) -> Result<Pool> {
+        if !(ratio.is_finite() && ratio > 0.0) {
+            return Err(InvalidInput::new("overcommit ratio", "must be a positive number").into());
+        }
+        let _g = self.locks.lock(&format!("pool:{name}"));
+        let mut pool = self.get_pool(name)?;
+        if pool.overcommit_ratio == ratio {
+            return Ok(pool);
+        }
+        pool.overcommit_ratio = ratio;
+        self.store
+            .commit(Txn::new().put(pool_key(name), to_json(&pool)))?;
+        self.pools.write().insert(name.to_string(), pool.clone());
+        Ok(pool)
+    }
+
+    // ----- create ------------------------------------------------------
+
+    /// Create a volume; the same request again returns the same volume.
+    pub fn create_volume(&self, req: CreateVolume) -> Result<Volume> {
+        validate_name("volume", &req.name)?;
+        for (k, v) in &req.labels {
+            validate_label(k, v)?;
+        }
+        let pool = match &req.pool {
+            Some(p) => {
+                validate_name("pool", p)?;
+                self.get_pool(p)?
+            }
+            None => self.get_pool("default")?,
+        };
+        let _g = self.locks.lock(&req.name);
+        if let Some(existing) = self.volumes.read().get(&req.name).cloned() {
+            return check_same(&existing, &req).map(|()| existing);
+        }
+        let (size, fs) = self.resolve_shape(&req, &pool)?;
+        let vol = Volume {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            name: req.name.clone(),
+            pool: pool.name.clone(),
+            driver: pool.driver,
+            size_bytes: size,
+            fs,
+            labels: req.labels.clone(),
+            created_at: Utc::now(),
+            state: VolumeState::Creating,
+            formatted: false,
+            fs_grow_pending: false,
+            staging: None,
+            consumers: BTreeMap::new(),
+        };
+        let driver = self.driver(pool.driver)?;
+        {
+            let _admit = self.admission.lock();
+            self.admit(&pool, size)?;
+            let intent = Intent {
+                op: IntentOp::Create,
+                before: vol.clone(),
+                started: Utc::now(),
+            };
+            let txn = Txn::new().require_absent(vol_key(&vol.name));
+            self.persist(
+                txn,
+                &vol.name,
+                Some(&vol),
+                Some(IntentWrite::Set(Box::new(intent))),
+                None,
+            )?;
+        }
+        self.failpoints.hit("create.after_intent");
+        if let Err(e) = driver.create(&pool, &vol) {
+            self.undo_create(&pool, &vol);
+            return Err(e.into());
+        }
+        self.failpoints.hit("create.after_image");
+        let mut done = vol;
+        done.state = VolumeState::Available;
+        let ev = self.event(
+            EventKind::Create,
+            &done,
+            format!(
+                "created {} volume of {} bytes",
+                fs.map_or("dir", FsType::as_str),
+                size
+            ),
+        );
+        if let Err(e) = self.persist(
+            Txn::new(),
+            &done.name,
+            Some(&done),
+            Some(IntentWrite::Clear),
+            Some(ev),
+        ) {
+            self.undo_create(&pool, &done);
+            return Err(e);
+        }
+        Ok(done)
+    }
+
+    fn resolve_shape(&self, req: &CreateVolume, pool: &Pool) -> Result<(u64, Option<FsType>)> {
+        let size = req.size_bytes.unwrap_or(self.config.default_size);
+        if size == 0 {
+            return Err(InvalidInput::new("size", "must be greater than zero").into());
+        }
+        // Loop devices and filesystems work in 4 KiB blocks.
+        let size = size
+            .checked_next_multiple_of(4096)
+            .ok_or_else(|| InvalidInput::new("size", "is too large"))?;
+        let fs = match pool.driver {
+            DriverKind::Dir => {
+                if req.fs.is_some() {
+                    return Err(InvalidInput::new(
+                        "fs",
+                        format!(
+                            "pool {:?} uses the dir driver, whose volumes have no filesystem of their own",
+                            pool.name
+                        ),
+                    )
+                    .into());
+                }
+                None
+            }
+            DriverKind::Loop => {
+                let fs = req.fs.unwrap_or(self.config.default_fs);
+                if size < fs.min_size() {
+                    return Err(InvalidInput::new(
+                        format!("size {size}"),
+                        format!(
+                            "is below the {} minimum of {} bytes ({})",
+                            fs,
+                            fs.min_size(),
+                            crate::model::format_size(fs.min_size())
+                        ),
+                    )
+                    .into());
+                }
+                Some(fs)
+            }
+        };
+        Ok((size, fs))
+    }
+
+    /// Refuse a volume the pool cannot back. Callers hold `admission`.
+    fn admit(&self, pool: &Pool, extra: u64) -> Result<()> {
+        if pool.driver == DriverKind::Dir {
+            // Sizes of dir volumes are advisory.
+            return Ok(());
+        }
+        let cap = self.pool_capacity(pool)?;
+        if extra > cap.available_bytes {
+            return Err(Error::Capacity {
+                pool: pool.name.clone(),
+                requested: extra,
+                available: cap.available_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn undo_create(&self, pool: &Pool, vol: &Volume) {
+        if let Ok(driver) = self.driver(pool.driver) {
+            if let Err(e) = driver.delete(pool, vol) {
+                tracing::error!(volume = %vol.name, error = %e, "undo create: removing storage failed");
+                return;
+            }
+        }
+        if let Err(e) = self.persist(
+            Txn::new(),
+            &vol.name,
+            None,
+            Some(IntentWrite::Clear),
+            None,
+        ) {
+            tracing::error!(volume = %vol.name, error = %e, "undo create: clearing record failed");
+        }
+    }
+
+    // ----- mount / unmount -------------------------------------------
+
+    /// Record `consumer` on the volume, staging it (attach, format on first
+    /// use, mount) if it is not staged yet. Returns the volume with its
+    /// mountpoint.
+    pub fn mount(&self, name: &str, consumer: ConsumerRef) -> Result<Volume> {
+        validate_name("volume", name)?;
+        validate_consumer_id(&consumer.id)?;
+        let _g = self.locks.lock(name);
+        let mut vol = self.get_volume(name)?;
+        self.check_settled(&vol)?;
+        if vol.staging.is_some() {
+            add_consumer(&mut vol, &consumer);
+            let ev = self.event(
+                EventKind::Mount,
+                &vol,
+                format!("mounted for {}", consumer.key()),
+            );
+            self.persist(Txn::new(), name, Some(&vol), None, Some(ev))?;
+            return Ok(vol);
+        }
+        let pool = self.get_pool(&vol.pool)?;
+        let driver = self.driver(pool.driver)?;
+        let node = driver.node();
+        let intent = Intent {
+            op: IntentOp::Stage {
+                consumer: consumer.clone(),
+            },
+            before: vol.clone(),
+            started: Utc::now(),
+        };
+        self.persist(
+            Txn::new(),
+            name,
+            Some(&vol),
+            Some(IntentWrite::Set(Box::new(intent))),
+            None,
+        )?;
+        self.failpoints.hit("stage.after_intent");
+        let mountpoint = self.mountpoint_for(name);
+        let staged = (|| -> Result<(Option<LoopDevice>, PathBuf)> {
+            let dev = node.attach(&pool, &vol)?;
+            self.failpoints.hit("stage.after_attach");
+            let dev_path = dev.as_ref().map(|d| d.path.clone());
+            if let (Some(path), false) = (&dev_path, vol.formatted) {
+                node.format(&vol, path)?;
+            }
+            self.failpoints.hit("stage.after_format");
+            std::fs::create_dir_all(&mountpoint)
+                .map_err(|e| DriverError::io(&mountpoint, e))?;
+            let data = node.mount(&pool, &vol, dev_path.as_deref(), &mountpoint)?;
+            if data != mountpoint {
+                // The backend serves its data in place (dir driver).
+                remove_mountpoint(&mountpoint);
+            }
+            self.failpoints.hit("stage.after_mount");
+            if let (Some(path), true) = (&dev_path, vol.fs_grow_pending) {
+                node.grow_fs(&vol, path, &data)?;
+            }
+            Ok((dev, data))
+        })();
+        let (dev, data) = match staged {
+            Ok(v) => v,
+            Err(e) => {
+                self.undo_stage(&pool, &vol);
+                return Err(e);
+            }
+        };
+        let before = vol.clone();
+        vol.formatted = vol.formatted || dev.is_some();
+        vol.fs_grow_pending = false;
+        vol.state = VolumeState::Mounted;
+        vol.staging = Some(Staging {
+            device: dev.as_ref().map(|d| d.path.clone()),
+            mountpoint: data,
+        });
+        add_consumer(&mut vol, &consumer);
+        let ev = self.event(
+            EventKind::Mount,
+            &vol,
+            format!("staged and mounted for {}", consumer.key()),
+        );
+        if let Err(e) = self.persist(
+            Txn::new(),
+            name,
+            Some(&vol),
+            Some(IntentWrite::Clear),
+            Some(ev),
+        ) {
+            self.undo_stage(&pool, &before);
+            return Err(e);
+        }
+        // The mount now holds the loop device; autoclear frees it on umount.
+        drop(dev);
+        Ok(vol)
+    }
+
+    /// Take back what a failed or interrupted stage did: unmount, detach,
+    /// remove the mountpoint, restore the record, drop the intent.
+    pub(crate) fn undo_stage(&self, pool: &Pool, before: &Volume) {
+        let mountpoint = self.mountpoint_for(&before.name);
+        let result = (|| -> Result<()> {
+            let driver = self.driver(pool.driver)?;
+            let node = driver.node();
+            node.unmount(before, &mountpoint)?;
+            node.detach(pool, before)?;
+            remove_mountpoint(&mountpoint);
+            self.persist(
+                Txn::new(),
+                &before.name,
+                Some(before),
+                Some(IntentWrite::Clear),
+                None,
+            )
+        })();
+        if let Err(e) = result {
+            tracing::error!(volume = %before.name, error = %e, "undo stage failed; the intent stays for the reconciler");
+        }
+    }
+
+    /// Release `consumer`; the last one out unmounts and detaches. An
+    /// unknown consumer is a logged no-op.
+    pub fn unmount(&self, name: &str, consumer: &ConsumerRef) -> Result<Volume> {
+        validate_name("volume", name)?;
+        validate_consumer_id(&consumer.id)?;
+        let _g = self.locks.lock(name);
+        let mut vol = self.get_volume(name)?;
+        self.check_settled(&vol)?;
+        let key = consumer.key();
+        let Some(c) = vol.consumers.get_mut(&key) else {
+            tracing::info!(volume = name, consumer = %key, "unmount of an unknown consumer: nothing to do");
+            return Ok(vol);
+        };
+        if c.count > 1 {
+            c.count -= 1;
+            self.persist(Txn::new(), name, Some(&vol), None, None)?;
+            return Ok(vol);
+        }
+        let before = vol.clone();
+        vol.consumers.remove(&key);
+        if !vol.consumers.is_empty() || vol.staging.is_none() {
+            let ev = self.event(EventKind::Unmount, &vol, format!("released by {key}"));
+            self.persist(Txn::new(), name, Some(&vol), None, Some(ev))?;
+            return Ok(vol);
+        }
+        let intent = Intent {
+            op: IntentOp::Unstage {
+                consumer: consumer.clone(),
+            },
+            before: before.clone(),
+            started: Utc::now(),
+        };
+        self.persist(
+            Txn::new(),
+            name,
+            Some(&before),
+            Some(IntentWrite::Set(Box::new(intent))),
+            None,
+        )?;
+        self.failpoints.hit("unstage.after_intent");
+        match self.unstage_steps(&before) {
+            Ok(()) => {}
+            Err(e) => {
+                // Still mounted (busy): the consumer stays recorded.
+                let _ = self.persist(
+                    Txn::new(),
+                    name,
+                    Some(&before),
+                    Some(IntentWrite::Clear),
+                    None,
+                );
+                return Err(e);
+            }
+        }
+        vol.state = VolumeState::Available;
+        vol.staging = None;
+        let ev = self.event(
+            EventKind::Unmount,
+            &vol,
+            format!("released by {key}; unmounted and detached"),
+        );
+        self.persist(
+            Txn::new(),
+            name,
+            Some(&vol),
+            Some(IntentWrite::Clear),
+            Some(ev),
+        )?;
+        Ok(vol)
+    }
+
+    /// Unmount the staging mount and detach the device. Idempotent.
+    pub(crate) fn unstage_steps(&self, vol: &Volume) -> Result<()> {
+        let pool = self.get_pool(&vol.pool)?;
+        let driver = self.driver(pool.driver)?;
+        let node = driver.node();
+        let mountpoint = vol
+            .staging
+            .as_ref()
+            .map_or_else(|| self.mountpoint_for(&vol.name), |s| s.mountpoint.clone());
+        match node.unmount(vol, &mountpoint) {
+            Ok(()) => {}
+            Err(DriverError::Host(crate::host::HostError::Busy { .. })) => {
+                return Err(Error::Busy {
+                    name: vol.name.clone(),
+                    detail: format!("{} is still in use on the host", mountpoint.display()),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.failpoints.hit("unstage.after_umount");
+        node.detach(&pool, vol)?;
+        self.failpoints.hit("unstage.after_detach");
+        if mountpoint.starts_with(&self.config.mounts_dir) {
+            remove_mountpoint(&mountpoint);
+        }
+        Ok(())
+    }
+
+    // ----- resize ------------------------------------------------------
+
+    /// Grow a volume to `new_size` bytes, online if it is mounted.
+    pub fn resize(&self, name: &str, new_size: u64) -> Result<Volume> {
+        validate_name("volume", name)?;
+        let _g = self.locks.lock(name);
+        let vol = self.get_volume(name)?;
+        self.check_settled(&vol)?;
+        let new_size = new_size
+            .checked_next_multiple_of(4096)
+            .ok_or_else(|| InvalidInput::new("size", "is too large"))?;
+        if new_size == vol.size_bytes {
+            return Ok(vol);
+        }
+        if new_size < vol.size_bytes {
+            return Err(InvalidInput::new(
+                format!("size {new_size}"),
+                format!(
+                    "is smaller than the volume's {} bytes; shrinking is not supported",
+                    vol.size_bytes
+                ),
+            )
+            .into());
+        }
+        let pool = self.get_pool(&vol.pool)?;
+        let mut growing = vol.clone();
+        growing.state = VolumeState::Resizing;
+        growing.size_bytes = new_size;
+        {
+            let _admit = self.admission.lock();
+            self.admit(&pool, new_size - vol.size_bytes)?;
+            let intent = Intent {
+                op: IntentOp::Resize {
+                    from: vol.size_bytes,
+                    to: new_size,
+                },
+                before: vol.clone(),
+                started: Utc::now(),
+            };
+            self.persist(
+                Txn::new(),
+                name,
+                Some(&growing),
+                Some(IntentWrite::Set(Box::new(intent))),
+                None,
+            )?;
+        }
+        self.failpoints.hit("resize.after_intent");
+        match self.resize_steps(&pool, &vol, new_size) {
+            Ok(done) => Ok(done),
+            Err(e) => {
+                // Growing the image is harmless to keep; the record keeps the
+                // old size so accounting and the filesystem agree.
+                let _ = self.persist(
+                    Txn::new(),
+                    name,
+                    Some(&vol),
+                    Some(IntentWrite::Clear),
+                    None,
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Grow the storage, then the filesystem, then record the result.
+    /// Idempotent, so the reconciler rolls an interrupted resize forward.
+    pub(crate) fn resize_steps(&self, pool: &Pool, vol: &Volume, new_size: u64) -> Result<Volume> {
+        let driver = self.driver(pool.driver)?;
+        driver.resize(pool, vol, new_size)?;
+        self.failpoints.hit("resize.after_image");
+        let mut done = vol.clone();
+        done.size_bytes = new_size;
+        match &vol.staging {
+            Some(Staging {
+                device: Some(dev),
+                mountpoint,
+            }) => {
+                driver.node().grow_fs(vol, dev, mountpoint)?;
+            }
+            Some(Staging { device: None, .. }) => {}
+            None => done.fs_grow_pending = vol.formatted,
+        }
+        self.failpoints.hit("resize.after_fsgrow");
+        done.state = if done.staging.is_some() {
+            VolumeState::Mounted
+        } else {
+            VolumeState::Available
+        };
+        let ev = self.event(
+            EventKind::Resize,
+            &done,
+            format!("grown from {} to {} bytes", vol.size_bytes, new_size),
+        );
+        self.persist(
+            Txn::new(),
+            &done.name,
+            Some(&done),
+            Some(IntentWrite::Clear),
+            Some(ev),
+        )?;
+        Ok(done)
+    }
+
+    // ----- delete ------------------------------------------------------
+
+    /// Delete a volume. A volume with consumers needs `force`, which
+    /// unmounts it first.
+    pub fn delete_volume(&self, name: &str, force: bool) -> Result<()> {
+        validate_name("volume", name)?;
+        let _g = self.locks.lock(name);
+        let vol = self.get_volume(name)?;
+        self.check_settled(&vol)?;
+        if !vol.consumers.is_empty() && !force {
+            return Err(Error::InUse {
+                name: name.to_string(),
+                consumers: vol.consumers.len(),
+            });
+        }
+        let mut deleting = vol.clone();
+        deleting.state = VolumeState::Deleting;
+        let intent = Intent {
+            op: IntentOp::Delete,
+            before: vol.clone(),
+            started: Utc::now(),
+        };
+        self.persist(
+            Txn::new(),
+            name,
+            Some(&deleting),
+            Some(IntentWrite::Set(Box::new(intent))),
+            None,
+        )?;
+        self.failpoints.hit("delete.after_intent");
+        if let Err(e) = self.delete_steps(&vol) {
+            let _ = self.persist(
+                Txn::new(),
+                name,
+                Some(&vol),
+                Some(IntentWrite::Clear),
+                None,
+            );
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Unstage, remove the storage, drop the record. Idempotent.
+    pub(crate) fn delete_steps(&self, vol: &Volume) -> Result<()> {
+        let pool = self.get_pool(&vol.pool)?;
+        let driver = self.driver(pool.driver)?;
+        self.unstage_steps(vol)?;
+        self.failpoints.hit("delete.after_unstage");
+        driver.delete(&pool, vol)?;
+        self.failpoints.hit("delete.after_image");
+        let ev = self.event(EventKind::Delete, vol, "deleted".to_string());
+        self.persist(
+            Txn::new(),
+            &vol.name,
+            None,
+            Some(IntentWrite::Clear),
+            Some(ev),
+        )
+    }
+
+    // ----- helpers -----------------------------------------------------
+
+    pub(crate) fn driver(&self, kind: DriverKind) -> Result<&Arc<dyn Driver>> {
+        self.drivers.get(&kind).ok_or_else(|| {
+            DriverError::Unsupported(format!("driver {kind} is not available in this build"))
+                .into()
+        })
+    }
+
+    pub fn mountpoint_for(&self, name: &str) -> PathBuf {
+        self.config.mounts_dir.join(name)
+    }
+
+    /// Refuse to work on a volume whose last operation is unfinished (only
+    /// possible if the reconciler could not finish it).
+    fn check_settled(&self, vol: &Volume) -> Result<()> {
+        match vol.state {
+            VolumeState::Available | VolumeState::Mounted => Ok(()),
+            VolumeState::Creating | VolumeState::Resizing | VolumeState::Deleting => {
+                Err(Error::Busy {
+                    name: vol.name.clone(),
+                    detail: format!(
+                        "an interrupted {} is unfinished; restart the daemon to reconcile it",
+                        vol.state.as_str()
+                    ),
+                })
+            }
+        }
+    }
+
+    pub(crate) fn event(&self, kind: EventKind, vol: &Volume, message: String) -> Event {
+        self.events
+            .next(kind, Some(&vol.pool), Some(&vol.name), message)
+    }
+
+    /// Write a volume's record (or its removal), its intent and an event in
+    /// one transaction, then update the in-memory copy.
+    pub(crate) fn persist(
+        &self,
+        mut txn: Txn,
+        name: &str,
+        record: Option<&Volume>,
+        intent: Option<IntentWrite>,
+        event: Option<Event>,
+    ) -> Result<()> {
+        txn = match record {
+            Some(v) => txn.put(vol_key(name), to_json(v)),
+            None => txn.delete(vol_key(name)),
+        };
+        txn = match &intent {
+            Some(IntentWrite::Set(i)) => txn.put(intent_key(name), to_json(i)),
+            Some(IntentWrite::Clear) => txn.delete(intent_key(name)),
+            None => txn,
+        };
+        if let Some(e) = &event {
+            txn = txn.put(event_key(e.seq), to_json(e));
+            if e.seq > KEEP {
+                txn = txn.delete(event_key(e.seq - KEEP));
+            }
+        }
+        self.store.commit(txn)?;
+        {
+            let mut vols = self.volumes.write();
+            match record {
+                Some(v) => {
+                    vols.insert(name.to_string(), v.clone());
+                }
+                None => {
+                    vols.remove(name);
+                }
+            }
+        }
+        if let Some(e) = event {
+            self.events.publish(e);
+        }
+        Ok(())
+    }
+}
+
+fn add_consumer(vol: &mut Volume, consumer: &ConsumerRef) {
+    let entry = vol
+        .consumers
+        .entry(consumer.key())
+        .or_insert_with(|| Consumer {
+            kind: consumer.kind,
+            id: consumer.id.clone(),
+            count: 0,
+            since: Utc::now(),
+        });
+    entry.count = if consumer.kind.counted() && !consumer.id.is_empty() {
+        entry.count.saturating_add(1)
+    } else {
+        1
+    };
+}
+
+fn remove_mountpoint(path: &Path) {
+    match std::fs::remove_dir(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not remove mountpoint"),
+    }
+}
+
+/// Create of an existing name: the parameters given must match.
+fn check_same(existing: &Volume, req: &CreateVolume) -> Result<()> {
+    let mut diffs = Vec::new();
+    if let Some(pool) = &req.pool {
+        if &existing.pool != pool {
+            diffs.push(format!("pool is {}", existing.pool));
+        }
+    }
+    if let Some(size) = req.size_bytes {
+        if size.next_multiple_of(4096) != existing.size_bytes {
+            diffs.push(format!("size is {} bytes", existing.size_bytes));
+        }
+    }
+    if let Some(fs) = req.fs {
+        if Some(fs) != existing.fs {
+            diffs.push(format!(
+                "filesystem is {}",
+                existing.fs.map_or("none", FsType::as_str)
+            ));
+        }
+    }
+    if !req.labels.is_empty() && req.labels != existing.labels {
+        diffs.push("labels differ".to_string());
+    }
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::AlreadyExists {
+            name: existing.name.clone(),
+            detail: diffs.join(", "),
+        })
+    }
+}

@@ -1,0 +1,189 @@
+//! The `loop` driver: each volume is a sparse image file `<pool>/<id>.img`,
+//! attached to a loop device (direct I/O, autoclear) and formatted on first
+//! use. The image's size is a hard limit: a write past it is ENOSPC inside
+//! the volume, never on the host.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ballast_core::driver::{NodeOps, PoolUsage};
+use ballast_core::host::{Host, LoopDevice, MountOptions};
+use ballast_core::model::{DriverKind, Pool, Volume};
+use ballast_core::{Driver, DriverError};
+
+use crate::sync_dir;
+
+pub struct LoopDriver {
+    node: LoopNode,
+}
+
+pub struct LoopNode {
+    host: Arc<dyn Host>,
+}
+
+impl LoopDriver {
+    pub fn new(host: Arc<dyn Host>) -> Self {
+        Self {
+            node: LoopNode { host },
+        }
+    }
+}
+
+pub fn image_path(pool: &Pool, vol: &Volume) -> PathBuf {
+    pool.path.join(format!("{}.img", vol.id))
+}
+
+impl Driver for LoopDriver {
+    fn kind(&self) -> DriverKind {
+        DriverKind::Loop
+    }
+
+    fn init_pool(&self, pool: &Pool) -> Result<(), DriverError> {
+        std::fs::create_dir_all(&pool.path).map_err(|e| DriverError::io(&pool.path, e))
+    }
+
+    fn usage(&self, pool: &Pool) -> Result<PoolUsage, DriverError> {
+        let st = self.node.host.fs_stats(&pool.path)?;
+        let mut used = 0u64;
+        let rd = std::fs::read_dir(&pool.path).map_err(|e| DriverError::io(&pool.path, e))?;
+        for entry in rd.flatten() {
+            let name = entry.file_name();
+            if !name.to_string_lossy().ends_with(".img") {
+                continue;
+            }
+            if let Ok(md) = entry.metadata() {
+                used += md.blocks() * 512;
+            }
+        }
+        Ok(PoolUsage {
+            backing_avail_bytes: st.avail_bytes,
+            volumes_used_bytes: used,
+        })
+    }
+
+    fn create(&self, pool: &Pool, vol: &Volume) -> Result<(), DriverError> {
+        let path = image_path(pool, vol);
+        let file = match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(f) => f,
+            // A repeated create (after a crash) finds its own image: the ID is
+            // unique to this volume.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| DriverError::io(&path, e))?,
+            Err(e) => return Err(DriverError::io(&path, e)),
+        };
+        // Sparse: set_len allocates nothing.
+        file.set_len(vol.size_bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| DriverError::io(&path, e))?;
+        sync_dir(&pool.path)
+    }
+
+    fn delete(&self, pool: &Pool, vol: &Volume) -> Result<(), DriverError> {
+        let path = image_path(pool, vol);
+        match std::fs::remove_file(&path) {
+            Ok(()) => sync_dir(&pool.path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(DriverError::io(&path, e)),
+        }
+    }
+
+    fn resize(&self, pool: &Pool, vol: &Volume, new_size: u64) -> Result<(), DriverError> {
+        let path = image_path(pool, vol);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| DriverError::io(&path, e))?;
+        let len = file.metadata().map_err(|e| DriverError::io(&path, e))?.len();
+        if len < new_size {
+            file.set_len(new_size)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| DriverError::io(&path, e))?;
+        }
+        Ok(())
+    }
+
+    fn backing_file(&self, pool: &Pool, vol: &Volume) -> Option<PathBuf> {
+        Some(image_path(pool, vol))
+    }
+
+    fn allocated_bytes(&self, pool: &Pool, vol: &Volume) -> Result<u64, DriverError> {
+        let path = image_path(pool, vol);
+        let md = std::fs::metadata(&path).map_err(|e| DriverError::io(&path, e))?;
+        Ok(md.blocks() * 512)
+    }
+
+    fn node(&self) -> &dyn NodeOps {
+        &self.node
+    }
+}
+
+impl NodeOps for LoopNode {
+    fn attach(&self, pool: &Pool, vol: &Volume) -> Result<Option<LoopDevice>, DriverError> {
+        Ok(Some(self.host.loop_attach(&image_path(pool, vol))?))
+    }
+
+    fn format(&self, vol: &Volume, device: &Path) -> Result<(), DriverError> {
+        let fs = vol.fs.ok_or_else(|| {
+            DriverError::Unsupported(format!("loop volume {} has no filesystem", vol.name))
+        })?;
+        Ok(self.host.mkfs(device, fs)?)
+    }
+
+    fn mount(
+        &self,
+        _pool: &Pool,
+        vol: &Volume,
+        device: Option<&Path>,
+        mountpoint: &Path,
+    ) -> Result<PathBuf, DriverError> {
+        let (Some(device), Some(fs)) = (device, vol.fs) else {
+            return Err(DriverError::Unsupported(format!(
+                "loop volume {} has no device or filesystem to mount",
+                vol.name
+            )));
+        };
+        if self.is_mounted(vol, mountpoint)? {
+            return Ok(mountpoint.to_path_buf());
+        }
+        self.host
+            .mount(device, mountpoint, fs, MountOptions::default())?;
+        Ok(mountpoint.to_path_buf())
+    }
+
+    fn unmount(&self, _vol: &Volume, mountpoint: &Path) -> Result<(), DriverError> {
+        Ok(self.host.unmount(mountpoint)?)
+    }
+
+    fn detach(&self, pool: &Pool, vol: &Volume) -> Result<(), DriverError> {
+        let image = image_path(pool, vol);
+        for l in self.host.loop_devices()? {
+            if l.backing_file == image {
+                self.host.loop_detach(&l.device)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn grow_fs(&self, vol: &Volume, device: &Path, mountpoint: &Path) -> Result<(), DriverError> {
+        let fs = vol.fs.ok_or_else(|| {
+            DriverError::Unsupported(format!("loop volume {} has no filesystem", vol.name))
+        })?;
+        self.host.loop_refresh_capacity(device)?;
+        Ok(self.host.grow_fs(fs, device, mountpoint)?)
+    }
+
+    fn is_mounted(&self, _vol: &Volume, mountpoint: &Path) -> Result<bool, DriverError> {
+        Ok(self
+            .host
+            .mounts()?
+            .iter()
+            .any(|m| m.target == mountpoint))
+    }
+}
