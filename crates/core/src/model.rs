@@ -119,7 +119,7 @@ pub fn format_size(bytes: u64) -> String {
         unit += 1;
     }
     let div = 1u64 << (10 * unit);
-    if bytes % div == 0 {
+    if bytes.is_multiple_of(div) {
         format!("{}{}", bytes / div, UNITS[unit])
     } else {
         #[allow(clippy::cast_precision_loss)] // display only

@@ -46,6 +46,12 @@ impl LinuxHost {
         loopdev::dio_enabled(device)
     }
 
+    /// Whether a mounted ext4 can be grown here: the kernel's resize ioctl
+    /// demands CAP_SYS_RESOURCE, which containers and sandboxes often drop.
+    pub fn can_grow_ext4_online(&self) -> bool {
+        has_effective_capability(CAP_SYS_RESOURCE)
+    }
+
     fn tool(&self, op: &str, program: &str, args: &[&OsStr]) -> Result<(), HostError> {
         tool::run_tool_as(op, program, args, self.tool_timeout).map(drop)
     }
@@ -108,11 +114,24 @@ impl Host for LinuxHost {
     fn grow_fs(&self, fs: FsType, device: &Path, mountpoint: &Path) -> Result<(), HostError> {
         match fs {
             // resize2fs grows a mounted ext4 online through its device.
-            FsType::Ext4 => self.tool(
-                &format!("resize2fs {}", device.display()),
-                "resize2fs",
-                &[device.as_os_str()],
-            )?,
+            FsType::Ext4 => self
+                .tool(
+                    &format!("resize2fs {}", device.display()),
+                    "resize2fs",
+                    &[device.as_os_str()],
+                )
+                .map_err(|e| match e {
+                    HostError::Failed { op, detail } if !self.can_grow_ext4_online() => {
+                        HostError::Failed {
+                            op,
+                            detail: format!(
+                                "{detail} (online ext4 resize needs CAP_SYS_RESOURCE, \
+                                 which this process lacks)"
+                            ),
+                        }
+                    }
+                    other => other,
+                })?,
             // xfs only grows while mounted, through the mountpoint.
             FsType::Xfs => self.tool(
                 &format!("xfs_growfs {} ({})", mountpoint.display(), device.display()),
@@ -200,6 +219,8 @@ impl Host for LinuxHost {
         mountinfo::parse_mountinfo(&text).map_err(|e| HostError::failed(OP, e))
     }
 
+    // The statvfs field types are u64 on 64-bit Linux but narrower elsewhere.
+    #[allow(clippy::useless_conversion)]
     fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError> {
         let st = nix::sys::statvfs::statvfs(path)
             .map_err(|e| errno_failed(format!("statvfs {}", path.display()), e))?;
@@ -229,6 +250,25 @@ impl Host for LinuxHost {
 fn block_name(device: &Path) -> Option<String> {
     let resolved: PathBuf = std::fs::canonicalize(device).unwrap_or_else(|_| device.to_path_buf());
     resolved.file_name()?.to_str().map(str::to_string)
+}
+
+/// `CAP_SYS_RESOURCE` from <linux/capability.h>.
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Whether capability number `cap` is in this process's effective set.
+fn has_effective_capability(cap: u32) -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| parse_cap_eff(&s))
+        .is_some_and(|set| cap < 64 && set & (1u64 << cap) != 0)
+}
+
+/// The `CapEff:` mask of /proc/<pid>/status.
+fn parse_cap_eff(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
 }
 
 const SECTOR: u64 = 512;
@@ -285,6 +325,15 @@ mod tests {
             block_name(Path::new("/dev/loop-nonexistent-42")).as_deref(),
             Some("loop-nonexistent-42")
         );
+    }
+
+    #[test]
+    fn cap_eff_mask() {
+        let status = "Name:\tx\nCapPrm:\t000001ffffffffff\nCapEff:\t000001fffeffffff\n";
+        let set = parse_cap_eff(status).unwrap();
+        assert_eq!(set & (1 << CAP_SYS_RESOURCE), 0);
+        assert_ne!(set & (1 << 21), 0);
+        assert_eq!(parse_cap_eff("Name: x\n"), None);
     }
 
     #[test]

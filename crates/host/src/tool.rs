@@ -65,7 +65,10 @@ pub(crate) fn run_tool_as<S: AsRef<OsStr>>(
         stderr: join(stderr),
     };
     if !output.status.success() {
-        return Err(HostError::failed(op, failure_detail(output.status, &output.stderr)));
+        return Err(HostError::failed(
+            op,
+            failure_detail(output.status, &output.stderr),
+        ));
     }
     Ok(output)
 }
@@ -208,7 +211,10 @@ mod tests {
         let start = std::time::Instant::now();
         // The shell forks sleep; both must die or the test would wait 5 s.
         let err = run_tool("sh", &["-c", "sleep 5; true"], Duration::from_secs(1)).unwrap_err();
-        assert!(matches!(err, HostError::TimedOut { secs: 1, .. }), "{err:?}");
+        assert!(
+            matches!(err, HostError::TimedOut { secs: 1, .. }),
+            "{err:?}"
+        );
         assert!(start.elapsed() < Duration::from_secs(4));
     }
 }

@@ -61,6 +61,8 @@ impl std::fmt::Debug for RedbStore {
 impl RedbStore {
     /// Open the store at `path`, creating it if no file is there.
     ///
+    /// # Errors
+    ///
     /// A file that exists but is not a ballast store of a schema this build
     /// understands is an error ([`StoreError::Corrupt`],
     /// [`StoreError::NewerSchema`]) and is left untouched. A store already
@@ -75,6 +77,7 @@ impl RedbStore {
     }
 
     /// The store file.
+    #[must_use]
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -161,9 +164,7 @@ fn open_existing(path: &Path) -> Result<RedbStore, StoreError> {
     peek(path)?;
     // The file is a ballast store of a schema we understand: open it for
     // writing. This is where redb recovers a store left by a crash.
-    let db = Builder::new()
-        .open(path)
-        .map_err(|e| open_error(path, e))?;
+    let db = Builder::new().open(path).map_err(|e| open_error(path, e))?;
     // Checked again on the real handle, in case another process replaced the
     // file between the two opens.
     check_schema(&db, path)?;
@@ -194,6 +195,8 @@ fn peek(path: &Path) -> Result<(), StoreError> {
                 .map(|s| (*s).to_owned())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "no message".to_owned());
+            // Assertion messages span lines; an error detail is one line.
+            let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
             Err(corrupt(
                 path,
                 &format!("damaged or truncated redb file (redb failed reading it: {message})"),
@@ -259,8 +262,7 @@ fn create(path: &Path) -> Result<(), StoreError> {
         .ok_or_else(|| StoreError::Io(format!("{}: not a file path", path.display())))?;
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+        .map_or(0, |d| d.subsec_nanos());
     let tmp = dir.join(format!(
         ".{}.new-{}-{nanos}",
         name.to_string_lossy(),
@@ -333,7 +335,10 @@ fn open_error(path: &Path, e: DatabaseError) -> StoreError {
         DatabaseError::Storage(redb::StorageError::Io(io))
             if io.kind() == io::ErrorKind::InvalidData =>
         {
-            corrupt(path, "not a redb database (no redb magic number at the start)")
+            corrupt(
+                path,
+                "not a redb database (no redb magic number at the start)",
+            )
         }
         DatabaseError::Storage(redb::StorageError::Io(io))
             if io.kind() == io::ErrorKind::UnexpectedEof =>
@@ -351,7 +356,9 @@ fn open_error(path: &Path, e: DatabaseError) -> StoreError {
 fn redb_error(path: &Path, e: redb::Error) -> StoreError {
     let p = path.display();
     match e {
-        redb::Error::Corrupted(msg) => corrupt(path, &format!("redb reports corruption: {}", tidy(&msg))),
+        redb::Error::Corrupted(msg) => {
+            corrupt(path, &format!("redb reports corruption: {}", tidy(&msg)))
+        }
         redb::Error::UpgradeRequired(format) => corrupt(
             path,
             &format!("redb file format {format} is too old for this redb, not a ballast store"),
@@ -363,7 +370,10 @@ fn redb_error(path: &Path, e: redb::Error) -> StoreError {
         | redb::Error::TableIsMultimap(_)
         | redb::Error::TypeDefinitionChanged { .. }) => corrupt(
             path,
-            &format!("not the table layout ballast writes: {}", tidy(&e.to_string())),
+            &format!(
+                "not the table layout ballast writes: {}",
+                tidy(&e.to_string())
+            ),
         ),
         redb::Error::DatabaseAlreadyOpen => StoreError::Io(format!(
             "{p}: already open (locked by another process or store handle)"
@@ -372,9 +382,9 @@ fn redb_error(path: &Path, e: redb::Error) -> StoreError {
         redb::Error::PreviousIo => StoreError::Io(format!(
             "{p}: an earlier i/o error left the store unusable; it must be reopened"
         )),
-        redb::Error::ValueTooLarge(len) => {
-            StoreError::Io(format!("{p}: value of {len} bytes is larger than redb stores"))
-        }
+        redb::Error::ValueTooLarge(len) => StoreError::Io(format!(
+            "{p}: value of {len} bytes is larger than redb stores"
+        )),
         redb::Error::LockPoisoned(at) => {
             StoreError::Io(format!("{p}: redb internal lock poisoned at {at}"))
         }

@@ -53,13 +53,7 @@ impl ReadOnlyOverlay {
     }
 
     /// Fill `out` with the bytes of block `index` starting at `within`.
-    fn read_block(
-        &self,
-        st: &Overlay,
-        index: u64,
-        within: u64,
-        out: &mut [u8],
-    ) -> io::Result<()> {
+    fn read_block(&self, st: &Overlay, index: u64, within: u64, out: &mut [u8]) -> io::Result<()> {
         if let Some(block) = st.blocks.get(&index) {
             let start = usize::try_from(within).map_err(io::Error::other)?;
             out.copy_from_slice(&block[start..start + out.len()]);
@@ -112,7 +106,10 @@ impl StorageBackend for ReadOnlyOverlay {
 
     fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         let st = lock(&self.state)?;
-        if offset.checked_add(len as u64).is_none_or(|end| end > st.len) {
+        if offset
+            .checked_add(len as u64)
+            .is_none_or(|end| end > st.len)
+        {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 format!(

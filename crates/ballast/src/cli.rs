@@ -1,0 +1,398 @@
+//! The `ballast` command line: clap definitions and the verbs, each one REST
+//! call (or two) and its output as a table or JSON.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use ballast_core::model::{format_size, parse_label};
+use ballast_server::api::{MountReply, PoolView, VersionReply, VolumeView};
+use clap::{Parser, Subcommand, ValueEnum};
+use hyper::Method;
+use serde_json::json;
+
+use crate::client::{Client, Endpoint};
+use crate::config::ServeArgs;
+
+#[derive(Debug, Parser)]
+#[command(name = "ballast", version, about = "Persistent volumes for containers")]
+pub struct Cli {
+    /// The daemon's API socket
+    #[arg(long, global = true, env = "BALLAST_SOCKET", default_value = "/run/ballast/api.sock")]
+    pub socket: PathBuf,
+    /// Talk to a daemon over TCP instead: http://HOST:PORT or https://HOST:PORT
+    #[arg(long, global = true, env = "BALLAST_HOST")]
+    pub host: Option<String>,
+    /// Bearer token for --host (see <state-dir>/token)
+    #[arg(long, global = true, env = "BALLAST_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// CA certificate to trust for https://
+    #[arg(long, global = true, env = "BALLAST_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Output format
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon
+    Serve(ServeArgs),
+    /// Manage volumes
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+    /// Inspect pools
+    #[command(subcommand)]
+    Pool(PoolCmd),
+    /// Print client and daemon versions
+    Version,
+    /// Print the REST API's OpenAPI document
+    #[command(hide = true)]
+    Openapi,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCmd {
+    /// Create a volume (the same request again is a no-op)
+    Create {
+        name: String,
+        /// Size, e.g. 64M or 10G (binary units) [default: the daemon's, 1G]
+        #[arg(long)]
+        size: Option<String>,
+        /// Filesystem: ext4 or xfs
+        #[arg(long)]
+        fs: Option<String>,
+        /// Pool [default: default]
+        #[arg(long)]
+        pool: Option<String>,
+        /// Label KEY=VALUE (repeatable)
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
+    /// List volumes
+    #[command(alias = "list")]
+    Ls,
+    /// Show one volume
+    Inspect { name: String },
+    /// Delete a volume
+    #[command(alias = "remove")]
+    Rm {
+        name: String,
+        /// Unmount it first if it is in use
+        #[arg(long)]
+        force: bool,
+    },
+    /// Mount a volume on this host and print its mountpoint
+    Mount {
+        name: String,
+        /// Consumer ID; each ID needs its own unmount
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Release a mount; the last one unmounts the volume
+    Unmount {
+        name: String,
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Grow a volume (online if mounted)
+    Resize {
+        name: String,
+        #[arg(long)]
+        size: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCmd {
+    /// List pools
+    #[command(alias = "list")]
+    Ls,
+    /// Show one pool
+    Inspect { name: String },
+}
+
+/// Volume names go into URL paths; anything but the allowed characters is
+/// refused by the daemon anyway, but must not change the path here.
+fn seg(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out == "." || out == ".." {
+        out = out.replace('.', "%2E");
+    }
+    out
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let output = cli.output;
+    let client = || -> anyhow::Result<Client> {
+        let endpoint = match &cli.host {
+            Some(h) => Endpoint::parse_host(h)?,
+            None => Endpoint::Unix(cli.socket.clone()),
+        };
+        Client::new(endpoint, cli.token.clone(), cli.ca_cert.clone())
+    };
+    match &cli.command {
+        Command::Serve(args) => crate::daemon::serve(args),
+        Command::Openapi => {
+            print!("{}", ballast_server::rest::openapi_json());
+            Ok(())
+        }
+        Command::Version => {
+            let client_version = env!("CARGO_PKG_VERSION");
+            let server = client()?.get::<VersionReply>("/v1/version");
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    json!({"client": client_version, "server": server.as_ref().ok().map(|s| &s.version)})
+                ),
+                Output::Table => {
+                    println!("client: {client_version}");
+                    match &server {
+                        Ok(s) => println!("server: {} (api {})", s.version, s.api),
+                        Err(e) => println!("server: unreachable ({e:#})"),
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Volume(cmd) => volume(&client()?, output, cmd),
+        Command::Pool(cmd) => pool(&client()?, output, cmd),
+    }
+}
+
+fn volume(c: &Client, output: Output, cmd: &VolumeCmd) -> anyhow::Result<()> {
+    match cmd {
+        VolumeCmd::Create {
+            name,
+            size,
+            fs,
+            pool,
+            labels,
+        } => {
+            let mut map = BTreeMap::new();
+            for l in labels {
+                let (k, v) = parse_label(l)?;
+                map.insert(k, v);
+            }
+            let v: VolumeView = c.post(
+                "/v1/volumes",
+                json!({"name": name, "size": size, "fs": fs, "pool": pool, "labels": map}),
+            )?;
+            print_one(output, &v, || println!("{}", v.name))
+        }
+        VolumeCmd::Ls => {
+            let vols: Vec<VolumeView> = c.get("/v1/volumes")?;
+            match output {
+                Output::Json => print_json(&vols),
+                Output::Table => {
+                    let rows = vols
+                        .iter()
+                        .map(|v| {
+                            vec![
+                                v.name.clone(),
+                                v.size.clone(),
+                                v.pool.clone(),
+                                v.fs.map_or("-".into(), |f| f.to_string()),
+                                v.state.as_str().to_string(),
+                                v.mountpoint.clone().unwrap_or_else(|| "-".into()),
+                            ]
+                        })
+                        .collect();
+                    print_table(&["NAME", "SIZE", "POOL", "FS", "STATE", "MOUNTPOINT"], rows);
+                    Ok(())
+                }
+            }
+        }
+        VolumeCmd::Inspect { name } => {
+            let v: VolumeView = c.get(&format!("/v1/volumes/{}", seg(name)))?;
+            print_one(output, &v, || print_volume(&v))
+        }
+        VolumeCmd::Rm { name, force } => {
+            let path = format!("/v1/volumes/{}?force={force}", seg(name));
+            c.call::<serde_json::Value>(Method::DELETE, &path, None)?;
+            match output {
+                Output::Json => print_json(&json!({"deleted": name})),
+                Output::Table => {
+                    println!("{name}");
+                    Ok(())
+                }
+            }
+        }
+        VolumeCmd::Mount { name, id } => {
+            let r: MountReply = c.post(
+                &format!("/v1/volumes/{}/mount", seg(name)),
+                json!({ "id": id }),
+            )?;
+            print_one(output, &r, || println!("{}", r.mountpoint))
+        }
+        VolumeCmd::Unmount { name, id } => {
+            let v: VolumeView = c.post(
+                &format!("/v1/volumes/{}/unmount", seg(name)),
+                json!({ "id": id }),
+            )?;
+            print_one(output, &v, || println!("{}", v.name))
+        }
+        VolumeCmd::Resize { name, size } => {
+            let v: VolumeView = c.post(
+                &format!("/v1/volumes/{}/resize", seg(name)),
+                json!({ "size": size }),
+            )?;
+            print_one(output, &v, || println!("{} {}", v.name, v.size))
+        }
+    }
+}
+
+fn pool(c: &Client, output: Output, cmd: &PoolCmd) -> anyhow::Result<()> {
+    match cmd {
+        PoolCmd::Ls => {
+            let pools: Vec<PoolView> = c.get("/v1/pools")?;
+            match output {
+                Output::Json => print_json(&pools),
+                Output::Table => {
+                    let rows = pools
+                        .iter()
+                        .map(|p| {
+                            vec![
+                                p.name.clone(),
+                                p.driver.to_string(),
+                                p.volumes.to_string(),
+                                format_size(p.capacity.capacity_bytes),
+                                format_size(p.capacity.provisioned_bytes),
+                                format_size(p.capacity.used_bytes),
+                                format_size(p.capacity.available_bytes),
+                                p.path.clone(),
+                            ]
+                        })
+                        .collect();
+                    print_table(
+                        &[
+                            "NAME",
+                            "DRIVER",
+                            "VOLUMES",
+                            "CAPACITY",
+                            "PROVISIONED",
+                            "USED",
+                            "AVAILABLE",
+                            "PATH",
+                        ],
+                        rows,
+                    );
+                    Ok(())
+                }
+            }
+        }
+        PoolCmd::Inspect { name } => {
+            let p: PoolView = c.get(&format!("/v1/pools/{}", seg(name)))?;
+            print_one(output, &p, || {
+                println!("name:          {}", p.name);
+                println!("driver:        {}", p.driver);
+                println!("path:          {}", p.path);
+                println!("volumes:       {}", p.volumes);
+                println!("capacity:      {}", format_size(p.capacity.capacity_bytes));
+                println!("provisioned:   {}", format_size(p.capacity.provisioned_bytes));
+                println!("used:          {}", format_size(p.capacity.used_bytes));
+                println!("available:     {}", format_size(p.capacity.available_bytes));
+                println!("overcommit:    {}", p.overcommit_ratio);
+            })
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).context("formatting json")?
+    );
+    Ok(())
+}
+
+fn print_one<T: serde::Serialize>(
+    output: Output,
+    v: &T,
+    table: impl FnOnce(),
+) -> anyhow::Result<()> {
+    match output {
+        Output::Json => print_json(v),
+        Output::Table => {
+            table();
+            Ok(())
+        }
+    }
+}
+
+fn print_volume(v: &VolumeView) {
+    println!("name:        {}", v.name);
+    println!("id:          {}", v.id);
+    println!("pool:        {} ({})", v.pool, v.driver);
+    println!("size:        {} ({} bytes)", v.size, v.size_bytes);
+    println!(
+        "fs:          {}",
+        v.fs.map_or("-".to_string(), |f| f.to_string())
+    );
+    println!("state:       {}", v.state.as_str());
+    println!("created:     {}", v.created_at.to_rfc3339());
+    if let Some(m) = &v.mountpoint {
+        println!("mountpoint:  {m}");
+    }
+    if let Some(d) = &v.device {
+        println!("device:      {d}");
+    }
+    if let Some(u) = &v.usage {
+        println!(
+            "used:        {} of {}",
+            format_size(u.used_bytes),
+            format_size(u.total_bytes)
+        );
+    }
+    for (k, val) in &v.labels {
+        println!("label:       {k}={val}");
+    }
+    for c in &v.consumers {
+        println!(
+            "consumer:    {}:{} (x{}) since {}",
+            c.kind.as_str(),
+            c.id,
+            c.count,
+            c.since.to_rfc3339()
+        );
+    }
+}
+
+fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}   "));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(headers.to_vec());
+    for r in &rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}

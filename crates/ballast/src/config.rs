@@ -1,0 +1,204 @@
+//! Daemon configuration: defaults, then the TOML file, then `BALLAST_*`
+//! environment variables, then flags (clap reads flag and env together, the
+//! flag winning), so the precedence is flags > env > file > defaults.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use ballast_core::model::{parse_size, FsType};
+use clap::Args;
+use serde::Deserialize;
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/ballast";
+pub const DEFAULT_RUN_DIR: &str = "/run/ballast";
+pub const DEFAULT_CONFIG: &str = "/etc/ballast/config.toml";
+
+/// `ballast serve` flags; each also reads its `BALLAST_*` variable.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// Where the store, token and pools live [default: /var/lib/ballast]
+    #[arg(long, env = "BALLAST_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Where sockets and mounts live [default: /run/ballast]
+    #[arg(long, env = "BALLAST_RUN_DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// TOML config file [default: /etc/ballast/config.toml if it exists]
+    #[arg(long, env = "BALLAST_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Also serve the REST API on this TCP address (token required)
+    #[arg(long, env = "BALLAST_LISTEN")]
+    pub listen: Option<String>,
+    /// PEM certificate for TLS on --listen
+    #[arg(long, env = "BALLAST_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS on --listen
+    #[arg(long, env = "BALLAST_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Size of volumes created without one [default: 1G]
+    #[arg(long, env = "BALLAST_DEFAULT_SIZE")]
+    pub default_size: Option<String>,
+    /// Filesystem of loop volumes created without one [default: ext4]
+    #[arg(long, env = "BALLAST_DEFAULT_FS")]
+    pub default_fs: Option<String>,
+    /// Overcommit ratio of the default pool at its creation [default: 1.0]
+    #[arg(long, env = "BALLAST_OVERCOMMIT_RATIO")]
+    pub overcommit_ratio: Option<f64>,
+    /// Log format: text or json [default: text]
+    #[arg(long, env = "BALLAST_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The config file's keys (all optional; unknown keys are errors).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    state_dir: Option<PathBuf>,
+    run_dir: Option<PathBuf>,
+    listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    default_size: Option<String>,
+    default_fs: Option<String>,
+    overcommit_ratio: Option<f64>,
+    log_format: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub listen: Option<String>,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub default_size: u64,
+    pub default_fs: FsType,
+    pub overcommit_ratio: f64,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub fn resolve(args: &ServeArgs) -> anyhow::Result<Config> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None if Path::new(DEFAULT_CONFIG).exists() => read_file(Path::new(DEFAULT_CONFIG))?,
+            None => FileConfig::default(),
+        };
+        let size_text = args
+            .default_size
+            .clone()
+            .or(file.default_size)
+            .unwrap_or_else(|| "1G".into());
+        let fs_text = args
+            .default_fs
+            .clone()
+            .or(file.default_fs)
+            .unwrap_or_else(|| "ext4".into());
+        let log_format = match args
+            .log_format
+            .clone()
+            .or(file.log_format)
+            .as_deref()
+            .unwrap_or("text")
+        {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => anyhow::bail!("log format {other:?}: use text or json"),
+        };
+        let tls = match (
+            args.tls_cert.clone().or(file.tls_cert),
+            args.tls_key.clone().or(file.tls_key),
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => anyhow::bail!("tls needs both a certificate and a key"),
+        };
+        let ratio = args
+            .overcommit_ratio
+            .or(file.overcommit_ratio)
+            .unwrap_or(1.0);
+        if !(ratio.is_finite() && ratio > 0.0) {
+            anyhow::bail!("overcommit ratio {ratio}: must be a positive number");
+        }
+        let listen = args.listen.clone().or(file.listen);
+        if tls.is_some() && listen.is_none() {
+            anyhow::bail!("tls is configured but there is no --listen address to use it on");
+        }
+        Ok(Config {
+            state_dir: args
+                .state_dir
+                .clone()
+                .or(file.state_dir)
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            run_dir: args
+                .run_dir
+                .clone()
+                .or(file.run_dir)
+                .unwrap_or_else(|| DEFAULT_RUN_DIR.into()),
+            listen,
+            tls,
+            default_size: parse_size(&size_text).context("default size")?,
+            default_fs: fs_text.parse().context("default filesystem")?,
+            overcommit_ratio: ratio,
+            log_format,
+        })
+    }
+
+    pub fn api_socket(&self) -> PathBuf {
+        self.run_dir.join("api.sock")
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precedence_flags_over_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "state_dir = \"/from/file\"\nrun_dir = \"/run/file\"\ndefault_size = \"2G\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            run_dir: Some("/run/flag".into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/from/file"));
+        assert_eq!(c.run_dir, PathBuf::from("/run/flag"));
+        assert_eq!(c.default_size, 2 << 30);
+        assert_eq!(c.default_fs, FsType::Ext4);
+    }
+
+    #[test]
+    fn unknown_key_and_bad_values_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "stat_dir = \"/x\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let err = format!("{:#}", Config::resolve(&args).unwrap_err());
+        assert!(err.contains("stat_dir"), "{err}");
+        std::fs::write(&path, "default_size = \"10Q\"\n").unwrap();
+        assert!(Config::resolve(&args).is_err());
+        std::fs::write(&path, "overcommit_ratio = -1.0\n").unwrap();
+        assert!(Config::resolve(&args).is_err());
+    }
+}

@@ -1,0 +1,175 @@
+//! `ballast serve`: open the store, reconcile, make the default pool, and
+//! serve the front-ends until SIGINT/SIGTERM.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use ballast_core::failpoint::Failpoints;
+use ballast_core::model::{DriverKind, Pool};
+use ballast_core::{Host, ServiceConfig, ServiceParts, VolumeService};
+use ballast_drivers::{DirDriver, LoopDriver};
+use ballast_host::LinuxHost;
+use ballast_server::rest::{self, ApiState};
+use ballast_server::listen;
+use ballast_store::RedbStore;
+
+use crate::config::{Config, LogFormat, ServeArgs};
+
+pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let config = Config::resolve(args)?;
+    init_tracing(config.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(run(config))
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn make_dir(path: &Path, mode: u32) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    // Loop devices report canonical backing paths; ours must compare equal.
+    path.canonicalize()
+        .with_context(|| format!("resolving {}", path.display()))
+}
+
+/// Read the API token, making one on first start.
+fn load_token(state_dir: &Path) -> anyhow::Result<String> {
+    let path = state_dir.join("token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .context("reading /dev/urandom")?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = state_dir.join("token.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    writeln!(f, "{token}").and_then(|()| f.sync_all())?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(token)
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let state_dir = make_dir(&config.state_dir, 0o700)?;
+    let run_dir = make_dir(&config.run_dir, 0o755)?;
+    let store = Arc::new(
+        RedbStore::open(&state_dir.join("ballast.redb")).context("opening the store")?,
+    );
+    let host: Arc<dyn Host> = Arc::new(LinuxHost::new());
+    let parts = ServiceParts {
+        store,
+        host: host.clone(),
+        drivers: vec![
+            Arc::new(LoopDriver::new(host.clone())),
+            Arc::new(DirDriver::new(host.clone())),
+        ],
+        config: ServiceConfig {
+            mounts_dir: run_dir.join("mounts"),
+            default_size: config.default_size,
+            default_fs: config.default_fs,
+        },
+        failpoints: Failpoints::from_env(),
+    };
+    let (service, report) = tokio::task::spawn_blocking(move || VolumeService::open(parts))
+        .await?
+        .context("reconciling state with the host")?;
+    tracing::info!(
+        rebooted = report.rebooted,
+        rolled_back = ?report.rolled_back,
+        rolled_forward = ?report.rolled_forward,
+        failed = ?report.failed,
+        lost_mounts = ?report.lost_mounts,
+        orphan_loops = report.orphan_loops_detached.len(),
+        orphan_mounts = report.orphan_mounts_removed.len(),
+        "reconciled"
+    );
+    let service = Arc::new(service);
+    if service.get_pool("default").is_err() {
+        let driver = if host.loop_available() {
+            DriverKind::Loop
+        } else {
+            tracing::warn!("loop devices are not available here (not root, or no /dev/loop-control): the default pool uses the dir driver, whose sizes are not enforced");
+            DriverKind::Dir
+        };
+        let pool = Pool {
+            name: "default".into(),
+            driver,
+            path: make_dir(&state_dir.join("pools").join("default"), 0o700)?,
+            overcommit_ratio: config.overcommit_ratio,
+            created_at: chrono::Utc::now(),
+        };
+        let svc = service.clone();
+        tokio::task::spawn_blocking(move || svc.ensure_pool(pool))
+            .await?
+            .context("creating the default pool")?;
+    }
+    let token = load_token(&state_dir)?;
+    let state = ApiState {
+        service: service.clone(),
+        token: Arc::new(token),
+    };
+    let router = rest::router(state);
+    let api_sock = config.api_socket();
+    let unix = listen::bind_unix(&api_sock, 0o600).await?;
+    let mut tasks = vec![tokio::spawn(listen::serve_unix(unix, router.clone()))];
+    if let Some(addr) = &config.listen {
+        let tcp = listen::bind_tcp(addr).await?;
+        let tls = match &config.tls {
+            Some((cert, key)) => Some(listen::tls_acceptor(cert, key)?),
+            None => None,
+        };
+        tracing::info!(addr = %tcp.local_addr()?, tls = tls.is_some(), "serving the REST API on tcp");
+        tasks.push(tokio::spawn(listen::serve_tcp(tcp, router.clone(), tls)));
+    }
+    tracing::info!(socket = %api_sock.display(), state_dir = %state_dir.display(), volumes = service.volume_count(), "ballast is serving");
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    for t in tasks {
+        t.abort();
+    }
+    let _ = std::fs::remove_file(&api_sock);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
