@@ -80,8 +80,18 @@ pub trait NodeOps: Send + Sync {
     /// Detach every device backing the volume. Not attached is fine.
     fn detach(&self, pool: &Pool, vol: &Volume) -> Result<(), DriverError>;
     /// After a grow of the backing storage: refresh the device's size and
-    /// grow the mounted filesystem.
-    fn grow_fs(&self, vol: &Volume, device: &Path, mountpoint: &Path) -> Result<(), DriverError>;
+    /// grow the filesystem, mounted at `mountpoint` or, with None, unmounted.
+    fn grow_fs(
+        &self,
+        vol: &Volume,
+        device: &Path,
+        mountpoint: Option<&Path>,
+    ) -> Result<(), DriverError>;
+    /// Whether [`NodeOps::grow_fs`] can grow this volume while mounted.
+    fn can_grow_online(&self, vol: &Volume) -> bool;
+    /// Whether this volume's filesystem grows while unmounted (before mount)
+    /// rather than after mounting.
+    fn grows_offline(&self, vol: &Volume) -> bool;
     /// Whether `mountpoint` is a mount of this volume right now.
     fn is_mounted(&self, vol: &Volume, mountpoint: &Path) -> Result<bool, DriverError>;
 }

@@ -104,6 +104,11 @@ pub trait Host: Send + Sync {
     fn mkfs(&self, device: &Path, fs: FsType) -> Result<(), HostError>;
     /// Grow the mounted filesystem at `mountpoint` on `device` to fill the device.
     fn grow_fs(&self, fs: FsType, device: &Path, mountpoint: &Path) -> Result<(), HostError>;
+    /// Grow an unmounted filesystem on `device` (ext4 only: check, then resize).
+    fn grow_fs_offline(&self, fs: FsType, device: &Path) -> Result<(), HostError>;
+    /// Whether a mounted filesystem of this type can be grown here (online
+    /// ext4 resize needs CAP_SYS_RESOURCE, which sandboxes often drop).
+    fn can_grow_online(&self, fs: FsType) -> bool;
     /// Mount `device` with filesystem `fs` at `target` (which must exist).
     fn mount(
         &self,

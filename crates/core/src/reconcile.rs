@@ -53,6 +53,15 @@ pub struct ReconcileReport {
     pub orphan_mounts_removed: Vec<PathBuf>,
 }
 
+/// What a reboot does to a volume: no mount, no device, no consumer.
+fn forget_staging(vol: &mut Volume) {
+    vol.staging = None;
+    vol.consumers.clear();
+    if vol.state == VolumeState::Mounted {
+        vol.state = VolumeState::Available;
+    }
+}
+
 fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         path: key.to_string(),
@@ -122,11 +131,7 @@ impl VolumeService {
                 if vol.staging.is_none() && vol.consumers.is_empty() {
                     continue;
                 }
-                vol.staging = None;
-                vol.consumers.clear();
-                if vol.state == VolumeState::Mounted {
-                    vol.state = VolumeState::Available;
-                }
+                forget_staging(&mut vol);
                 let ev = self.event(
                     EventKind::Reconcile,
                     &vol,
@@ -143,7 +148,12 @@ impl VolumeService {
     fn reconcile_intents(&self, report: &mut ReconcileReport) -> Result<()> {
         for (name, intent) in self.intents()? {
             let op = intent.op.name();
-            let before = intent.before.clone();
+            let mut before = intent.before.clone();
+            if report.rebooted {
+                // The intent predates the reboot: whatever it saw attached
+                // and mounted is gone, as step 1 recorded for the volumes.
+                forget_staging(&mut before);
+            }
             let pool = match self.get_pool(&before.pool) {
                 Ok(p) => p,
                 Err(e) => {
@@ -261,10 +271,17 @@ impl VolumeService {
                 && !staged_mounts.contains(&m.target)
             {
                 tracing::warn!(mount = %m.target.display(), "unmounting a mount no volume owns");
-                self.host
-                    .unmount(&m.target)
-                    .map_err(crate::driver::DriverError::from)?;
-                report.orphan_mounts_removed.push(m.target.clone());
+                // A stray mount still in use must not keep the daemon from
+                // starting: report it and go on.
+                match self.host.unmount(&m.target) {
+                    Ok(()) => report.orphan_mounts_removed.push(m.target.clone()),
+                    Err(e) => {
+                        tracing::error!(mount = %m.target.display(), error = %e, "could not unmount a mount no volume owns");
+                        report
+                            .failed
+                            .push(format!("orphan mount {}: {e}", m.target.display()));
+                    }
+                }
             }
         }
         // Mountpoint directories left by an interrupted stage.
@@ -300,10 +317,15 @@ impl VolumeService {
                 continue;
             }
             tracing::warn!(device = %l.device.display(), image = %l.backing_file.display(), "detaching a loop device no staged volume owns");
-            self.host
-                .loop_detach(&l.device)
-                .map_err(crate::driver::DriverError::from)?;
-            report.orphan_loops_detached.push(l.device.clone());
+            match self.host.loop_detach(&l.device) {
+                Ok(()) => report.orphan_loops_detached.push(l.device.clone()),
+                Err(e) => {
+                    tracing::error!(device = %l.device.display(), error = %e, "could not detach a loop device no volume owns");
+                    report
+                        .failed
+                        .push(format!("orphan loop device {}: {e}", l.device.display()));
+                }
+            }
         }
         Ok(())
     }

@@ -489,6 +489,10 @@ impl VolumeService {
                 node.format(&vol, path)?;
             }
             self.failpoints.hit("stage.after_format");
+            let offline_grow = vol.fs_grow_pending && node.grows_offline(&vol);
+            if let (Some(path), true) = (&dev_path, offline_grow) {
+                node.grow_fs(&vol, path, None)?;
+            }
             std::fs::create_dir_all(&mountpoint)
                 .map_err(|e| DriverError::io(&mountpoint, e))?;
             let data = node.mount(&pool, &vol, dev_path.as_deref(), &mountpoint)?;
@@ -497,8 +501,8 @@ impl VolumeService {
                 remove_mountpoint(&mountpoint);
             }
             self.failpoints.hit("stage.after_mount");
-            if let (Some(path), true) = (&dev_path, vol.fs_grow_pending) {
-                node.grow_fs(&vol, path, &data)?;
+            if let (Some(path), true) = (&dev_path, vol.fs_grow_pending && !offline_grow) {
+                node.grow_fs(&vol, path, Some(&data))?;
             }
             Ok((dev, data))
         })();
@@ -733,12 +737,20 @@ impl VolumeService {
         self.failpoints.hit("resize.after_image");
         let mut done = vol.clone();
         done.size_bytes = new_size;
+        let node = driver.node();
+        let mut note = String::new();
         match &vol.staging {
             Some(Staging {
                 device: Some(dev),
                 mountpoint,
+            }) if node.can_grow_online(vol) => {
+                node.grow_fs(vol, dev, Some(mountpoint))?;
+            }
+            Some(Staging {
+                device: Some(_), ..
             }) => {
-                driver.node().grow_fs(vol, dev, mountpoint)?;
+                done.fs_grow_pending = true;
+                note = "; the filesystem cannot grow online on this host (online ext4 resize needs CAP_SYS_RESOURCE) and grows at its next mount".into();
             }
             Some(Staging { device: None, .. }) => {}
             None => done.fs_grow_pending = vol.formatted,
@@ -752,7 +764,7 @@ impl VolumeService {
         let ev = self.event(
             EventKind::Resize,
             &done,
-            format!("grown from {} to {} bytes", vol.size_bytes, new_size),
+            format!("grown from {} to {} bytes{note}", vol.size_bytes, new_size),
         );
         self.persist(
             Txn::new(),
@@ -938,7 +950,8 @@ fn check_same(existing: &Volume, req: &CreateVolume) -> Result<()> {
         }
     }
     if let Some(size) = req.size_bytes {
-        if size.next_multiple_of(4096) != existing.size_bytes {
+        // A size too large to round cannot be the existing one.
+        if size.checked_next_multiple_of(4096) != Some(existing.size_bytes) {
             diffs.push(format!("size is {} bytes", existing.size_bytes));
         }
     }

@@ -24,6 +24,7 @@ struct State {
     fail_next: HashSet<String>,
     busy: HashSet<PathBuf>,
     boot_id: String,
+    no_online_grow: bool,
 }
 
 /// A fake host that models loop devices and mounts in memory.
@@ -62,6 +63,10 @@ impl FakeHost {
         } else {
             s.busy.remove(target);
         }
+    }
+    /// Pretend online growth is impossible (as without CAP_SYS_RESOURCE).
+    pub fn set_no_online_grow(&self, no: bool) {
+        self.state.lock().no_online_grow = no;
     }
     pub fn set_boot_id(&self, id: &str) {
         self.state.lock().boot_id = id.to_string();
@@ -141,6 +146,12 @@ impl Host for FakeHost {
     }
     fn grow_fs(&self, _fs: FsType, device: &Path, _mountpoint: &Path) -> Result<(), HostError> {
         self.enter("grow_fs", device).map(|_| ())
+    }
+    fn grow_fs_offline(&self, _fs: FsType, device: &Path) -> Result<(), HostError> {
+        self.enter("grow_fs_offline", device).map(|_| ())
+    }
+    fn can_grow_online(&self, _fs: FsType) -> bool {
+        !self.state.lock().no_online_grow
     }
     fn mount(
         &self,

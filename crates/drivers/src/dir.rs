@@ -122,8 +122,21 @@ impl NodeOps for DirNode {
         Ok(())
     }
 
-    fn grow_fs(&self, _vol: &Volume, _device: &Path, _mountpoint: &Path) -> Result<(), DriverError> {
+    fn grow_fs(
+        &self,
+        _vol: &Volume,
+        _device: &Path,
+        _mountpoint: Option<&Path>,
+    ) -> Result<(), DriverError> {
         Ok(())
+    }
+
+    fn can_grow_online(&self, _vol: &Volume) -> bool {
+        true
+    }
+
+    fn grows_offline(&self, _vol: &Volume) -> bool {
+        false
     }
 
     fn is_mounted(&self, _vol: &Volume, mountpoint: &Path) -> Result<bool, DriverError> {

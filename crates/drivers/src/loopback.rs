@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use ballast_core::driver::{NodeOps, PoolUsage};
 use ballast_core::host::{Host, LoopDevice, MountOptions};
-use ballast_core::model::{DriverKind, Pool, Volume};
+use ballast_core::model::{DriverKind, FsType, Pool, Volume};
 use ballast_core::{Driver, DriverError};
 
 use crate::sync_dir;
@@ -171,12 +171,28 @@ impl NodeOps for LoopNode {
         Ok(())
     }
 
-    fn grow_fs(&self, vol: &Volume, device: &Path, mountpoint: &Path) -> Result<(), DriverError> {
+    fn grow_fs(
+        &self,
+        vol: &Volume,
+        device: &Path,
+        mountpoint: Option<&Path>,
+    ) -> Result<(), DriverError> {
         let fs = vol.fs.ok_or_else(|| {
             DriverError::Unsupported(format!("loop volume {} has no filesystem", vol.name))
         })?;
         self.host.loop_refresh_capacity(device)?;
-        Ok(self.host.grow_fs(fs, device, mountpoint)?)
+        match mountpoint {
+            Some(m) => Ok(self.host.grow_fs(fs, device, m)?),
+            None => Ok(self.host.grow_fs_offline(fs, device)?),
+        }
+    }
+
+    fn can_grow_online(&self, vol: &Volume) -> bool {
+        vol.fs.is_some_and(|fs| self.host.can_grow_online(fs))
+    }
+
+    fn grows_offline(&self, vol: &Volume) -> bool {
+        vol.fs == Some(FsType::Ext4)
     }
 
     fn is_mounted(&self, _vol: &Volume, mountpoint: &Path) -> Result<bool, DriverError> {

@@ -143,6 +143,42 @@ impl Host for LinuxHost {
         Ok(())
     }
 
+    fn grow_fs_offline(&self, fs: FsType, device: &Path) -> Result<(), HostError> {
+        match fs {
+            FsType::Ext4 => {
+                // resize2fs insists on a freshly checked filesystem; e2fsck
+                // exits 1 when it fixed something, which is fine here.
+                tool::run_tool_codes(
+                    &format!("e2fsck -f -p {}", device.display()),
+                    "e2fsck",
+                    &[OsStr::new("-f"), OsStr::new("-p"), device.as_os_str()],
+                    self.tool_timeout,
+                    &[1],
+                )?;
+                self.tool(
+                    &format!("resize2fs {}", device.display()),
+                    "resize2fs",
+                    &[device.as_os_str()],
+                )?;
+            }
+            FsType::Xfs => {
+                return Err(HostError::Unsupported {
+                    op: format!("grow xfs on {}", device.display()),
+                    detail: "xfs grows only while mounted".into(),
+                })
+            }
+        }
+        tracing::info!(device = %device.display(), fs = %fs, "grew unmounted filesystem");
+        Ok(())
+    }
+
+    fn can_grow_online(&self, fs: FsType) -> bool {
+        match fs {
+            FsType::Ext4 => self.can_grow_ext4_online(),
+            FsType::Xfs => true,
+        }
+    }
+
     fn mount(
         &self,
         device: &Path,

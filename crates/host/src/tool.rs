@@ -27,6 +27,18 @@ pub(crate) fn run_tool_as<S: AsRef<OsStr>>(
     args: &[S],
     timeout: Duration,
 ) -> Result<Output, HostError> {
+    run_tool_codes(op, program, args, timeout, &[])
+}
+
+/// Like [`run_tool_as`], also accepting the exit codes in `ok_codes` (e2fsck
+/// exits 1 after fixing something, which is success for us).
+pub(crate) fn run_tool_codes<S: AsRef<OsStr>>(
+    op: &str,
+    program: &str,
+    args: &[S],
+    timeout: Duration,
+    ok_codes: &[i32],
+) -> Result<Output, HostError> {
     tracing::debug!(op, program, "running tool");
     let mut cmd = Command::new(program);
     cmd.args(args)
@@ -64,7 +76,7 @@ pub(crate) fn run_tool_as<S: AsRef<OsStr>>(
         stdout: join(stdout),
         stderr: join(stderr),
     };
-    if !output.status.success() {
+    if !(output.status.success() || output.status.code().is_some_and(|c| ok_codes.contains(&c))) {
         return Err(HostError::failed(
             op,
             failure_detail(output.status, &output.stderr),
