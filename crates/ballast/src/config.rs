@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use ballast_core::model::{parse_size, FsType};
+use ballast_core::model::{parse_size, DriverKind, FsType};
 use clap::Args;
 use serde::Deserialize;
 
@@ -46,6 +46,10 @@ pub struct ServeArgs {
     /// Log format: text or json [default: text]
     #[arg(long, env = "BALLAST_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Driver of the default pool at its creation: loop or dir [default:
+    /// loop where loop devices work, else dir]
+    #[arg(long, env = "BALLAST_DEFAULT_DRIVER")]
+    pub default_driver: Option<String>,
 }
 
 /// The config file's keys (all optional; unknown keys are errors).
@@ -61,6 +65,7 @@ struct FileConfig {
     default_fs: Option<String>,
     overcommit_ratio: Option<f64>,
     log_format: Option<String>,
+    default_driver: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +85,8 @@ pub struct Config {
     pub default_fs: FsType,
     pub overcommit_ratio: f64,
     pub log_format: LogFormat,
+    /// None: loop where possible, else dir.
+    pub default_driver: Option<DriverKind>,
 }
 
 impl Config {
@@ -125,6 +132,12 @@ impl Config {
         if !(ratio.is_finite() && ratio > 0.0) {
             anyhow::bail!("overcommit ratio {ratio}: must be a positive number");
         }
+        let default_driver = match args.default_driver.clone().or(file.default_driver).as_deref() {
+            None => None,
+            Some("loop") => Some(DriverKind::Loop),
+            Some("dir") => Some(DriverKind::Dir),
+            Some(other) => anyhow::bail!("default driver {other:?}: use loop or dir"),
+        };
         let listen = args.listen.clone().or(file.listen);
         if tls.is_some() && listen.is_none() {
             anyhow::bail!("tls is configured but there is no --listen address to use it on");
@@ -146,6 +159,7 @@ impl Config {
             default_fs: fs_text.parse().context("default filesystem")?,
             overcommit_ratio: ratio,
             log_format,
+            default_driver,
         })
     }
 

@@ -112,7 +112,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     );
     let service = Arc::new(service);
     if service.get_pool("default").is_err() {
-        let driver = if host.loop_available() {
+        let driver = if let Some(d) = config.default_driver {
+            d
+        } else if host.loop_available() {
             DriverKind::Loop
         } else {
             tracing::warn!("loop devices are not available here (not root, or no /dev/loop-control): the default pool uses the dir driver, whose sizes are not enforced");
