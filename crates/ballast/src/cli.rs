@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use ballast_core::model::{format_size, parse_label};
+use ballast_core::model::{format_size, parse_label, validate_name};
 use ballast_server::api::{MountReply, PoolView, VersionReply, VolumeView};
 use clap::{Parser, Subcommand, ValueEnum};
 use hyper::Method;
@@ -121,8 +121,13 @@ pub enum PoolCmd {
 }
 
 /// Volume names go into URL paths; anything but the allowed characters is
-/// refused by the daemon anyway, but must not change the path here.
-fn seg(name: &str) -> String {
+/// refused by the daemon anyway, but must not change the path here. An empty
+/// name would drop the segment and address another endpoint, so it is
+/// refused here with the daemon's message.
+fn seg(kind: &str, name: &str) -> anyhow::Result<String> {
+    if name.is_empty() {
+        validate_name(kind, name).map_err(|e| anyhow::anyhow!("invalid argument: {e}"))?;
+    }
     let mut out = String::with_capacity(name.len());
     for b in name.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
@@ -134,7 +139,7 @@ fn seg(name: &str) -> String {
     if out == "." || out == ".." {
         out = out.replace('.', "%2E");
     }
-    out
+    Ok(out)
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -219,11 +224,11 @@ fn volume(c: &Client, output: Output, cmd: &VolumeCmd) -> anyhow::Result<()> {
             }
         }
         VolumeCmd::Inspect { name } => {
-            let v: VolumeView = c.get(&format!("/v1/volumes/{}", seg(name)))?;
+            let v: VolumeView = c.get(&format!("/v1/volumes/{}", seg("volume", name)?))?;
             print_one(output, &v, || print_volume(&v))
         }
         VolumeCmd::Rm { name, force } => {
-            let path = format!("/v1/volumes/{}?force={force}", seg(name));
+            let path = format!("/v1/volumes/{}?force={force}", seg("volume", name)?);
             c.call::<serde_json::Value>(Method::DELETE, &path, None)?;
             match output {
                 Output::Json => print_json(&json!({"deleted": name})),
@@ -235,21 +240,21 @@ fn volume(c: &Client, output: Output, cmd: &VolumeCmd) -> anyhow::Result<()> {
         }
         VolumeCmd::Mount { name, id } => {
             let r: MountReply = c.post(
-                &format!("/v1/volumes/{}/mount", seg(name)),
+                &format!("/v1/volumes/{}/mount", seg("volume", name)?),
                 json!({ "id": id }),
             )?;
             print_one(output, &r, || println!("{}", r.mountpoint))
         }
         VolumeCmd::Unmount { name, id } => {
             let v: VolumeView = c.post(
-                &format!("/v1/volumes/{}/unmount", seg(name)),
+                &format!("/v1/volumes/{}/unmount", seg("volume", name)?),
                 json!({ "id": id }),
             )?;
             print_one(output, &v, || println!("{}", v.name))
         }
         VolumeCmd::Resize { name, size } => {
             let v: VolumeView = c.post(
-                &format!("/v1/volumes/{}/resize", seg(name)),
+                &format!("/v1/volumes/{}/resize", seg("volume", name)?),
                 json!({ "size": size }),
             )?;
             print_one(output, &v, || println!("{} {}", v.name, v.size))
@@ -297,7 +302,7 @@ fn pool(c: &Client, output: Output, cmd: &PoolCmd) -> anyhow::Result<()> {
             }
         }
         PoolCmd::Inspect { name } => {
-            let p: PoolView = c.get(&format!("/v1/pools/{}", seg(name)))?;
+            let p: PoolView = c.get(&format!("/v1/pools/{}", seg("pool", name)?))?;
             print_one(output, &p, || {
                 println!("name:          {}", p.name);
                 println!("driver:        {}", p.driver);

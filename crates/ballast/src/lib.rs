@@ -11,9 +11,24 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// Entry point: exit 0 on success, 1 with a one-line message on error.
+/// Entry point: exit 0 on success, 1 with a one-line message on error
+/// (a mistyped command line included).
 pub fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help, --version, and a bare `ballast volume`: clap prints the
+        // help text itself.
+        Err(e)
+            if !e.use_stderr()
+                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            eprintln!("ballast: {}", usage_error_line(&e));
+            return ExitCode::FAILURE;
+        }
+    };
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -22,4 +37,22 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// clap's multi-line usage error (message, tip, usage) as one line.
+fn usage_error_line(e: &clap::Error) -> String {
+    e.render()
+        .to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .map(|l| {
+            let l = l.strip_prefix("error: ").unwrap_or(l);
+            match l.strip_prefix("Usage: ") {
+                Some(u) => format!("usage: {u}"),
+                None => l.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }

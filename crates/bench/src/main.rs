@@ -1,1 +1,431 @@
-fn main() {}
+//! `ballast-bench`: the figures issue 2 asks for, printed with their ratios
+//! against the named baselines. Runs the release `ballast` binary next to
+//! this one against a scratch state directory; needs root and loop devices.
+//!
+//! - `lifecycle`: create 1 GiB ext4 → mount → write 4 KiB + fsync → unmount
+//!   → rm, through the REST API, through the CLI, and as a plain shell
+//!   script (truncate, losetup, mkfs.ext4, mount, umount, losetup -d, rm).
+//! - `scale`: `volume ls` latency and daemon RSS at N volumes.
+//! - `fio`: 4 KiB random and 1 MiB sequential writes on a loop volume
+//!   against the same on the backing filesystem.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks for ballast")]
+struct Args {
+    /// Scratch directory (on the filesystem to measure)
+    #[arg(long, default_value = "/var/tmp/ballast-bench")]
+    dir: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Lifecycle latency: REST, CLI and shell script
+    Lifecycle {
+        #[arg(long, default_value_t = 30)]
+        n: usize,
+    },
+    /// `volume ls` latency and daemon RSS at many volumes
+    Scale {
+        #[arg(long, default_value_t = 10_000)]
+        volumes: usize,
+    },
+    /// fio on a loop volume against the backing filesystem
+    Fio {
+        #[arg(long, default_value_t = 15)]
+        seconds: u32,
+    },
+    /// Everything, with the issue's defaults
+    All,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if !nix_is_root() {
+        bail!("ballast-bench needs root (loop devices and mounts)");
+    }
+    match args.cmd {
+        Cmd::Lifecycle { n } => lifecycle(&args.dir, n),
+        Cmd::Scale { volumes } => scale(&args.dir, volumes),
+        Cmd::Fio { seconds } => fio(&args.dir, seconds),
+        Cmd::All => {
+            lifecycle(&args.dir, 30)?;
+            scale(&args.dir, 10_000)?;
+            fio(&args.dir, 15)
+        }
+    }
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn ballast_bin() -> Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let bin = me.with_file_name("ballast");
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p ballast`",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// A daemon on a scratch state directory, stopped on drop.
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    run: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path) -> Result<Daemon> {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir)?;
+        let run = dir.join("run");
+        let socket = run.join("api.sock");
+        let child = Command::new(ballast_bin()?)
+            .args(["serve", "--state-dir"])
+            .arg(dir.join("state"))
+            .arg("--run-dir")
+            .arg(&run)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("daemon.log"))?)
+            .spawn()?;
+        let d = Daemon { child, socket, run };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !matches!(http(&d.socket, "GET", "/v1/version", ""), Ok((200, _))) {
+            if Instant::now() > deadline {
+                bail!("daemon did not start; see {}", dir.join("daemon.log").display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(d)
+    }
+
+    fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(ballast_bin()?)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "ballast {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    fn rest(&self, method: &str, path: &str, body: &str) -> Result<String> {
+        let (status, body) = http(&self.socket, method, path, body)?;
+        if !(200..300).contains(&status) {
+            bail!("{method} {path}: {status} {body}");
+        }
+        Ok(body)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        let _ = &self.run;
+    }
+}
+
+/// One HTTP/1.1 request on a unix socket: (status, body).
+fn http(socket: &Path, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    let mut s = UnixStream::connect(socket)?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: l\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let (head, rest) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = if head.to_ascii_lowercase().contains("chunked") {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn write_4k_fsync(dir: &Path) -> Result<()> {
+    let mut f = std::fs::File::create(dir.join("f"))?;
+    f.write_all(&[7u8; 4096])?;
+    f.sync_all()?;
+    Ok(())
+}
+
+struct Stats {
+    p50: Duration,
+    p99: Duration,
+}
+
+fn stats(mut v: Vec<Duration>) -> Stats {
+    v.sort();
+    let at = |q: f64| {
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+        v[i]
+    };
+    Stats {
+        p50: at(0.5),
+        p99: at(0.99),
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+const SHELL_LIFECYCLE: &str = r#"set -e
+img="$1/img"; mnt="$1/mnt"
+truncate -s 1G "$img"
+dev=$(losetup -f --show --direct-io=on "$img")
+mkfs.ext4 -q -E lazy_itable_init=1,lazy_journal_init=1,nodiscard "$dev"
+mkdir -p "$mnt"
+mount "$dev" "$mnt"
+dd if=/dev/zero of="$mnt/f" bs=4k count=1 conv=fsync status=none
+umount "$mnt"
+losetup -d "$dev"
+rm "$img"
+"#;
+
+fn lifecycle(dir: &Path, n: usize) -> Result<()> {
+    println!("== lifecycle: create 1G ext4 -> mount -> write 4 KiB + fsync -> unmount -> rm (n={n})");
+    let d = Daemon::start(dir)?;
+    let mut rest = Vec::new();
+    let mut cli = Vec::new();
+    let mut shell = Vec::new();
+    let shell_dir = dir.join("shell");
+    std::fs::create_dir_all(&shell_dir)?;
+    // Interleave the three so drift in the machine hits them alike.
+    for i in 0..n {
+        let name = format!("r{i}");
+        let t = Instant::now();
+        d.rest(
+            "POST",
+            "/v1/volumes",
+            &format!(r#"{{"name":"{name}","size":"1G","fs":"ext4"}}"#),
+        )?;
+        let reply = d.rest("POST", &format!("/v1/volumes/{name}/mount"), "{}")?;
+        let v: serde_json::Value = serde_json::from_str(&reply)?;
+        let mp = PathBuf::from(v["mountpoint"].as_str().context("mountpoint")?);
+        write_4k_fsync(&mp)?;
+        d.rest("POST", &format!("/v1/volumes/{name}/unmount"), "{}")?;
+        d.rest("DELETE", &format!("/v1/volumes/{name}"), "")?;
+        rest.push(t.elapsed());
+
+        let name = format!("c{i}");
+        let t = Instant::now();
+        d.cli(&["volume", "create", &name, "--size", "1G", "--fs", "ext4"])?;
+        let mp = PathBuf::from(d.cli(&["volume", "mount", &name])?.trim());
+        write_4k_fsync(&mp)?;
+        d.cli(&["volume", "unmount", &name])?;
+        d.cli(&["volume", "rm", &name])?;
+        cli.push(t.elapsed());
+
+        let t = Instant::now();
+        let st = Command::new("bash")
+            .args(["-c", SHELL_LIFECYCLE, "lifecycle"])
+            .arg(&shell_dir)
+            .status()?;
+        if !st.success() {
+            bail!("shell lifecycle failed");
+        }
+        shell.push(t.elapsed());
+    }
+    let (r, c, s) = (stats(rest), stats(cli), stats(shell));
+    println!(
+        "{:<8} {:>10} {:>10} {:>14}",
+        "path", "p50 ms", "p99 ms", "p50 vs shell"
+    );
+    for (label, st) in [("rest", &r), ("cli", &c), ("shell", &s)] {
+        println!(
+            "{:<8} {:>10.1} {:>10.1} {:>13.2}x",
+            label,
+            ms(st.p50),
+            ms(st.p99),
+            ms(st.p50) / ms(s.p50)
+        );
+    }
+    println!(
+        "targets: rest p50 <= 1.00x shell ({:.2}x), cli p50 <= 1.25x shell ({:.2}x)",
+        ms(r.p50) / ms(s.p50),
+        ms(c.p50) / ms(s.p50)
+    );
+    Ok(())
+}
+
+fn scale(dir: &Path, volumes: usize) -> Result<()> {
+    println!("== scale: {volumes} volumes");
+    let d = Daemon::start(dir)?;
+    let rss_empty = d.rss_kib();
+    let t = Instant::now();
+    for i in 0..volumes {
+        d.rest(
+            "POST",
+            "/v1/volumes",
+            &format!(r#"{{"name":"s{i:05}","size":"64M"}}"#),
+        )?;
+        if (i + 1) % 1000 == 0 {
+            eprintln!("  created {}/{volumes}", i + 1);
+        }
+    }
+    let create_s = t.elapsed().as_secs_f64();
+    let mut rest = Vec::new();
+    let mut cli = Vec::new();
+    let mut count = 0;
+    for _ in 0..20 {
+        let t = Instant::now();
+        let body = d.rest("GET", "/v1/volumes", "")?;
+        rest.push(t.elapsed());
+        count = serde_json::from_str::<serde_json::Value>(&body)?
+            .as_array()
+            .map_or(0, Vec::len);
+        let t = Instant::now();
+        d.cli(&["-o", "json", "volume", "ls"])?;
+        cli.push(t.elapsed());
+    }
+    if count != volumes {
+        bail!("listed {count} volumes, expected {volumes}");
+    }
+    let (r, c) = (stats(rest), stats(cli));
+    let rss = d.rss_kib();
+    println!(
+        "create: {volumes} volumes in {create_s:.1} s ({:.2} ms each)",
+        create_s * 1000.0 / volumes as f64
+    );
+    println!(
+        "volume ls (REST): p50 {:.1} ms, p99 {:.1} ms (target <= 50 ms)",
+        ms(r.p50),
+        ms(r.p99)
+    );
+    println!(
+        "volume ls (CLI, -o json): p50 {:.1} ms, p99 {:.1} ms",
+        ms(c.p50),
+        ms(c.p99)
+    );
+    println!(
+        "daemon RSS: {:.1} MiB at {volumes} volumes ({:.1} MiB empty; target <= 150 MiB)",
+        rss as f64 / 1024.0,
+        rss_empty as f64 / 1024.0
+    );
+    Ok(())
+}
+
+fn fio_run(target: &Path, rw: &str, bs: &str, seconds: u32) -> Result<(f64, f64)> {
+    let out = Command::new("fio")
+        .args([
+            "--name=b",
+            &format!("--filename={}", target.display()),
+            &format!("--rw={rw}"),
+            &format!("--bs={bs}"),
+            "--size=1G",
+            "--direct=1",
+            "--ioengine=libaio",
+            "--iodepth=32",
+            "--time_based",
+            &format!("--runtime={seconds}"),
+            "--end_fsync=1",
+            "--output-format=json",
+        ])
+        .output()
+        .context("running fio (apt-get install fio)")?;
+    if !out.status.success() {
+        bail!("fio: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let w = &v["jobs"][0]["write"];
+    let bw = w["bw_bytes"].as_f64().unwrap_or(0.0);
+    let iops = w["iops"].as_f64().unwrap_or(0.0);
+    let _ = std::fs::remove_file(target);
+    Ok((bw, iops))
+}
+
+fn fio(dir: &Path, seconds: u32) -> Result<()> {
+    println!("== fio: loop volume vs backing filesystem ({seconds} s each, direct I/O, iodepth 32)");
+    let d = Daemon::start(dir)?;
+    d.cli(&["volume", "create", "fio", "--size", "2G"])?;
+    let mp = PathBuf::from(d.cli(&["volume", "mount", "fio"])?.trim());
+    let backing = dir.join("backing");
+    std::fs::create_dir_all(&backing)?;
+    for (label, rw, bs) in [
+        ("4 KiB random write", "randwrite", "4k"),
+        ("1 MiB sequential write", "write", "1M"),
+    ] {
+        let (bw_b, iops_b) = fio_run(&backing.join("f"), rw, bs, seconds)?;
+        let (bw_v, iops_v) = fio_run(&mp.join("f"), rw, bs, seconds)?;
+        println!(
+            "{label:<24} backing {:>9.1} MiB/s {:>9.0} IOPS | volume {:>9.1} MiB/s {:>9.0} IOPS | ratio {:.2} (target >= 0.90)",
+            bw_b / 1048576.0,
+            iops_b,
+            bw_v / 1048576.0,
+            iops_v,
+            bw_v / bw_b
+        );
+    }
+    d.cli(&["volume", "unmount", "fio"])?;
+    d.cli(&["volume", "rm", "fio"])?;
+    Ok(())
+}

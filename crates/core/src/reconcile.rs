@@ -100,10 +100,10 @@ impl VolumeService {
             admission: Mutex::new(()),
             events: EventLog::new(events),
             failpoints: parts.failpoints,
+            usage_cache: Mutex::new(HashMap::new()),
         };
-        std::fs::create_dir_all(&svc.config.mounts_dir).map_err(|e| {
-            crate::driver::DriverError::io(&svc.config.mounts_dir, e)
-        })?;
+        std::fs::create_dir_all(&svc.config.mounts_dir)
+            .map_err(|e| crate::driver::DriverError::io(&svc.config.mounts_dir, e))?;
         let report = svc.reconcile()?;
         Ok((svc, report))
     }
@@ -192,7 +192,10 @@ impl VolumeService {
                 IntentOp::Delete => (true, self.delete_steps(&before)),
             };
             // Rollbacks log their own failures and keep the intent.
-            let still_there = self.store.get(&crate::service::intent_key(&name))?.is_some();
+            let still_there = self
+                .store
+                .get(&crate::service::intent_key(&name))?
+                .is_some();
             let msg = format!(
                 "interrupted {op} of {name} {} at start",
                 if forward { "finished" } else { "undone" }
@@ -211,9 +214,10 @@ impl VolumeService {
                         Some(&name),
                         msg,
                     );
-                    self.store.commit(
-                        Txn::new().put(crate::events::event_key(ev.seq), crate::service::to_json(&ev)),
-                    )?;
+                    self.store.commit(Txn::new().put(
+                        crate::events::event_key(ev.seq),
+                        crate::service::to_json(&ev),
+                    ))?;
                     self.events.publish(ev);
                 }
                 Ok(()) => report
@@ -265,7 +269,11 @@ impl VolumeService {
             .iter()
             .filter_map(|v| v.staging.as_ref().map(|s| s.mountpoint.clone()))
             .collect();
-        for m in self.host.mounts().map_err(crate::driver::DriverError::from)? {
+        for m in self
+            .host
+            .mounts()
+            .map_err(crate::driver::DriverError::from)?
+        {
             if m.target.starts_with(&self.config.mounts_dir)
                 && m.target != self.config.mounts_dir
                 && !staged_mounts.contains(&m.target)
@@ -312,7 +320,9 @@ impl VolumeService {
             .loop_devices()
             .map_err(crate::driver::DriverError::from)?
         {
-            let ours = loop_pools.iter().any(|p| l.backing_file.starts_with(&p.path));
+            let ours = loop_pools
+                .iter()
+                .any(|p| l.backing_file.starts_with(&p.path));
             if !ours || owned.get(&l.backing_file) == Some(&true) {
                 continue;
             }

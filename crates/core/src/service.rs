@@ -23,14 +23,14 @@ use chrono::Utc;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use crate::driver::{Driver, DriverError};
+use crate::driver::{Driver, DriverError, PoolUsage};
 use crate::error::{Error, Result};
 use crate::events::{event_key, Event, EventKind, EventLog, KEEP};
 use crate::failpoint::Failpoints;
 use crate::host::{Host, LoopDevice};
 use crate::model::{
-    validate_consumer_id, validate_label, validate_name, Consumer, ConsumerRef, DriverKind,
-    FsType, InvalidInput, Pool, PoolCapacity, Staging, Volume, VolumeState,
+    validate_consumer_id, validate_label, validate_name, Consumer, ConsumerRef, DriverKind, FsType,
+    InvalidInput, Pool, PoolCapacity, Staging, Volume, VolumeState,
 };
 use crate::store::{Store, Txn};
 
@@ -39,6 +39,9 @@ pub(crate) const VOL_PREFIX: &str = "vol/";
 pub(crate) const INTENT_PREFIX: &str = "intent/";
 pub(crate) const EVENT_PREFIX: &str = "event/";
 pub(crate) const BOOT_ID_KEY: &str = "meta/boot_id";
+
+/// How long a measurement of a pool's backing usage is reused.
+pub const USAGE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Settings the service needs; the daemon fills them from its config.
 #[derive(Debug, Clone)]
@@ -134,6 +137,7 @@ pub struct VolumeService {
     pub(crate) admission: Mutex<()>,
     pub(crate) events: EventLog,
     pub(crate) failpoints: Failpoints,
+    pub(crate) usage_cache: Mutex<HashMap<String, (std::time::Instant, PoolUsage)>>,
 }
 
 impl VolumeService {
@@ -179,8 +183,25 @@ impl VolumeService {
             .ok_or_else(|| Error::not_found("pool", name))
     }
 
-    pub fn pool_capacity(&self, pool: &Pool) -> Result<PoolCapacity> {
+    /// The pool's backing usage, measured at most every [`USAGE_TTL`]:
+    /// measuring walks every image, which at 10,000 volumes is too slow to
+    /// repeat on each create. Provisioned bytes, which admission mostly
+    /// turns on, are always current.
+    fn pool_usage(&self, pool: &Pool) -> Result<PoolUsage> {
+        if let Some((at, usage)) = self.usage_cache.lock().get(&pool.name) {
+            if at.elapsed() < USAGE_TTL {
+                return Ok(*usage);
+            }
+        }
         let usage = self.driver(pool.driver)?.usage(pool)?;
+        self.usage_cache
+            .lock()
+            .insert(pool.name.clone(), (std::time::Instant::now(), usage));
+        Ok(usage)
+    }
+
+    pub fn pool_capacity(&self, pool: &Pool) -> Result<PoolCapacity> {
+        let usage = self.pool_usage(pool)?;
         let provisioned: u64 = self
             .volumes
             .read()
@@ -218,12 +239,11 @@ impl VolumeService {
     pub fn intents(&self) -> Result<Vec<(String, Intent)>> {
         let mut out = Vec::new();
         for (k, v) in self.store.scan(INTENT_PREFIX)? {
-            let intent: Intent = serde_json::from_slice(&v).map_err(|e| {
-                crate::store::StoreError::Corrupt {
+            let intent: Intent =
+                serde_json::from_slice(&v).map_err(|e| crate::store::StoreError::Corrupt {
                     path: k.clone(),
                     detail: e.to_string(),
-                }
-            })?;
+                })?;
             out.push((k[INTENT_PREFIX.len()..].to_string(), intent));
         }
         Ok(out)
@@ -430,13 +450,7 @@ impl VolumeService {
                 return;
             }
         }
-        if let Err(e) = self.persist(
-            Txn::new(),
-            &vol.name,
-            None,
-            Some(IntentWrite::Clear),
-            None,
-        ) {
+        if let Err(e) = self.persist(Txn::new(), &vol.name, None, Some(IntentWrite::Clear), None) {
             tracing::error!(volume = %vol.name, error = %e, "undo create: clearing record failed");
         }
     }
@@ -493,8 +507,7 @@ impl VolumeService {
             if let (Some(path), true) = (&dev_path, offline_grow) {
                 node.grow_fs(&vol, path, None)?;
             }
-            std::fs::create_dir_all(&mountpoint)
-                .map_err(|e| DriverError::io(&mountpoint, e))?;
+            std::fs::create_dir_all(&mountpoint).map_err(|e| DriverError::io(&mountpoint, e))?;
             let data = node.mount(&pool, &vol, dev_path.as_deref(), &mountpoint)?;
             if data != mountpoint {
                 // The backend serves its data in place (dir driver).
@@ -717,13 +730,7 @@ impl VolumeService {
             Err(e) => {
                 // Growing the image is harmless to keep; the record keeps the
                 // old size so accounting and the filesystem agree.
-                let _ = self.persist(
-                    Txn::new(),
-                    name,
-                    Some(&vol),
-                    Some(IntentWrite::Clear),
-                    None,
-                );
+                let _ = self.persist(Txn::new(), name, Some(&vol), Some(IntentWrite::Clear), None);
                 Err(e)
             }
         }
@@ -807,13 +814,7 @@ impl VolumeService {
         )?;
         self.failpoints.hit("delete.after_intent");
         if let Err(e) = self.delete_steps(&vol) {
-            let _ = self.persist(
-                Txn::new(),
-                name,
-                Some(&vol),
-                Some(IntentWrite::Clear),
-                None,
-            );
+            let _ = self.persist(Txn::new(), name, Some(&vol), Some(IntentWrite::Clear), None);
             return Err(e);
         }
         Ok(())
@@ -841,8 +842,7 @@ impl VolumeService {
 
     pub(crate) fn driver(&self, kind: DriverKind) -> Result<&Arc<dyn Driver>> {
         self.drivers.get(&kind).ok_or_else(|| {
-            DriverError::Unsupported(format!("driver {kind} is not available in this build"))
-                .into()
+            DriverError::Unsupported(format!("driver {kind} is not available in this build")).into()
         })
     }
 

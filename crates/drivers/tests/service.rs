@@ -151,7 +151,12 @@ impl Env {
         let keys = self.store_keys("vol/");
         assert_eq!(keys.len(), listed.len(), "store has {keys:?}");
         for v in listed {
-            assert_eq!(self.stored(&v.name).as_ref(), Some(&v), "record of {}", v.name);
+            assert_eq!(
+                self.stored(&v.name).as_ref(),
+                Some(&v),
+                "record of {}",
+                v.name
+            );
         }
     }
 
@@ -301,7 +306,11 @@ fn lifecycle_create_mount_unmount_remount_delete() {
 
     let again = svc.mount("data", cli("c1")).unwrap();
     assert_eq!(again.state, VolumeState::Mounted);
-    assert_eq!(env.calls("mkfs"), 1, "a formatted volume is not formatted again");
+    assert_eq!(
+        env.calls("mkfs"),
+        1,
+        "a formatted volume is not formatted again"
+    );
     assert_eq!(env.host.mount_count(), 1);
     svc.unmount("data", &cli("c1")).unwrap();
     assert_eq!(env.host.loop_count(), 0);
@@ -335,7 +344,8 @@ fn lifecycle_create_mount_unmount_remount_delete() {
 fn create_is_idempotent_and_refuses_different_parameters() {
     let env = Env::new();
     let svc = env.start();
-    svc.ensure_pool(env.pool("other", DriverKind::Loop)).unwrap();
+    svc.ensure_pool(env.pool("other", DriverKind::Loop))
+        .unwrap();
     let labels: BTreeMap<String, String> = [("app".to_string(), "db".to_string())].into();
     let full = CreateVolume {
         name: "v".into(),
@@ -523,10 +533,7 @@ fn delete_of_a_mounted_volume_needs_force() {
     let calls = env.host.calls().len();
 
     let err = svc.delete_volume("v", false).unwrap_err();
-    assert!(
-        matches!(err, Error::InUse { consumers: 2, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, Error::InUse { consumers: 2, .. }), "{err}");
     assert_eq!(svc.get_volume("v").unwrap(), mounted);
     assert_eq!(env.stored("v").as_ref(), Some(&mounted));
     assert_eq!(env.host.calls().len(), calls, "no host calls");
@@ -561,7 +568,7 @@ fn create_beyond_capacity_is_refused_and_leaves_nothing() {
         } => {
             assert_eq!(pool, "default");
             assert_eq!(requested, 64 * GIB);
-            assert!(available >= 50 * GIB && available < 51 * GIB, "{available}");
+            assert!((50 * GIB..51 * GIB).contains(&available), "{available}");
         }
         ref other => panic!("expected capacity, got {other}"),
     }
@@ -577,7 +584,9 @@ fn create_beyond_capacity_is_refused_and_leaves_nothing() {
     assert_eq!(env.image_len(&big), 64 * GIB);
 
     // Provisioned sizes count, not the (sparse) bytes used.
-    let cap = svc.pool_capacity(&svc.get_pool("default").unwrap()).unwrap();
+    let cap = svc
+        .pool_capacity(&svc.get_pool("default").unwrap())
+        .unwrap();
     assert_eq!(cap.provisioned_bytes, 64 * GIB);
     assert!(matches!(
         svc.create_volume(req("more", 40 * GIB)),
@@ -626,7 +635,17 @@ fn bad_names_are_refused_and_leave_nothing() {
     let env = Env::new();
     let svc = env.start();
     let long = "a".repeat(129);
-    let bad = ["../x", "a/b", "", long.as_str(), "-x", "a\0b", "a\tb", "..", "."];
+    let bad = [
+        "../x",
+        "a/b",
+        "",
+        long.as_str(),
+        "-x",
+        "a\0b",
+        "a\tb",
+        "..",
+        ".",
+    ];
     for name in bad {
         let err = svc.create_volume(req(name, 64 * MIB)).unwrap_err();
         assert!(matches!(err, Error::InvalidArgument(_)), "{name:?}: {err}");
@@ -803,7 +822,8 @@ fn a_failed_fs_grow_on_mount_is_undone_and_stays_pending() {
 
     let ok = svc.mount("v", cli("c1")).unwrap();
     assert!(!ok.fs_grow_pending);
-    assert_eq!(env.fs_grows(), 2);
+    assert_eq!(env.calls("loop_refresh_capacity"), 2);
+    assert_eq!(env.fs_grows(), 1);
 }
 
 // ----- 8. busy unmount ---------------------------------------------------
@@ -926,6 +946,30 @@ fn resize_of_a_never_formatted_volume_needs_no_fs_grow() {
 }
 
 #[test]
+fn resize_without_online_grow_defers_the_fs_to_the_next_mount() {
+    let env = Env::new();
+    let svc = env.start();
+    let vol = svc.create_volume(req("v", 64 * MIB)).unwrap();
+    svc.mount("v", cli("c1")).unwrap();
+    env.host.set_no_online_grow(true);
+
+    let grown = svc.resize("v", 128 * MIB).unwrap();
+    assert_eq!(grown.size_bytes, 128 * MIB);
+    assert_eq!(grown.state, VolumeState::Mounted);
+    assert!(grown.fs_grow_pending);
+    assert_eq!(env.image_len(&vol), 128 * MIB);
+    assert_eq!(env.fs_grows(), 0);
+    env.assert_no_intents(&svc);
+
+    // The pending grow survives the unmount and happens at the next mount.
+    assert!(svc.unmount("v", &cli("c1")).unwrap().fs_grow_pending);
+    let remounted = svc.mount("v", cli("c1")).unwrap();
+    assert!(!remounted.fs_grow_pending);
+    assert_eq!(env.fs_grows(), 1);
+    assert_eq!(env.stored("v").as_ref(), Some(&remounted));
+}
+
+#[test]
 fn a_failed_online_fs_grow_keeps_the_old_size() {
     let env = Env::new();
     let svc = env.start();
@@ -1032,10 +1076,7 @@ fn reconcile_finishes_an_interrupted_unstage() {
         }
 
         let (svc, rep) = env.open();
-        assert_eq!(
-            rep,
-            report(|r| r.rolled_forward = vec!["unstage v".into()])
-        );
+        assert_eq!(rep, report(|r| r.rolled_forward = vec!["unstage v".into()]));
         let vol = svc.get_volume("v").unwrap();
         assert_eq!(vol.state, VolumeState::Available);
         assert!(vol.staging.is_none());
@@ -1223,7 +1264,11 @@ fn after_a_reboot_nothing_is_mounted() {
     let (svc, rep) = env.open();
     assert_eq!(rep, ReconcileReport::default());
     svc.mount("a", cli("c1")).unwrap();
-    assert_eq!(env.calls("mkfs"), 2, "formatted volumes are not formatted again");
+    assert_eq!(
+        env.calls("mkfs"),
+        2,
+        "formatted volumes are not formatted again"
+    );
     assert_eq!(env.host.mount_count(), 1);
 }
 
@@ -1485,6 +1530,27 @@ fn dir_volumes_are_served_in_place() {
 }
 
 #[test]
+fn an_empty_dir_volume_survives_unmount() {
+    let env = Env::new();
+    let svc = env.start();
+    let pool = svc.ensure_pool(env.pool("files", DriverKind::Dir)).unwrap();
+    let vol = svc
+        .create_volume(CreateVolume {
+            pool: Some("files".into()),
+            ..req("empty", GIB)
+        })
+        .unwrap();
+    let data = dir::volume_dir(&pool, &vol);
+    for _ in 0..2 {
+        svc.mount("empty", cli("c1")).unwrap();
+        svc.unmount("empty", &cli("c1")).unwrap();
+        assert!(data.is_dir(), "unmount removed the volume's directory");
+    }
+    svc.delete_volume("empty", false).unwrap();
+    assert!(!data.exists());
+}
+
+#[test]
 fn dir_volume_force_delete_while_mounted() {
     let env = Env::new();
     let svc = env.start();
@@ -1495,7 +1561,12 @@ fn dir_volume_force_delete_while_mounted() {
             ..req("d", GIB)
         })
         .unwrap();
-    let data = svc.mount("d", cli("c1")).unwrap().staging.unwrap().mountpoint;
+    let data = svc
+        .mount("d", cli("c1"))
+        .unwrap()
+        .staging
+        .unwrap()
+        .mountpoint;
     std::fs::create_dir(data.join("sub")).unwrap();
     std::fs::write(data.join("sub").join("f"), b"x").unwrap();
     assert!(matches!(
@@ -1504,6 +1575,9 @@ fn dir_volume_force_delete_while_mounted() {
     ));
     svc.delete_volume("d", true).unwrap();
     assert!(!data.exists());
-    assert!(matches!(svc.get_volume(&vol.name), Err(Error::NotFound { .. })));
+    assert!(matches!(
+        svc.get_volume(&vol.name),
+        Err(Error::NotFound { .. })
+    ));
     env.assert_no_intents(&svc);
 }

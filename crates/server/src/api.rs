@@ -159,7 +159,8 @@ pub struct ErrorReply {
 pub struct ErrorDetail {
     /// Stable machine-readable code: `invalid_argument`, `not_found`,
     /// `already_exists`, `in_use`, `busy`, `capacity`, `conflict`, `driver`,
-    /// `store`, `unauthorized`, `payload_too_large`, `internal`.
+    /// `store`, `unauthorized`, `payload_too_large`, `method_not_allowed`,
+    /// `internal`.
     pub code: String,
     pub message: String,
 }

@@ -105,13 +105,19 @@ where
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(ApiJson(v)),
             Err(rej) => {
-                let status = rej.status();
-                let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                    "payload_too_large"
+                // axum answers 422 for a well-formed body of the wrong shape
+                // (an unknown field) and 415 for a missing content type; to
+                // clients every one of these is a bad argument, so 400.
+                let err = if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        rej.body_text(),
+                    )
                 } else {
-                    "invalid_argument"
+                    ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", rej.body_text())
                 };
-                Err(ApiError::new(status, code, rej.body_text()))
+                Err(err)
             }
         }
     }
@@ -141,7 +147,7 @@ where
     info(title = "ballast", description = "Persistent volumes for containers: the REST API. Over the unix socket no token is needed; over TCP every call needs `Authorization: Bearer <token>` (the token is in <state-dir>/token), except read-only calls from loopback."),
     paths(
         list_volumes, create_volume, get_volume, delete_volume, mount_volume, unmount_volume,
-        resize_volume, list_pools, get_pool, list_events, version
+        resize_volume, list_pools, get_pool, list_events, version, openapi_document
     ),
     components(schemas(
         CreateVolumeBody, MountBody, ResizeBody, VolumeView, PoolView, MountReply, VersionReply,
@@ -169,15 +175,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/pools/{name}", get(get_pool))
         .route("/v1/events", get(list_events))
         .route("/v1/version", get(version))
-        .route(
-            "/openapi.json",
-            get(|| async {
-                (
-                    [(header::CONTENT_TYPE, "application/json")],
-                    openapi_json(),
-                )
-            }),
-        )
+        .route("/openapi.json", get(openapi_document))
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method (see the Allow header)",
+            )
+        })
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -381,6 +386,13 @@ async fn list_events(
     })?;
     let limit = q.limit.unwrap_or(100).min(1000);
     Ok(Json(state.service.recent_events(limit)))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json",
+    responses((status = 200, description = "The OpenAPI document of this API", content_type = "application/json")))]
+async fn openapi_document() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], openapi_json())
 }
 
 #[utoipa::path(get, path = "/v1/version", responses((status = 200, body = VersionReply)))]

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every check and test of ballast. Installs what the tests need first
+# (as root, from Debian's packages), so it works on a fresh machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v mkfs.ext4 >/dev/null || need_pkgs+=(e2fsprogs)
+command -v mkfs.xfs >/dev/null || need_pkgs+=(xfsprogs)
+command -v losetup >/dev/null || need_pkgs+=(util-linux)
+if ((${#need_pkgs[@]})); then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    echo "installing ${need_pkgs[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+  else
+    echo "warning: missing ${need_pkgs[*]}; tests that need them skip (or fail with CI=true)" >&2
+  fi
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
