@@ -97,7 +97,7 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(dir: &Path) -> Result<Daemon> {
+    fn start(dir: &Path, extra: &[&str]) -> Result<Daemon> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir)?;
         let run = dir.join("run");
@@ -107,6 +107,7 @@ impl Daemon {
             .arg(dir.join("state"))
             .arg("--run-dir")
             .arg(&run)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -253,7 +254,7 @@ rm "$img"
 
 fn lifecycle(dir: &Path, n: usize) -> Result<()> {
     println!("== lifecycle: create 1G ext4 -> mount -> write 4 KiB + fsync -> unmount -> rm (n={n})");
-    let d = Daemon::start(dir)?;
+    let d = Daemon::start(dir, &[])?;
     let mut rest = Vec::new();
     let mut cli = Vec::new();
     let mut shell = Vec::new();
@@ -318,8 +319,8 @@ fn lifecycle(dir: &Path, n: usize) -> Result<()> {
 }
 
 fn scale(dir: &Path, volumes: usize) -> Result<()> {
-    println!("== scale: {volumes} volumes");
-    let d = Daemon::start(dir)?;
+    println!("== scale: {volumes} volumes of 64 MiB (overcommitted: sparse images)");
+    let d = Daemon::start(dir, &["--overcommit-ratio", "1000"])?;
     let rss_empty = d.rss_kib();
     let t = Instant::now();
     for i in 0..volumes {
@@ -405,7 +406,7 @@ fn fio_run(target: &Path, rw: &str, bs: &str, seconds: u32) -> Result<(f64, f64)
 
 fn fio(dir: &Path, seconds: u32) -> Result<()> {
     println!("== fio: loop volume vs backing filesystem ({seconds} s each, direct I/O, iodepth 32)");
-    let d = Daemon::start(dir)?;
+    let d = Daemon::start(dir, &[])?;
     d.cli(&["volume", "create", "fio", "--size", "2G"])?;
     let mp = PathBuf::from(d.cli(&["volume", "mount", "fio"])?.trim());
     let backing = dir.join("backing");
