@@ -18,7 +18,12 @@ use crate::config::ServeArgs;
 #[command(name = "ballast", version, about = "Persistent volumes for containers")]
 pub struct Cli {
     /// The daemon's API socket
-    #[arg(long, global = true, env = "BALLAST_SOCKET", default_value = "/run/ballast/api.sock")]
+    #[arg(
+        long,
+        global = true,
+        env = "BALLAST_SOCKET",
+        default_value = "/run/ballast/api.sock"
+    )]
     pub socket: PathBuf,
     /// Talk to a daemon over TCP instead: http://HOST:PORT or https://HOST:PORT
     #[arg(long, global = true, env = "BALLAST_HOST")]
@@ -309,7 +314,10 @@ fn pool(c: &Client, output: Output, cmd: &PoolCmd) -> anyhow::Result<()> {
                 println!("path:          {}", p.path);
                 println!("volumes:       {}", p.volumes);
                 println!("capacity:      {}", format_size(p.capacity.capacity_bytes));
-                println!("provisioned:   {}", format_size(p.capacity.provisioned_bytes));
+                println!(
+                    "provisioned:   {}",
+                    format_size(p.capacity.provisioned_bytes)
+                );
                 println!("used:          {}", format_size(p.capacity.used_bytes));
                 println!("available:     {}", format_size(p.capacity.available_bytes));
                 println!("overcommit:    {}", p.overcommit_ratio);

@@ -16,11 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 #[derive(Debug, Clone)]
 pub enum Endpoint {
     Unix(PathBuf),
-    Tcp {
-        host: String,
-        port: u16,
-        tls: bool,
-    },
+    Tcp { host: String, port: u16, tls: bool },
 }
 
 impl Endpoint {
@@ -121,19 +117,25 @@ impl Client {
             }
             .into());
         }
-        let bytes = if bytes.is_empty() { &b"null"[..] } else { &bytes[..] };
+        let bytes = if bytes.is_empty() {
+            &b"null"[..]
+        } else {
+            &bytes[..]
+        };
         serde_json::from_slice(bytes).context("the daemon's reply does not parse")
     }
 
     async fn connect(&self) -> anyhow::Result<Box<dyn Io>> {
         match &self.endpoint {
             Endpoint::Unix(path) => {
-                let s = tokio::net::UnixStream::connect(path).await.with_context(|| {
-                    format!(
-                        "cannot reach the ballast daemon at {} (is `ballast serve` running?)",
-                        path.display()
-                    )
-                })?;
+                let s = tokio::net::UnixStream::connect(path)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot reach the ballast daemon at {} (is `ballast serve` running?)",
+                            path.display()
+                        )
+                    })?;
                 Ok(Box::new(s))
             }
             Endpoint::Tcp { host, port, tls } => {
@@ -156,10 +158,9 @@ impl Client {
     }
 
     fn tls_connector(&self) -> anyhow::Result<tokio_rustls::TlsConnector> {
-        let ca = self
-            .ca_cert
-            .as_ref()
-            .ok_or_else(|| anyhow!("https needs --ca-cert FILE (the CA or self-signed certificate to trust)"))?;
+        let ca = self.ca_cert.as_ref().ok_or_else(|| {
+            anyhow!("https needs --ca-cert FILE (the CA or self-signed certificate to trust)")
+        })?;
         let data = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_pemfile::certs(&mut data.as_slice()) {

@@ -132,7 +132,12 @@ impl Config {
         if !(ratio.is_finite() && ratio > 0.0) {
             anyhow::bail!("overcommit ratio {ratio}: must be a positive number");
         }
-        let default_driver = match args.default_driver.clone().or(file.default_driver).as_deref() {
+        let default_driver = match args
+            .default_driver
+            .clone()
+            .or(file.default_driver)
+            .as_deref()
+        {
             None => None,
             Some("loop") => Some(DriverKind::Loop),
             Some("dir") => Some(DriverKind::Dir),

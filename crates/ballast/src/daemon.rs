@@ -12,8 +12,8 @@ use ballast_core::model::{DriverKind, Pool};
 use ballast_core::{Host, ServiceConfig, ServiceParts, VolumeService};
 use ballast_drivers::{DirDriver, LoopDriver};
 use ballast_host::LinuxHost;
-use ballast_server::rest::{self, ApiState};
 use ballast_server::listen;
+use ballast_server::rest::{self, ApiState};
 use ballast_store::RedbStore;
 
 use crate::config::{Config, LogFormat, ServeArgs};
@@ -81,9 +81,8 @@ fn load_token(state_dir: &Path) -> anyhow::Result<String> {
 async fn run(config: Config) -> anyhow::Result<()> {
     let state_dir = make_dir(&config.state_dir, 0o700)?;
     let run_dir = make_dir(&config.run_dir, 0o755)?;
-    let store = Arc::new(
-        RedbStore::open(&state_dir.join("ballast.redb")).context("opening the store")?,
-    );
+    let store =
+        Arc::new(RedbStore::open(&state_dir.join("ballast.redb")).context("opening the store")?);
     let host: Arc<dyn Host> = Arc::new(LinuxHost::new());
     let parts = ServiceParts {
         store,

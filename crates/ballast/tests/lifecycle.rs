@@ -83,7 +83,10 @@ fn repeated_mounts_and_ids_share_one_staging() {
     d.ok(&["volume", "unmount", "shared", "--id", "nobody"]);
     assert_eq!(d.json(&["volume", "inspect", "shared"])["state"], "mounted");
     d.ok(&["volume", "unmount", "shared", "--id", "b"]);
-    assert_eq!(d.json(&["volume", "inspect", "shared"])["state"], "available");
+    assert_eq!(
+        d.json(&["volume", "inspect", "shared"])["state"],
+        "available"
+    );
     d.assert_no_leftovers();
     // rm --force of a mounted volume unmounts it first.
     d.ok(&["volume", "mount", "shared"]);
@@ -156,7 +159,9 @@ fn state_survives_a_clean_restart() {
         return;
     }
     let mut d = Daemon::start();
-    d.ok(&["volume", "create", "keep", "--size", "16M", "--label", "app=db"]);
+    d.ok(&[
+        "volume", "create", "keep", "--size", "16M", "--label", "app=db",
+    ]);
     let mp = mountpoint(&d, "keep");
     std::fs::write(mp.join("x"), b"1").unwrap();
     let before = d.json(&["volume", "inspect", "keep"]);

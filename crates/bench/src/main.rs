@@ -117,7 +117,10 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !matches!(http(&d.socket, "GET", "/v1/version", ""), Ok((200, _))) {
             if Instant::now() > deadline {
-                bail!("daemon did not start; see {}", dir.join("daemon.log").display());
+                bail!(
+                    "daemon did not start; see {}",
+                    dir.join("daemon.log").display()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -253,7 +256,9 @@ rm "$img"
 "#;
 
 fn lifecycle(dir: &Path, n: usize) -> Result<()> {
-    println!("== lifecycle: create 1G ext4 -> mount -> write 4 KiB + fsync -> unmount -> rm (n={n})");
+    println!(
+        "== lifecycle: create 1G ext4 -> mount -> write 4 KiB + fsync -> unmount -> rm (n={n})"
+    );
     let d = Daemon::start(dir, &[])?;
     let mut rest = Vec::new();
     let mut cli = Vec::new();
@@ -405,7 +410,9 @@ fn fio_run(target: &Path, rw: &str, bs: &str, seconds: u32) -> Result<(f64, f64)
 }
 
 fn fio(dir: &Path, seconds: u32) -> Result<()> {
-    println!("== fio: loop volume vs backing filesystem ({seconds} s each, direct I/O, iodepth 32)");
+    println!(
+        "== fio: loop volume vs backing filesystem ({seconds} s each, direct I/O, iodepth 32)"
+    );
     let d = Daemon::start(dir, &[])?;
     d.cli(&["volume", "create", "fio", "--size", "2G"])?;
     let mp = PathBuf::from(d.cli(&["volume", "mount", "fio"])?.trim());

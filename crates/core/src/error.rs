@@ -14,7 +14,9 @@ pub enum Error {
     /// The name exists with other parameters.
     #[error("volume {name:?} already exists with different parameters: {detail}")]
     AlreadyExists { name: String, detail: String },
-    #[error("volume {name:?} is in use by {consumers} consumer(s); unmount it first or use --force")]
+    #[error(
+        "volume {name:?} is in use by {consumers} consumer(s); unmount it first or use --force"
+    )]
     InUse { name: String, consumers: usize },
     #[error("volume {name:?} is busy: {detail}")]
     Busy { name: String, detail: String },

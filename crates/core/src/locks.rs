@@ -22,11 +22,7 @@ pub struct NameGuard<'a> {
 
 impl NameLocks {
     fn entry(&self, name: &str) -> NameLock {
-        self.map
-            .lock()
-            .entry(name.to_string())
-            .or_default()
-            .clone()
+        self.map.lock().entry(name.to_string()).or_default().clone()
     }
 
     /// Wait for the name's lock.

@@ -230,7 +230,9 @@ pub struct PoolCapacity {
 }
 
 /// The kind of consumer holding a volume mounted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ConsumerKind {
     /// A Docker mount ID; counted, since `docker cp` reuses a running
@@ -395,8 +397,8 @@ mod tests {
         }
         let long = "a".repeat(129);
         for bad in [
-            "", "../x", "a/b", "..", ".x", "-x", "_x", "a\0b", "a\tb", "a\nb", "a b", "a:b",
-            "é", &long,
+            "", "../x", "a/b", "..", ".x", "-x", "_x", "a\0b", "a\tb", "a\nb", "a b", "a:b", "é",
+            &long,
         ] {
             assert!(validate_name("volume", bad).is_err(), "{bad:?} accepted");
         }
@@ -410,7 +412,18 @@ mod tests {
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert_eq!(parse_size("2Ti").unwrap(), 2 << 40);
         for bad in [
-            "", "0", "0M", "-1", "10Q", "1e3", "1.5G", " 1G", "1G ", "+1", "M", "99999999999P",
+            "",
+            "0",
+            "0M",
+            "-1",
+            "10Q",
+            "1e3",
+            "1.5G",
+            " 1G",
+            "1G ",
+            "+1",
+            "M",
+            "99999999999P",
             "18446744073709551616",
         ] {
             assert!(parse_size(bad).is_err(), "{bad:?} accepted");

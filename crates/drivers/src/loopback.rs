@@ -100,7 +100,10 @@ impl Driver for LoopDriver {
             .write(true)
             .open(&path)
             .map_err(|e| DriverError::io(&path, e))?;
-        let len = file.metadata().map_err(|e| DriverError::io(&path, e))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| DriverError::io(&path, e))?
+            .len();
         if len < new_size {
             file.set_len(new_size)
                 .and_then(|()| file.sync_all())
@@ -196,10 +199,6 @@ impl NodeOps for LoopNode {
     }
 
     fn is_mounted(&self, _vol: &Volume, mountpoint: &Path) -> Result<bool, DriverError> {
-        Ok(self
-            .host
-            .mounts()?
-            .iter()
-            .any(|m| m.target == mountpoint))
+        Ok(self.host.mounts()?.iter().any(|m| m.target == mountpoint))
     }
 }

@@ -72,8 +72,8 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor
         )));
     }
     let key = {
-        let data = std::fs::read(key)
-            .map_err(|e| ListenError::Tls(format!("{}: {e}", key.display())))?;
+        let data =
+            std::fs::read(key).map_err(|e| ListenError::Tls(format!("{}: {e}", key.display())))?;
         rustls_pemfile::private_key(&mut data.as_slice())
             .map_err(|e| ListenError::Tls(format!("{}: {e}", key.display())))?
             .ok_or_else(|| ListenError::Tls(format!("{}: no private key found", key.display())))?

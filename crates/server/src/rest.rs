@@ -26,7 +26,9 @@ pub const MAX_BODY: usize = 1 << 20;
 pub enum Peer {
     /// The unix socket: its 0600 mode already limits it to root.
     Unix,
-    Tcp { loopback: bool },
+    Tcp {
+        loopback: bool,
+    },
 }
 
 /// Shared state of the API handlers.
@@ -144,14 +146,35 @@ where
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "ballast", description = "Persistent volumes for containers: the REST API. Over the unix socket no token is needed; over TCP every call needs `Authorization: Bearer <token>` (the token is in <state-dir>/token), except read-only calls from loopback."),
+    info(
+        title = "ballast",
+        description = "Persistent volumes for containers: the REST API. Over the unix socket no token is needed; over TCP every call needs `Authorization: Bearer <token>` (the token is in <state-dir>/token), except read-only calls from loopback."
+    ),
     paths(
-        list_volumes, create_volume, get_volume, delete_volume, mount_volume, unmount_volume,
-        resize_volume, list_pools, get_pool, list_events, version, openapi_document
+        list_volumes,
+        create_volume,
+        get_volume,
+        delete_volume,
+        mount_volume,
+        unmount_volume,
+        resize_volume,
+        list_pools,
+        get_pool,
+        list_events,
+        version,
+        openapi_document
     ),
     components(schemas(
-        CreateVolumeBody, MountBody, ResizeBody, VolumeView, PoolView, MountReply, VersionReply,
-        ErrorReply, ErrorDetail, ballast_core::events::Event
+        CreateVolumeBody,
+        MountBody,
+        ResizeBody,
+        VolumeView,
+        PoolView,
+        MountReply,
+        VersionReply,
+        ErrorReply,
+        ErrorDetail,
+        ballast_core::events::Event
     ))
 )]
 pub struct ApiDoc;
@@ -196,9 +219,11 @@ pub fn router(state: ApiState) -> Router {
 
 /// TCP callers need the bearer token, except read-only calls from loopback.
 async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    let peer = req.extensions().get::<Peer>().cloned().unwrap_or(Peer::Tcp {
-        loopback: false,
-    });
+    let peer = req
+        .extensions()
+        .get::<Peer>()
+        .cloned()
+        .unwrap_or(Peer::Tcp { loopback: false });
     let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
     let allowed = match peer {
         Peer::Unix => true,
@@ -284,9 +309,8 @@ async fn delete_volume(
     Path(name): Path<String>,
     query: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let Query(q) = query.map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", e.body_text())
-    })?;
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", e.body_text()))?;
     blocking(&state, move |s| s.delete_volume(&name, q.force)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -381,9 +405,8 @@ async fn list_events(
     State(state): State<ApiState>,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<ballast_core::events::Event>>, ApiError> {
-    let Query(q) = query.map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", e.body_text())
-    })?;
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", e.body_text()))?;
     let limit = q.limit.unwrap_or(100).min(1000);
     Ok(Json(state.service.recent_events(limit)))
 }

@@ -19,7 +19,8 @@ pub fn require_root_loop(test: &str) -> bool {
     if root && loop_ok {
         return true;
     }
-    let why = format!("{test}: needs root and /dev/loop-control (root={root}, loop-control={loop_ok})");
+    let why =
+        format!("{test}: needs root and /dev/loop-control (root={root}, loop-control={loop_ok})");
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{why}; CI=true makes a missing prerequisite a failure");
     }
@@ -129,7 +130,11 @@ impl Daemon {
             if let Ok((200, _)) = self.try_http("GET", "/v1/version", b"") {
                 return;
             }
-            assert!(Instant::now() < deadline, "daemon not ready:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "daemon not ready:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -411,8 +416,13 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() + 0 && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push(u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap(), 8).unwrap());
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push(
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap(), 8).unwrap(),
+            );
             i += 4;
         } else {
             out.push(b[i]);
@@ -426,7 +436,9 @@ fn unescape(s: &str) -> String {
 /// error, if any (ENOSPC is what capacity tests look for).
 pub fn write_file(path: &Path, bytes: usize) -> std::io::Result<()> {
     let mut f = std::fs::File::create(path)?;
-    let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let chunk: Vec<u8> = (0..1u32 << 20)
+        .map(|i| i.wrapping_mul(2654435761).to_le_bytes()[1])
+        .collect();
     let mut left = bytes;
     while left > 0 {
         let n = left.min(chunk.len());
