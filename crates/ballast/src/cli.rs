@@ -62,6 +62,12 @@ pub enum Command {
     /// Print the REST API's OpenAPI document
     #[command(hide = true)]
     Openapi,
+    /// dvdcli's commands, for Mesos' docker/volume isolator (also: invoke
+    /// this binary as `dvdcli`)
+    Dvdcli {
+        #[command(subcommand)]
+        command: crate::dvdcli::DvdCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,6 +154,9 @@ fn seg(kind: &str, name: &str) -> anyhow::Result<String> {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Dvdcli { command } = cli.command {
+        return crate::dvdcli::run(crate::dvdcli::Dvdcli { command });
+    }
     let output = cli.output;
     let client = || -> anyhow::Result<Client> {
         let endpoint = match &cli.host {
@@ -158,6 +167,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match &cli.command {
         Command::Serve(args) => crate::daemon::serve(args),
+        Command::Dvdcli { .. } => unreachable!("handled above"),
         Command::Openapi => {
             print!("{}", ballast_server::rest::openapi_json());
             Ok(())

@@ -101,7 +101,10 @@ impl Client {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<T> {
-        let (status, bytes) = self.rt.block_on(self.send(method, path, body))?;
+        let body = body.map(|v| v.to_string().into_bytes());
+        let (status, bytes) =
+            self.rt
+                .block_on(self.send(method, path, body, "application/json"))?;
         if !status.is_success() {
             let (code, message) = match serde_json::from_slice::<ErrorReply>(&bytes) {
                 Ok(r) => (r.error.code, r.error.message),
@@ -177,11 +180,24 @@ impl Client {
         Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
     }
 
+    /// One request with a raw body and content type; (status, body).
+    pub fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
+        self.rt
+            .block_on(self.send(method, path, Some(body), content_type))
+    }
+
     async fn send(
         &self,
         method: Method,
         path: &str,
-        body: Option<serde_json::Value>,
+        body: Option<Vec<u8>>,
+        content_type: &str,
     ) -> anyhow::Result<(StatusCode, Bytes)> {
         let io = self.connect().await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
@@ -201,8 +217,10 @@ impl Client {
         }
         let body = match body {
             Some(v) => {
-                req = req.header(hyper::header::CONTENT_TYPE, "application/json");
-                Bytes::from(serde_json::to_vec(&v)?)
+                req = req
+                    .header(hyper::header::CONTENT_TYPE, content_type)
+                    .header(hyper::header::ACCEPT, content_type);
+                Bytes::from(v)
             }
             None => Bytes::new(),
         };

@@ -12,6 +12,7 @@ use serde::Deserialize;
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/ballast";
 pub const DEFAULT_RUN_DIR: &str = "/run/ballast";
 pub const DEFAULT_CONFIG: &str = "/etc/ballast/config.toml";
+pub const DEFAULT_DOCKER_PLUGIN_DIR: &str = "/run/docker/plugins";
 
 /// `ballast serve` flags; each also reads its `BALLAST_*` variable.
 #[derive(Debug, Clone, Default, Args)]
@@ -50,6 +51,16 @@ pub struct ServeArgs {
     /// loop where loop devices work, else dir]
     #[arg(long, env = "BALLAST_DEFAULT_DRIVER")]
     pub default_driver: Option<String>,
+    /// Name of the Docker volume plugin (its socket is
+    /// <docker-plugin-dir>/<name>.sock) [default: ballast]
+    #[arg(long, env = "BALLAST_DOCKER_PLUGIN_NAME")]
+    pub docker_plugin_name: Option<String>,
+    /// Where dockerd looks for plugin sockets [default: /run/docker/plugins]
+    #[arg(long, env = "BALLAST_DOCKER_PLUGIN_DIR")]
+    pub docker_plugin_dir: Option<PathBuf>,
+    /// Do not serve the Docker volume plugin
+    #[arg(long, env = "BALLAST_NO_DOCKER")]
+    pub no_docker: bool,
 }
 
 /// The config file's keys (all optional; unknown keys are errors).
@@ -66,6 +77,10 @@ struct FileConfig {
     overcommit_ratio: Option<f64>,
     log_format: Option<String>,
     default_driver: Option<String>,
+    docker_plugin_name: Option<String>,
+    docker_plugin_dir: Option<PathBuf>,
+    /// false switches the Docker plugin off.
+    docker: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +102,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// None: loop where possible, else dir.
     pub default_driver: Option<DriverKind>,
+    /// The Docker plugin's socket, or None when switched off.
+    pub docker_socket: Option<PathBuf>,
 }
 
 impl Config {
@@ -143,6 +160,22 @@ impl Config {
             Some("dir") => Some(DriverKind::Dir),
             Some(other) => anyhow::bail!("default driver {other:?}: use loop or dir"),
         };
+        let docker_socket = if args.no_docker || file.docker == Some(false) {
+            None
+        } else {
+            let name = args
+                .docker_plugin_name
+                .clone()
+                .or(file.docker_plugin_name)
+                .unwrap_or_else(|| "ballast".into());
+            ballast_core::model::validate_name("docker plugin", &name)?;
+            let dir = args
+                .docker_plugin_dir
+                .clone()
+                .or(file.docker_plugin_dir)
+                .unwrap_or_else(|| DEFAULT_DOCKER_PLUGIN_DIR.into());
+            Some(dir.join(format!("{name}.sock")))
+        };
         let listen = args.listen.clone().or(file.listen);
         if tls.is_some() && listen.is_none() {
             anyhow::bail!("tls is configured but there is no --listen address to use it on");
@@ -165,6 +198,7 @@ impl Config {
             overcommit_ratio: ratio,
             log_format,
             default_driver,
+            docker_socket,
         })
     }
 

@@ -78,11 +78,31 @@ fn load_token(state_dir: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
+/// Open the store. redb asserts on some damaged files; the store turns that
+/// panic into an error naming the file, so the default hook's report of it
+/// (a second message and maybe a backtrace) is silenced on this thread while
+/// the store opens. Other threads' panics are reported as usual.
+fn open_store_quietly(path: &Path) -> Result<RedbStore, ballast_core::store::StoreError> {
+    type Hook = dyn Fn(&std::panic::PanicHookInfo<'_>) + Send + Sync;
+    let opener = std::thread::current().id();
+    let previous: Arc<Hook> = Arc::from(std::panic::take_hook());
+    let others = previous.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().id() != opener {
+            others(info);
+        }
+    }));
+    let result = RedbStore::open(path);
+    drop(std::panic::take_hook());
+    std::panic::set_hook(Box::new(move |info| previous(info)));
+    result
+}
+
 async fn run(config: Config) -> anyhow::Result<()> {
     let state_dir = make_dir(&config.state_dir, 0o700)?;
     let run_dir = make_dir(&config.run_dir, 0o755)?;
     let store =
-        Arc::new(RedbStore::open(&state_dir.join("ballast.redb")).context("opening the store")?);
+        Arc::new(open_store_quietly(&state_dir.join("ballast.redb")).context("opening the store")?);
     let host: Arc<dyn Host> = Arc::new(LinuxHost::new());
     let parts = ServiceParts {
         store,
@@ -151,6 +171,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(addr = %tcp.local_addr()?, tls = tls.is_some(), "serving the REST API on tcp");
         tasks.push(tokio::spawn(listen::serve_tcp(tcp, router.clone(), tls)));
     }
+    if let Some(sock) = &config.docker_socket {
+        let plugin = listen::bind_unix(sock, 0o600).await?;
+        let router = ballast_server::docker::router(ballast_server::docker::PluginState {
+            service: service.clone(),
+        });
+        tracing::info!(socket = %sock.display(), "serving the Docker volume plugin");
+        tasks.push(tokio::spawn(listen::serve_unix(plugin, router)));
+    }
     tracing::info!(socket = %api_sock.display(), state_dir = %state_dir.display(), volumes = service.volume_count(), "ballast is serving");
     shutdown_signal().await;
     tracing::info!("shutting down");
@@ -158,6 +186,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         t.abort();
     }
     let _ = std::fs::remove_file(&api_sock);
+    // A stale plugin socket stalls `docker volume ls` until it times out.
+    if let Some(sock) = &config.docker_socket {
+        let _ = std::fs::remove_file(sock);
+    }
     Ok(())
 }
 

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod dvdcli;
 
 use std::process::ExitCode;
 
@@ -14,8 +15,38 @@ use clap::Parser;
 /// Entry point: exit 0 on success, 1 with a one-line message on error
 /// (a mistyped command line included).
 pub fn main() -> ExitCode {
-    let cli = match cli::Cli::try_parse() {
-        Ok(cli) => cli,
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let result = if dvdcli::invoked_as_dvdcli(std::path::Path::new(&argv0)) {
+        match parse::<dvdcli::Dvdcli>() {
+            Ok(c) => dvdcli::run(c),
+            Err(code) => return code,
+        }
+    } else {
+        match parse::<cli::Cli>() {
+            Ok(c) => cli::run(c),
+            Err(code) => return code,
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("{}: {msg}", program_name(&argv0));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn program_name(argv0: &std::ffi::OsStr) -> String {
+    std::path::Path::new(argv0)
+        .file_name()
+        .map_or_else(|| "ballast".into(), |n| n.to_string_lossy().into_owned())
+}
+
+/// Parse the command line; usage errors become one line and exit code 1.
+fn parse<T: Parser>() -> Result<T, ExitCode> {
+    match T::try_parse() {
+        Ok(cli) => Ok(cli),
         // --help, --version, and a bare `ballast volume`: clap prints the
         // help text itself.
         Err(e)
@@ -25,16 +56,9 @@ pub fn main() -> ExitCode {
             e.exit()
         }
         Err(e) => {
-            eprintln!("ballast: {}", usage_error_line(&e));
-            return ExitCode::FAILURE;
-        }
-    };
-    match cli::run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("ballast: {msg}");
-            ExitCode::FAILURE
+            let argv0 = std::env::args_os().next().unwrap_or_default();
+            eprintln!("{}: {}", program_name(&argv0), usage_error_line(&e));
+            Err(ExitCode::FAILURE)
         }
     }
 }

@@ -152,6 +152,7 @@ impl VolumeService {
     }
 
     pub fn get_volume(&self, name: &str) -> Result<Volume> {
+        validate_name("volume", name)?;
         self.volumes
             .read()
             .get(name)

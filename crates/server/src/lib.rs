@@ -4,5 +4,26 @@
 //! error exhaustively; they hold no volume logic.
 
 pub mod api;
+pub mod docker;
 pub mod listen;
 pub mod rest;
+
+use std::sync::Arc;
+
+use ballast_core::VolumeService;
+
+/// Run a blocking core call on the blocking pool. A panic inside becomes a
+/// store-less internal error rather than a dropped connection.
+pub async fn run_blocking<T, F>(svc: &Arc<VolumeService>, f: F) -> ballast_core::Result<T>
+where
+    F: FnOnce(&VolumeService) -> ballast_core::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    let svc = svc.clone();
+    match tokio::task::spawn_blocking(move || f(&svc)).await {
+        Ok(r) => r,
+        Err(e) => Err(ballast_core::Error::Driver(
+            ballast_core::DriverError::Unsupported(format!("operation panicked: {e}")),
+        )),
+    }
+}

@@ -131,16 +131,8 @@ where
     F: FnOnce(&VolumeService) -> ballast_core::Result<T> + Send + 'static,
     T: Send + 'static,
 {
-    let svc = state.service.clone();
-    tokio::task::spawn_blocking(move || f(&svc))
+    crate::run_blocking(&state.service, f)
         .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("operation panicked: {e}"),
-            )
-        })?
         .map_err(ApiError::from)
 }
 

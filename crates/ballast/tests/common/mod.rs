@@ -107,6 +107,11 @@ impl Daemon {
             .arg("--run-dir")
             .arg(&self.run)
             .args(&self.args)
+            .args(
+                // Only tests about Docker serve the plugin, each under its own name.
+                (!self.args.iter().any(|a| a.starts_with("--docker-plugin-name")))
+                    .then_some("--no-docker"),
+            )
             .env_remove("BALLAST_FAILPOINTS")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
