@@ -8,6 +8,7 @@ need_pkgs=()
 command -v mkfs.ext4 >/dev/null || need_pkgs+=(e2fsprogs)
 command -v mkfs.xfs >/dev/null || need_pkgs+=(xfsprogs)
 command -v losetup >/dev/null || need_pkgs+=(util-linux)
+[[ -x /bin/busybox ]] || need_pkgs+=(busybox-static)
 if ((${#need_pkgs[@]})); then
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
     echo "installing ${need_pkgs[*]}"
@@ -16,6 +17,13 @@ if ((${#need_pkgs[@]})); then
   else
     echo "warning: missing ${need_pkgs[*]}; tests that need them skip (or fail with CI=true)" >&2
   fi
+fi
+
+# The Docker tests need a running dockerd.
+if command -v docker >/dev/null && ! docker info >/dev/null 2>&1 && [[ $(id -u) == 0 ]]; then
+  echo "starting dockerd"
+  (service docker start || (nohup dockerd >/var/log/dockerd-ballast-tests.log 2>&1 &)) >/dev/null 2>&1 || true
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
 fi
 
 echo "== cargo fmt --check"
