@@ -40,6 +40,11 @@ enum Cmd {
         #[arg(long, default_value_t = 10_000)]
         volumes: usize,
     },
+    /// Docker plugin: `docker volume ls`, `docker run`, plugin call latency
+    Docker {
+        #[arg(long, default_value_t = 1000)]
+        volumes: usize,
+    },
     /// fio on a loop volume against the backing filesystem
     Fio {
         #[arg(long, default_value_t = 15)]
@@ -58,9 +63,11 @@ fn main() -> Result<()> {
         Cmd::Lifecycle { n } => lifecycle(&args.dir, n),
         Cmd::Scale { volumes } => scale(&args.dir, volumes),
         Cmd::Fio { seconds } => fio(&args.dir, seconds),
+        Cmd::Docker { volumes } => docker(&args.dir, volumes),
         Cmd::All => {
             lifecycle(&args.dir, 30)?;
             scale(&args.dir, 10_000)?;
+            docker(&args.dir, 1000)?;
             fio(&args.dir, 15)
         }
     }
@@ -108,6 +115,9 @@ impl Daemon {
             .arg("--run-dir")
             .arg(&run)
             .args(extra)
+            .args(
+                (!extra.iter().any(|a| *a == "--docker-plugin-name")).then_some("--no-docker"),
+            )
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -435,5 +445,136 @@ fn fio(dir: &Path, seconds: u32) -> Result<()> {
     }
     d.cli(&["volume", "unmount", "fio"])?;
     d.cli(&["volume", "rm", "fio"])?;
+    Ok(())
+}
+
+const BENCH_IMAGE: &str = "ballast-test-busybox:latest";
+
+/// Make the busybox test image from Debian's busybox-static, once.
+fn ensure_image(dir: &Path) -> Result<()> {
+    let have = Command::new("docker")
+        .args(["image", "inspect", BENCH_IMAGE])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if have.success() {
+        return Ok(());
+    }
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join("bin"))?;
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .context("/bin/busybox (apt-get install busybox-static)")?;
+    for tool in ["sh", "true", "cat", "ls", "sleep", "dd", "sync"] {
+        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(tool));
+    }
+    let tar = dir.join("rootfs.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()?;
+    if !st.success() {
+        bail!("tar failed");
+    }
+    let st = Command::new("docker")
+        .arg("import")
+        .arg(&tar)
+        .arg(BENCH_IMAGE)
+        .stdout(Stdio::null())
+        .status()?;
+    if !st.success() {
+        bail!("docker import failed");
+    }
+    Ok(())
+}
+
+fn time_cmd(args: &[&str]) -> Result<Duration> {
+    let t = Instant::now();
+    let out = Command::new(args[0]).args(&args[1..]).output()?;
+    if !out.status.success() {
+        bail!("{args:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(t.elapsed())
+}
+
+fn docker(dir: &Path, volumes: usize) -> Result<()> {
+    println!("== docker plugin: {volumes} ballast volumes vs {volumes} local volumes");
+    std::fs::create_dir_all(dir)?;
+    ensure_image(dir)?;
+    let plugin = format!("ballastbench{}", std::process::id());
+    let d = Daemon::start(&dir.join("daemon"), &["--docker-plugin-name", &plugin])?;
+    let plugin_sock = PathBuf::from(format!("/run/docker/plugins/{plugin}.sock"));
+    for i in 0..volumes {
+        d.rest(
+            "POST",
+            "/v1/volumes",
+            &format!(r#"{{"name":"dbv{i:04}","size":"16M"}}"#),
+        )?;
+    }
+    let t = Instant::now();
+    for i in 0..volumes {
+        time_cmd(&["docker", "volume", "create", &format!("lbv{i:04}")])?;
+    }
+    eprintln!("  made {volumes} local volumes in {:.1} s", t.elapsed().as_secs_f64());
+    let filter = format!("driver={plugin}");
+    let (mut ours, mut local) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        ours.push(time_cmd(&["docker", "volume", "ls", "-q", "-f", &filter])?);
+        local.push(time_cmd(&["docker", "volume", "ls", "-q", "-f", "driver=local"])?);
+    }
+    let (o, l) = (stats(ours), stats(local));
+    println!(
+        "docker volume ls -f driver=X: ballast p50 {:.1} ms, local p50 {:.1} ms, ratio {:.2} (target <= 1.2)",
+        ms(o.p50),
+        ms(l.p50),
+        ms(o.p50) / ms(l.p50)
+    );
+    let (mut ours, mut local) = (Vec::new(), Vec::new());
+    for _ in 0..15 {
+        ours.push(time_cmd(&[
+            "docker", "run", "--rm", "-v", "dbv0000:/data", BENCH_IMAGE, "sh", "-c", "exit 0",
+        ])?);
+        local.push(time_cmd(&[
+            "docker", "run", "--rm", "-v", "lbv0000:/data", BENCH_IMAGE, "sh", "-c", "exit 0",
+        ])?);
+    }
+    let (o, l) = (stats(ours), stats(local));
+    println!(
+        "docker run --rm -v vol:/data img true: ballast p50 {:.1} ms, local p50 {:.1} ms, ratio {:.2} (target <= 1.1)",
+        ms(o.p50),
+        ms(l.p50),
+        ms(o.p50) / ms(l.p50)
+    );
+    for (endpoint, body) in [
+        ("/VolumeDriver.Get", r#"{"Name":"dbv0500"}"#),
+        ("/VolumeDriver.Path", r#"{"Name":"dbv0500"}"#),
+        ("/VolumeDriver.List", "{}"),
+    ] {
+        let mut v = Vec::new();
+        for _ in 0..300 {
+            let t = Instant::now();
+            let (status, _) = http(&plugin_sock, "POST", endpoint, body)?;
+            if status != 200 {
+                bail!("{endpoint}: {status}");
+            }
+            v.push(t.elapsed());
+        }
+        let s = stats(v);
+        println!(
+            "plugin {endpoint}: p50 {:.2} ms, p99 {:.2} ms (target p99 <= 2 ms)",
+            ms(s.p50),
+            ms(s.p99)
+        );
+    }
+    for i in 0..volumes {
+        let _ = Command::new("docker")
+            .args(["volume", "rm", &format!("lbv{i:04}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        d.rest("DELETE", &format!("/v1/volumes/dbv{i:04}"), "")?;
+    }
     Ok(())
 }
