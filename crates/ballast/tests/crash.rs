@@ -12,7 +12,7 @@ use std::io::{Read, Seek, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -580,7 +580,7 @@ struct Done {
 }
 
 /// Create, mount, write, unmount distinct volumes until a call fails.
-fn load(socket: &Path, round: u32, stop: &AtomicBool) -> Done {
+fn load(socket: &Path, round: u32, stop: &AtomicBool, created: &AtomicUsize) -> Done {
     let mut done = Done::default();
     for i in 0u64.. {
         if stop.load(Ordering::SeqCst) {
@@ -595,6 +595,7 @@ fn load(socket: &Path, round: u32, stop: &AtomicBool) -> Done {
             break;
         }
         done.created.push(name.clone());
+        created.fetch_add(1, Ordering::SeqCst);
         let out = cli_on(socket, &["volume", "mount", &name, "--id", "load"]);
         if !out.status.success() {
             break;
@@ -632,22 +633,35 @@ fn kill9_during_creates_and_mounts() {
         eprintln!("round {round}: kill -9 after {delay} ms");
         let socket = d.socket();
         let stop = Arc::new(AtomicBool::new(false));
+        let created = Arc::new(AtomicUsize::new(0));
         let worker = {
-            let stop = stop.clone();
-            std::thread::spawn(move || load(&socket, round, &stop))
+            let (stop, created) = (stop.clone(), created.clone());
+            std::thread::spawn(move || load(&socket, round, &stop, &created))
         };
+        // Count the delay from the first answer, so a slow host still kills
+        // the daemon in the middle of the work.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while created.load(Ordering::SeqCst) == 0 {
+            assert!(
+                !worker.is_finished() && Instant::now() < deadline,
+                "round {round}: the load never created a volume\n{}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         std::thread::sleep(Duration::from_millis(delay));
         d.kill9();
         stop.store(true, Ordering::SeqCst);
         let done = worker.join().expect("load thread");
-        assert!(
-            !done.created.is_empty(),
-            "round {round}: no volume was created in {delay} ms\n{}",
-            d.log()
-        );
         d.restart();
 
         let vols = volumes(&d);
+        let table = d.ok(&["volume", "ls"]);
+        assert_eq!(
+            table.lines().count(),
+            vols.len() + 1,
+            "round {round}: table has a header and a row per volume:\n{table}"
+        );
         let listed: BTreeSet<&str> = vols.iter().map(|v| str_field(v, "name")).collect();
         for name in &done.created {
             assert!(
