@@ -503,19 +503,20 @@ fn docker(dir: &Path, volumes: usize) -> Result<()> {
     println!("== docker plugin: {volumes} ballast volumes vs {volumes} local volumes");
     std::fs::create_dir_all(dir)?;
     ensure_image(dir)?;
-    let plugin = format!("ballastbench{}", std::process::id());
+    let pid = std::process::id();
+    let plugin = "ballastbench".to_string();
     let d = Daemon::start(&dir.join("daemon"), &["--docker-plugin-name", &plugin])?;
     let plugin_sock = PathBuf::from(format!("/run/docker/plugins/{plugin}.sock"));
     for i in 0..volumes {
         d.rest(
             "POST",
             "/v1/volumes",
-            &format!(r#"{{"name":"dbv{i:04}","size":"16M"}}"#),
+            &format!(r#"{{"name":"dbv{pid}-{i:04}","size":"16M"}}"#),
         )?;
     }
     let t = Instant::now();
     for i in 0..volumes {
-        time_cmd(&["docker", "volume", "create", &format!("lbv{i:04}")])?;
+        time_cmd(&["docker", "volume", "create", &format!("lbv{pid}-{i:04}")])?;
     }
     eprintln!("  made {volumes} local volumes in {:.1} s", t.elapsed().as_secs_f64());
     let filter = format!("driver={plugin}");
@@ -534,10 +535,10 @@ fn docker(dir: &Path, volumes: usize) -> Result<()> {
     let (mut ours, mut local) = (Vec::new(), Vec::new());
     for _ in 0..15 {
         ours.push(time_cmd(&[
-            "docker", "run", "--rm", "-v", "dbv0000:/data", BENCH_IMAGE, "sh", "-c", "exit 0",
+            "docker", "run", "--rm", "-v", &format!("dbv{pid}-0000:/data"), BENCH_IMAGE, "sh", "-c", "exit 0",
         ])?);
         local.push(time_cmd(&[
-            "docker", "run", "--rm", "-v", "lbv0000:/data", BENCH_IMAGE, "sh", "-c", "exit 0",
+            "docker", "run", "--rm", "-v", &format!("lbv{pid}-0000:/data"), BENCH_IMAGE, "sh", "-c", "exit 0",
         ])?);
     }
     let (o, l) = (stats(ours), stats(local));
@@ -548,9 +549,9 @@ fn docker(dir: &Path, volumes: usize) -> Result<()> {
         ms(o.p50) / ms(l.p50)
     );
     for (endpoint, body) in [
-        ("/VolumeDriver.Get", r#"{"Name":"dbv0500"}"#),
-        ("/VolumeDriver.Path", r#"{"Name":"dbv0500"}"#),
-        ("/VolumeDriver.List", "{}"),
+        ("/VolumeDriver.Get", &format!(r#"{{"Name":"dbv{pid}-0500"}}"#)),
+        ("/VolumeDriver.Path", &format!(r#"{{"Name":"dbv{pid}-0500"}}"#)),
+        ("/VolumeDriver.List", &"{}".to_string()),
     ] {
         let mut v = Vec::new();
         for _ in 0..300 {
@@ -570,11 +571,11 @@ fn docker(dir: &Path, volumes: usize) -> Result<()> {
     }
     for i in 0..volumes {
         let _ = Command::new("docker")
-            .args(["volume", "rm", &format!("lbv{i:04}")])
+            .args(["volume", "rm", &format!("lbv{pid}-{i:04}")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        d.rest("DELETE", &format!("/v1/volumes/dbv{i:04}"), "")?;
+        d.rest("DELETE", &format!("/v1/volumes/dbv{pid}-{i:04}"), "")?;
     }
     Ok(())
 }
