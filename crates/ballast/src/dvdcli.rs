@@ -17,7 +17,11 @@ use serde_json::{json, Value};
 use crate::client::{Client, Endpoint};
 
 #[derive(Debug, Parser)]
-#[command(name = "dvdcli", version, about = "A Docker Volume Driver CLI (ballast's dvdcli)")]
+#[command(
+    name = "dvdcli",
+    version,
+    about = "A Docker Volume Driver CLI (ballast's dvdcli)"
+)]
 pub struct Dvdcli {
     #[command(subcommand)]
     pub command: DvdCommand,
@@ -79,7 +83,10 @@ impl Default for Discovery {
     fn default() -> Self {
         Self {
             socket_dir: "/run/docker/plugins".into(),
-            spec_dirs: vec!["/etc/docker/plugins".into(), "/usr/lib/docker/plugins".into()],
+            spec_dirs: vec![
+                "/etc/docker/plugins".into(),
+                "/usr/lib/docker/plugins".into(),
+            ],
         }
     }
 }
@@ -103,15 +110,18 @@ impl Discovery {
             }
             let json_path = dir.join(format!("{name}.json"));
             if let Ok(text) = std::fs::read_to_string(&json_path) {
-                let v: Value = serde_json::from_str(&text)
-                    .with_context(|| json_path.display().to_string())?;
+                let v: Value =
+                    serde_json::from_str(&text).with_context(|| json_path.display().to_string())?;
                 let addr = v["Addr"]
                     .as_str()
                     .ok_or_else(|| anyhow!("{}: no Addr", json_path.display()))?;
                 return parse_addr(addr).with_context(|| json_path.display().to_string());
             }
         }
-        bail!("volume driver {name:?} not found (no socket in {} and no spec file)", self.socket_dir.display())
+        bail!(
+            "volume driver {name:?} not found (no socket in {} and no spec file)",
+            self.socket_dir.display()
+        )
     }
 }
 
@@ -236,7 +246,10 @@ pub fn run_with(cli: Dvdcli, discovery: &Discovery) -> anyhow::Result<()> {
         DvdCommand::Mount(_) => {
             if !exists() {
                 if v.explicitcreate {
-                    bail!("volume {:?} does not exist (--explicitcreate)", v.volumename);
+                    bail!(
+                        "volume {:?} does not exist (--explicitcreate)",
+                        v.volumename
+                    );
                 }
                 p.call("/VolumeDriver.Create", json!({"Name": name, "Opts": opts}))?;
             }
@@ -295,8 +308,15 @@ mod tests {
         assert!(d.find("a").is_err());
         std::fs::write(etc.join("a.spec"), "unix:///x/a.sock\n").unwrap();
         assert!(matches!(d.find("a").unwrap(), Endpoint::Unix(p) if p == Path::new("/x/a.sock")));
-        std::fs::write(etc.join("c.json"), r#"{"Name":"c","Addr":"tcp://127.0.0.1:9"}"#).unwrap();
-        assert!(matches!(d.find("c").unwrap(), Endpoint::Tcp { port: 9, .. }));
+        std::fs::write(
+            etc.join("c.json"),
+            r#"{"Name":"c","Addr":"tcp://127.0.0.1:9"}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            d.find("c").unwrap(),
+            Endpoint::Tcp { port: 9, .. }
+        ));
         std::fs::write(socks.join("b").join("b.sock"), "").unwrap();
         assert!(matches!(d.find("b").unwrap(), Endpoint::Unix(p) if p == socks.join("b/b.sock")));
         std::fs::write(socks.join("a.sock"), "").unwrap();

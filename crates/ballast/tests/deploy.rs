@@ -4,7 +4,9 @@
 use std::path::Path;
 
 fn repo(path: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -36,7 +38,10 @@ fn systemd_unit_orders_before_docker_and_hides_no_mounts() {
         "Before=docker.service missing"
     );
     let s = section(&unit, "Service");
-    let exec = s.iter().find(|(k, _)| *k == "ExecStart").expect("ExecStart");
+    let exec = s
+        .iter()
+        .find(|(k, _)| *k == "ExecStart")
+        .expect("ExecStart");
     assert!(exec.1.ends_with("ballast serve"), "{}", exec.1);
     for (k, v) in &s {
         match *k {

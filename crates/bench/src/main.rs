@@ -115,9 +115,7 @@ impl Daemon {
             .arg("--run-dir")
             .arg(&run)
             .args(extra)
-            .args(
-                (!extra.iter().any(|a| *a == "--docker-plugin-name")).then_some("--no-docker"),
-            )
+            .args((!extra.contains(&"--docker-plugin-name")).then_some("--no-docker"))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -518,12 +516,22 @@ fn docker(dir: &Path, volumes: usize) -> Result<()> {
     for i in 0..volumes {
         time_cmd(&["docker", "volume", "create", &format!("lbv{pid}-{i:04}")])?;
     }
-    eprintln!("  made {volumes} local volumes in {:.1} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "  made {volumes} local volumes in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     let filter = format!("driver={plugin}");
     let (mut ours, mut local) = (Vec::new(), Vec::new());
     for _ in 0..10 {
         ours.push(time_cmd(&["docker", "volume", "ls", "-q", "-f", &filter])?);
-        local.push(time_cmd(&["docker", "volume", "ls", "-q", "-f", "driver=local"])?);
+        local.push(time_cmd(&[
+            "docker",
+            "volume",
+            "ls",
+            "-q",
+            "-f",
+            "driver=local",
+        ])?);
     }
     let (o, l) = (stats(ours), stats(local));
     println!(
@@ -535,10 +543,26 @@ fn docker(dir: &Path, volumes: usize) -> Result<()> {
     let (mut ours, mut local) = (Vec::new(), Vec::new());
     for _ in 0..15 {
         ours.push(time_cmd(&[
-            "docker", "run", "--rm", "-v", &format!("dbv{pid}-0000:/data"), BENCH_IMAGE, "sh", "-c", "exit 0",
+            "docker",
+            "run",
+            "--rm",
+            "-v",
+            &format!("dbv{pid}-0000:/data"),
+            BENCH_IMAGE,
+            "sh",
+            "-c",
+            "exit 0",
         ])?);
         local.push(time_cmd(&[
-            "docker", "run", "--rm", "-v", &format!("lbv{pid}-0000:/data"), BENCH_IMAGE, "sh", "-c", "exit 0",
+            "docker",
+            "run",
+            "--rm",
+            "-v",
+            &format!("lbv{pid}-0000:/data"),
+            BENCH_IMAGE,
+            "sh",
+            "-c",
+            "exit 0",
         ])?);
     }
     let (o, l) = (stats(ours), stats(local));
@@ -549,8 +573,14 @@ fn docker(dir: &Path, volumes: usize) -> Result<()> {
         ms(o.p50) / ms(l.p50)
     );
     for (endpoint, body) in [
-        ("/VolumeDriver.Get", &format!(r#"{{"Name":"dbv{pid}-0500"}}"#)),
-        ("/VolumeDriver.Path", &format!(r#"{{"Name":"dbv{pid}-0500"}}"#)),
+        (
+            "/VolumeDriver.Get",
+            &format!(r#"{{"Name":"dbv{pid}-0500"}}"#),
+        ),
+        (
+            "/VolumeDriver.Path",
+            &format!(r#"{{"Name":"dbv{pid}-0500"}}"#),
+        ),
         ("/VolumeDriver.List", &"{}".to_string()),
     ] {
         let mut v = Vec::new();

@@ -94,6 +94,9 @@ pub trait Host: Send + Sync {
     fn loop_available(&self) -> bool;
     /// Attach `image` to a free loop device with direct I/O and autoclear.
     fn loop_attach(&self, image: &Path) -> Result<LoopDevice, HostError>;
+    /// Turn a loop device's autoclear on or off (off for raw block volumes,
+    /// which no mount holds).
+    fn loop_set_autoclear(&self, device: &Path, on: bool) -> Result<(), HostError>;
     /// Detach a loop device. A device that is already free is not an error.
     fn loop_detach(&self, device: &Path) -> Result<(), HostError>;
     /// Make the loop device pick up the new size of its backing file.

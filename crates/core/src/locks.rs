@@ -37,7 +37,6 @@ impl NameLocks {
 
     /// Take the name's lock only if it is free now (CSI answers ABORTED
     /// instead of waiting).
-    #[allow(dead_code)]
     pub fn try_lock(&self, name: &str) -> Option<NameGuard<'_>> {
         let lock = self.entry(name);
         let guard = lock.try_lock_arc();

@@ -286,6 +286,20 @@ pub struct Consumer {
     /// How many mounts with this ID are outstanding (1 for set-like kinds).
     pub count: u32,
     pub since: DateTime<Utc>,
+    /// Where the volume is bind-mounted for this consumer (CSI publish).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub target: Option<PathBuf>,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A consumer's own mount of the volume: a bind mount of the staging path
+/// (or, for a block volume, of its device) onto `path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishTarget {
+    pub path: PathBuf,
+    pub read_only: bool,
 }
 
 /// Where a volume is in its lifecycle.
@@ -344,6 +358,10 @@ pub struct Volume {
     pub state: VolumeState,
     /// Whether the filesystem has been made (it is made on first mount).
     pub formatted: bool,
+    /// A raw block volume: never formatted or mounted; consumers get the
+    /// device itself.
+    #[serde(default)]
+    pub block: bool,
     /// The image was grown while unmounted: grow the filesystem on next mount.
     #[serde(default)]
     pub fs_grow_pending: bool,

@@ -166,9 +166,45 @@ impl VolumeService {
                     self.undo_create(&pool, &before);
                     (false, Ok(()))
                 }
-                IntentOp::Stage { .. } => {
-                    self.undo_stage(&pool, &before);
+                IntentOp::Stage { target, .. } => {
+                    self.undo_stage(&pool, &before, target.as_ref());
                     (false, Ok(()))
+                }
+                IntentOp::Publish { target, .. } => (
+                    false,
+                    self.unbind(&before, &target.path).and_then(|()| {
+                        self.persist(
+                            Txn::new(),
+                            &name,
+                            Some(&before),
+                            Some(IntentWrite::Clear),
+                            None,
+                        )
+                    }),
+                ),
+                IntentOp::Unpublish { consumer } => {
+                    let target = before
+                        .consumers
+                        .get(&consumer.key())
+                        .and_then(|c| c.target.clone());
+                    let unbound = match &target {
+                        Some(t) => self.unbind(&before, t),
+                        None => Ok(()),
+                    };
+                    (
+                        true,
+                        unbound.and_then(|()| {
+                            let mut vol = before.clone();
+                            vol.consumers.remove(&consumer.key());
+                            self.persist(
+                                Txn::new(),
+                                &name,
+                                Some(&vol),
+                                Some(IntentWrite::Clear),
+                                None,
+                            )
+                        }),
+                    )
                 }
                 IntentOp::Unstage { consumer } => (
                     true,

@@ -27,10 +27,10 @@ use crate::driver::{Driver, DriverError, PoolUsage};
 use crate::error::{Error, Result};
 use crate::events::{event_key, Event, EventKind, EventLog, KEEP};
 use crate::failpoint::Failpoints;
-use crate::host::{Host, LoopDevice};
+use crate::host::{Host, LoopDevice, MountOptions};
 use crate::model::{
     validate_consumer_id, validate_label, validate_name, Consumer, ConsumerRef, DriverKind, FsType,
-    InvalidInput, Pool, PoolCapacity, Staging, Volume, VolumeState,
+    InvalidInput, Pool, PoolCapacity, PublishTarget, Staging, Volume, VolumeState,
 };
 use crate::store::{Store, Txn};
 
@@ -42,6 +42,35 @@ pub(crate) const BOOT_ID_KEY: &str = "meta/boot_id";
 
 /// How long a measurement of a pool's backing usage is reused.
 pub const USAGE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What an operation does when another one holds its volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Wait for it (the CLI, REST and Docker: operations queue).
+    Block,
+    /// Fail with [`Error::Conflict`] (CSI answers ABORTED and the CO retries).
+    Fail,
+}
+
+/// A consumer's target must be an absolute, normalised path.
+fn validate_target(path: &Path) -> Result<(), InvalidInput> {
+    let bad = |reason: &str| Err(InvalidInput::new(format!("target path {path:?}"), reason));
+    if !path.is_absolute() {
+        return bad("must be absolute");
+    }
+    if path.components().any(|c| {
+        matches!(
+            c,
+            std::path::Component::ParentDir | std::path::Component::CurDir
+        )
+    }) {
+        return bad("must not contain '.' or '..'");
+    }
+    if path.as_os_str().len() > 4096 || path.to_string_lossy().chars().any(char::is_control) {
+        return bad("must be at most 4096 bytes without control characters");
+    }
+    Ok(())
+}
 
 /// Settings the service needs; the daemon fills them from its config.
 #[derive(Debug, Clone)]
@@ -60,6 +89,8 @@ pub struct CreateVolume {
     pub fs: Option<FsType>,
     pub pool: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// A raw block volume (loop pools only): never formatted or mounted.
+    pub block: bool,
 }
 
 /// Live usage of a mounted volume.
@@ -86,9 +117,27 @@ pub struct Intent {
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum IntentOp {
     Create,
-    Stage { consumer: ConsumerRef },
-    Unstage { consumer: ConsumerRef },
-    Resize { from: u64, to: u64 },
+    Stage {
+        consumer: ConsumerRef,
+        #[serde(default)]
+        target: Option<PublishTarget>,
+    },
+    /// Bind an already staged volume onto a consumer's target.
+    Publish {
+        consumer: ConsumerRef,
+        target: PublishTarget,
+    },
+    /// Unbind a consumer's target; other consumers remain.
+    Unpublish {
+        consumer: ConsumerRef,
+    },
+    Unstage {
+        consumer: ConsumerRef,
+    },
+    Resize {
+        from: u64,
+        to: u64,
+    },
     Delete,
 }
 
@@ -97,6 +146,8 @@ impl IntentOp {
         match self {
             IntentOp::Create => "create",
             IntentOp::Stage { .. } => "stage",
+            IntentOp::Publish { .. } => "publish",
+            IntentOp::Unpublish { .. } => "unpublish",
             IntentOp::Unstage { .. } => "unstage",
             IntentOp::Resize { .. } => "resize",
             IntentOp::Delete => "delete",
@@ -332,6 +383,7 @@ impl VolumeService {
             created_at: Utc::now(),
             state: VolumeState::Creating,
             formatted: false,
+            block: req.block,
             fs_grow_pending: false,
             staging: None,
             consumers: BTreeMap::new(),
@@ -393,7 +445,21 @@ impl VolumeService {
         let size = size
             .checked_next_multiple_of(4096)
             .ok_or_else(|| InvalidInput::new("size", "is too large"))?;
+        if req.block && pool.driver != DriverKind::Loop {
+            return Err(InvalidInput::new(
+                "access type block",
+                format!(
+                    "pool {:?} uses the {} driver, which has no block devices",
+                    pool.name, pool.driver
+                ),
+            )
+            .into());
+        }
+        if req.block && req.fs.is_some() {
+            return Err(InvalidInput::new("fs", "a block volume has no filesystem").into());
+        }
         let fs = match pool.driver {
+            DriverKind::Loop if req.block => None,
             DriverKind::Dir => {
                 if req.fs.is_some() {
                     return Err(InvalidInput::new(
@@ -462,27 +528,60 @@ impl VolumeService {
     /// use, mount) if it is not staged yet. Returns the volume with its
     /// mountpoint.
     pub fn mount(&self, name: &str, consumer: ConsumerRef) -> Result<Volume> {
+        self.publish(name, consumer, None, Wait::Block)
+    }
+
+    /// Like [`VolumeService::mount`], and with a target, bind-mount the
+    /// volume (its staging path, or a block volume's device) onto it for
+    /// this consumer. Publishing the same consumer again with the same
+    /// target is a no-op; with other options it is `AlreadyExists`.
+    pub fn publish(
+        &self,
+        name: &str,
+        consumer: ConsumerRef,
+        target: Option<PublishTarget>,
+        wait: Wait,
+    ) -> Result<Volume> {
         validate_name("volume", name)?;
         validate_consumer_id(&consumer.id)?;
-        let _g = self.locks.lock(name);
+        if let Some(t) = &target {
+            validate_target(&t.path)?;
+        }
+        let _g = self.lock_op(name, wait)?;
         let mut vol = self.get_volume(name)?;
         self.check_settled(&vol)?;
-        if vol.staging.is_some() {
-            add_consumer(&mut vol, &consumer);
-            let ev = self.event(
-                EventKind::Mount,
-                &vol,
-                format!("mounted for {}", consumer.key()),
-            );
-            self.persist(Txn::new(), name, Some(&vol), None, Some(ev))?;
-            return Ok(vol);
+        let key = consumer.key();
+        if let Some(existing) = vol.consumers.get(&key) {
+            if target.is_some() || existing.target.is_some() {
+                let same = target.as_ref().is_some_and(|t| {
+                    existing.target.as_deref() == Some(t.path.as_path())
+                        && existing.read_only == t.read_only
+                });
+                if same {
+                    return Ok(vol);
+                }
+                return Err(Error::AlreadyExists {
+                    name: name.to_string(),
+                    detail: format!("{key} is already published with other options"),
+                });
+            }
         }
         let pool = self.get_pool(&vol.pool)?;
         let driver = self.driver(pool.driver)?;
         let node = driver.node();
+        if vol.staging.is_none() {
+            return self.stage_and_publish(&pool, vol, consumer, target);
+        }
+        let Some(target) = target else {
+            add_consumer(&mut vol, &consumer, None);
+            let ev = self.event(EventKind::Mount, &vol, format!("mounted for {key}"));
+            self.persist(Txn::new(), name, Some(&vol), None, Some(ev))?;
+            return Ok(vol);
+        };
         let intent = Intent {
-            op: IntentOp::Stage {
+            op: IntentOp::Publish {
                 consumer: consumer.clone(),
+                target: target.clone(),
             },
             before: vol.clone(),
             started: Utc::now(),
@@ -494,12 +593,104 @@ impl VolumeService {
             Some(IntentWrite::Set(Box::new(intent))),
             None,
         )?;
+        if let Err(e) = self.bind_target(&vol, &target) {
+            let _ = node;
+            let _ = self.host.unmount(&target.path);
+            let _ = self.persist(Txn::new(), name, Some(&vol), Some(IntentWrite::Clear), None);
+            return Err(e);
+        }
+        add_consumer(&mut vol, &consumer, Some(&target));
+        let ev = self.event(
+            EventKind::Mount,
+            &vol,
+            format!("published at {} for {key}", target.path.display()),
+        );
+        self.persist(
+            Txn::new(),
+            name,
+            Some(&vol),
+            Some(IntentWrite::Clear),
+            Some(ev),
+        )?;
+        Ok(vol)
+    }
+
+    /// Bind the volume onto a consumer's target. Idempotent.
+    fn bind_target(&self, vol: &Volume, target: &PublishTarget) -> Result<()> {
+        let staging = vol.staging.as_ref().ok_or_else(|| Error::Busy {
+            name: vol.name.clone(),
+            detail: "not staged".into(),
+        })?;
+        let source = if vol.block {
+            staging
+                .device
+                .clone()
+                .unwrap_or_else(|| staging.mountpoint.clone())
+        } else {
+            staging.mountpoint.clone()
+        };
+        let mounted = self
+            .host
+            .mounts()
+            .map_err(DriverError::from)?
+            .iter()
+            .any(|m| m.target == target.path);
+        if !mounted {
+            self.host
+                .bind_mount(
+                    &source,
+                    &target.path,
+                    MountOptions {
+                        read_only: target.read_only,
+                    },
+                )
+                .map_err(DriverError::from)?;
+        }
+        Ok(())
+    }
+
+    fn stage_and_publish(
+        &self,
+        pool: &Pool,
+        mut vol: Volume,
+        consumer: ConsumerRef,
+        target: Option<PublishTarget>,
+    ) -> Result<Volume> {
+        let name = vol.name.clone();
+        let driver = self.driver(pool.driver)?;
+        let node = driver.node();
+        let intent = Intent {
+            op: IntentOp::Stage {
+                consumer: consumer.clone(),
+                target: target.clone(),
+            },
+            before: vol.clone(),
+            started: Utc::now(),
+        };
+        self.persist(
+            Txn::new(),
+            &name,
+            Some(&vol),
+            Some(IntentWrite::Set(Box::new(intent))),
+            None,
+        )?;
         self.failpoints.hit("stage.after_intent");
-        let mountpoint = self.mountpoint_for(name);
+        let mountpoint = self.mountpoint_for(&name);
         let staged = (|| -> Result<(Option<LoopDevice>, PathBuf)> {
-            let dev = node.attach(&pool, &vol)?;
+            let dev = node.attach(pool, &vol)?;
             self.failpoints.hit("stage.after_attach");
             let dev_path = dev.as_ref().map(|d| d.path.clone());
+            if vol.block {
+                // A raw block volume is only attached; it must outlive this
+                // process's hold on it, since no mount will hold it.
+                let path = dev_path.clone().ok_or_else(|| {
+                    DriverError::Unsupported(format!("pool {} has no block devices", pool.name))
+                })?;
+                self.host
+                    .loop_set_autoclear(&path, false)
+                    .map_err(DriverError::from)?;
+                return Ok((dev, path));
+            }
             if let (Some(path), false) = (&dev_path, vol.formatted) {
                 node.format(&vol, path)?;
             }
@@ -509,7 +700,7 @@ impl VolumeService {
                 node.grow_fs(&vol, path, None)?;
             }
             std::fs::create_dir_all(&mountpoint).map_err(|e| DriverError::io(&mountpoint, e))?;
-            let data = node.mount(&pool, &vol, dev_path.as_deref(), &mountpoint)?;
+            let data = node.mount(pool, &vol, dev_path.as_deref(), &mountpoint)?;
             if data != mountpoint {
                 // The backend serves its data in place (dir driver).
                 remove_mountpoint(&mountpoint);
@@ -523,19 +714,25 @@ impl VolumeService {
         let (dev, data) = match staged {
             Ok(v) => v,
             Err(e) => {
-                self.undo_stage(&pool, &vol);
+                self.undo_stage(pool, &vol, target.as_ref());
                 return Err(e);
             }
         };
         let before = vol.clone();
-        vol.formatted = vol.formatted || dev.is_some();
+        vol.formatted = vol.formatted || (dev.is_some() && !vol.block);
         vol.fs_grow_pending = false;
         vol.state = VolumeState::Mounted;
         vol.staging = Some(Staging {
             device: dev.as_ref().map(|d| d.path.clone()),
             mountpoint: data,
         });
-        add_consumer(&mut vol, &consumer);
+        if let Some(t) = &target {
+            if let Err(e) = self.bind_target(&vol, t) {
+                self.undo_stage(pool, &before, Some(t));
+                return Err(e);
+            }
+        }
+        add_consumer(&mut vol, &consumer, target.as_ref());
         let ev = self.event(
             EventKind::Mount,
             &vol,
@@ -543,12 +740,12 @@ impl VolumeService {
         );
         if let Err(e) = self.persist(
             Txn::new(),
-            name,
+            &name,
             Some(&vol),
             Some(IntentWrite::Clear),
             Some(ev),
         ) {
-            self.undo_stage(&pool, &before);
+            self.undo_stage(pool, &before, target.as_ref());
             return Err(e);
         }
         // The mount now holds the loop device; autoclear frees it on umount.
@@ -556,13 +753,17 @@ impl VolumeService {
         Ok(vol)
     }
 
-    /// Take back what a failed or interrupted stage did: unmount, detach,
-    /// remove the mountpoint, restore the record, drop the intent.
-    pub(crate) fn undo_stage(&self, pool: &Pool, before: &Volume) {
+    /// Take back what a failed or interrupted stage did: unbind the target,
+    /// unmount, detach, remove the mountpoint, restore the record, drop the
+    /// intent.
+    pub(crate) fn undo_stage(&self, pool: &Pool, before: &Volume, target: Option<&PublishTarget>) {
         let mountpoint = self.mountpoint_for(&before.name);
         let result = (|| -> Result<()> {
             let driver = self.driver(pool.driver)?;
             let node = driver.node();
+            if let Some(t) = target {
+                self.host.unmount(&t.path).map_err(DriverError::from)?;
+            }
             node.unmount(before, &mountpoint)?;
             node.detach(pool, before)?;
             remove_mountpoint(&mountpoint);
@@ -582,9 +783,15 @@ impl VolumeService {
     /// Release `consumer`; the last one out unmounts and detaches. An
     /// unknown consumer is a logged no-op.
     pub fn unmount(&self, name: &str, consumer: &ConsumerRef) -> Result<Volume> {
+        self.unpublish(name, consumer, Wait::Block)
+    }
+
+    /// Release `consumer`, unbinding its target if it has one; the last one
+    /// out unmounts and detaches. An unknown consumer is a logged no-op.
+    pub fn unpublish(&self, name: &str, consumer: &ConsumerRef, wait: Wait) -> Result<Volume> {
         validate_name("volume", name)?;
         validate_consumer_id(&consumer.id)?;
-        let _g = self.locks.lock(name);
+        let _g = self.lock_op(name, wait)?;
         let mut vol = self.get_volume(name)?;
         self.check_settled(&vol)?;
         let key = consumer.key();
@@ -597,11 +804,44 @@ impl VolumeService {
             self.persist(Txn::new(), name, Some(&vol), None, None)?;
             return Ok(vol);
         }
+        let target = c.target.clone();
         let before = vol.clone();
         vol.consumers.remove(&key);
         if !vol.consumers.is_empty() || vol.staging.is_none() {
+            if let Some(t) = &target {
+                let intent = Intent {
+                    op: IntentOp::Unpublish {
+                        consumer: consumer.clone(),
+                    },
+                    before: before.clone(),
+                    started: Utc::now(),
+                };
+                self.persist(
+                    Txn::new(),
+                    name,
+                    Some(&before),
+                    Some(IntentWrite::Set(Box::new(intent))),
+                    None,
+                )?;
+                if let Err(e) = self.unbind(&before, t) {
+                    let _ = self.persist(
+                        Txn::new(),
+                        name,
+                        Some(&before),
+                        Some(IntentWrite::Clear),
+                        None,
+                    );
+                    return Err(e);
+                }
+            }
             let ev = self.event(EventKind::Unmount, &vol, format!("released by {key}"));
-            self.persist(Txn::new(), name, Some(&vol), None, Some(ev))?;
+            self.persist(
+                Txn::new(),
+                name,
+                Some(&vol),
+                target.as_ref().map(|_| IntentWrite::Clear),
+                Some(ev),
+            )?;
             return Ok(vol);
         }
         let intent = Intent {
@@ -650,16 +890,38 @@ impl VolumeService {
         Ok(vol)
     }
 
+    /// Unmount a consumer's target. Not mounted is fine; busy is an error.
+    pub(crate) fn unbind(&self, vol: &Volume, target: &Path) -> Result<()> {
+        match self.host.unmount(target) {
+            Ok(()) => Ok(()),
+            Err(crate::host::HostError::Busy { .. }) => Err(Error::Busy {
+                name: vol.name.clone(),
+                detail: format!("{} is still in use on the host", target.display()),
+            }),
+            Err(e) => Err(DriverError::from(e).into()),
+        }
+    }
+
     /// Unmount the staging mount and detach the device. Idempotent.
     pub(crate) fn unstage_steps(&self, vol: &Volume) -> Result<()> {
         let pool = self.get_pool(&vol.pool)?;
         let driver = self.driver(pool.driver)?;
         let node = driver.node();
+        for c in vol.consumers.values() {
+            if let Some(t) = &c.target {
+                self.unbind(vol, t)?;
+            }
+        }
         let mountpoint = vol
             .staging
             .as_ref()
             .map_or_else(|| self.mountpoint_for(&vol.name), |s| s.mountpoint.clone());
-        match node.unmount(vol, &mountpoint) {
+        let unmounted = if vol.block {
+            Ok(())
+        } else {
+            node.unmount(vol, &mountpoint)
+        };
+        match unmounted {
             Ok(()) => {}
             Err(DriverError::Host(crate::host::HostError::Busy { .. })) => {
                 return Err(Error::Busy {
@@ -672,7 +934,7 @@ impl VolumeService {
         self.failpoints.hit("unstage.after_umount");
         node.detach(&pool, vol)?;
         self.failpoints.hit("unstage.after_detach");
-        if mountpoint.starts_with(&self.config.mounts_dir) {
+        if !vol.block && mountpoint.starts_with(&self.config.mounts_dir) {
             remove_mountpoint(&mountpoint);
         }
         Ok(())
@@ -847,6 +1109,16 @@ impl VolumeService {
         })
     }
 
+    /// Take the volume's lock, waiting or not.
+    pub(crate) fn lock_op(&self, name: &str, wait: Wait) -> Result<crate::locks::NameGuard<'_>> {
+        match wait {
+            Wait::Block => Ok(self.locks.lock(name)),
+            Wait::Fail => self.locks.try_lock(name).ok_or_else(|| Error::Conflict {
+                name: name.to_string(),
+            }),
+        }
+    }
+
     pub fn mountpoint_for(&self, name: &str) -> PathBuf {
         self.config.mounts_dir.join(name)
     }
@@ -917,7 +1189,7 @@ impl VolumeService {
     }
 }
 
-fn add_consumer(vol: &mut Volume, consumer: &ConsumerRef) {
+fn add_consumer(vol: &mut Volume, consumer: &ConsumerRef, target: Option<&PublishTarget>) {
     let entry = vol
         .consumers
         .entry(consumer.key())
@@ -926,6 +1198,8 @@ fn add_consumer(vol: &mut Volume, consumer: &ConsumerRef) {
             id: consumer.id.clone(),
             count: 0,
             since: Utc::now(),
+            target: target.map(|t| t.path.clone()),
+            read_only: target.is_some_and(|t| t.read_only),
         });
     entry.count = if consumer.kind.counted() && !consumer.id.is_empty() {
         entry.count.saturating_add(1)
@@ -963,6 +1237,16 @@ fn check_same(existing: &Volume, req: &CreateVolume) -> Result<()> {
                 existing.fs.map_or("none", FsType::as_str)
             ));
         }
+    }
+    if req.block != existing.block {
+        diffs.push(format!(
+            "access type is {}",
+            if existing.block {
+                "block"
+            } else {
+                "filesystem"
+            }
+        ));
     }
     if !req.labels.is_empty() && req.labels != existing.labels {
         diffs.push("labels differ".to_string());

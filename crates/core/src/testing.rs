@@ -118,6 +118,9 @@ impl Host for FakeHost {
             hold: None,
         })
     }
+    fn loop_set_autoclear(&self, device: &Path, _on: bool) -> Result<(), HostError> {
+        self.enter("loop_set_autoclear", device).map(|_| ())
+    }
     fn loop_detach(&self, device: &Path) -> Result<(), HostError> {
         let mut s = self.enter("loop_detach", device)?;
         s.loops.remove(device);

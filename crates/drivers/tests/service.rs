@@ -353,6 +353,7 @@ fn create_is_idempotent_and_refuses_different_parameters() {
         fs: Some(FsType::Ext4),
         pool: Some("default".into()),
         labels: labels.clone(),
+        block: false,
     };
     let first = svc.create_volume(full.clone()).unwrap();
     assert_eq!(first.labels, labels);
@@ -1029,6 +1030,7 @@ fn reconcile_rolls_back_an_interrupted_stage() {
             &vol,
             IntentOp::Stage {
                 consumer: docker("a"),
+                target: None,
             },
             &vol,
         );

@@ -80,6 +80,10 @@ impl Host for LinuxHost {
         loopdev::detach(device)
     }
 
+    fn loop_set_autoclear(&self, device: &Path, on: bool) -> Result<(), HostError> {
+        loopdev::set_autoclear(device, on)
+    }
+
     fn loop_refresh_capacity(&self, device: &Path) -> Result<(), HostError> {
         loopdev::refresh_capacity(device)
     }

@@ -19,6 +19,8 @@ const LOOP_CONTROL: &str = "/dev/loop-control";
 
 // From <linux/loop.h>. These are "bad" ioctls: plain numbers, no size encoding.
 const LOOP_CLR_FD: libc::Ioctl = 0x4C01;
+const LOOP_SET_STATUS64: libc::Ioctl = 0x4C04;
+const LOOP_GET_STATUS64: libc::Ioctl = 0x4C05;
 const LOOP_SET_CAPACITY: libc::Ioctl = 0x4C07;
 const LOOP_CONFIGURE: libc::Ioctl = 0x4C0A;
 const LOOP_CTL_GET_FREE: libc::Ioctl = 0x4C82;
@@ -359,6 +361,50 @@ pub(crate) fn refresh_capacity(device: &Path) -> Result<(), HostError> {
     let file = open_rw(device).map_err(|e| HostError::failed(&op, e))?;
     ioctl_none(&file, LOOP_SET_CAPACITY)
         .map_err(|e| HostError::failed(&op, format!("LOOP_SET_CAPACITY: {}", e.desc())))?;
+    Ok(())
+}
+
+/// Turn autoclear on or off: a raw block volume has no mount to hold its
+/// device, so its device must not go away when ballast closes it.
+pub(crate) fn set_autoclear(device: &Path, on: bool) -> Result<(), HostError> {
+    let op = format!("set autoclear of {}", device.display());
+    let file = open_rw(device).map_err(|e| HostError::failed(&op, e))?;
+    // SAFETY: all-zero is a valid `loop_info64` (integers and byte arrays).
+    let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+    // SAFETY: LOOP_GET_STATUS64 fills a `struct loop_info64`, which `info` is
+    // (#[repr(C)], size asserted at compile time), for the call's duration.
+    let ret = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            LOOP_GET_STATUS64,
+            &mut info as *mut LoopInfo64,
+        )
+    };
+    if ret < 0 {
+        return Err(HostError::failed(
+            &op,
+            format!("LOOP_GET_STATUS64: {}", Errno::last().desc()),
+        ));
+    }
+    if on {
+        info.lo_flags |= LO_FLAGS_AUTOCLEAR;
+    } else {
+        info.lo_flags &= !LO_FLAGS_AUTOCLEAR;
+    }
+    // SAFETY: LOOP_SET_STATUS64 reads a `struct loop_info64`, which `info` is.
+    let ret = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            LOOP_SET_STATUS64,
+            &info as *const LoopInfo64,
+        )
+    };
+    if ret < 0 {
+        return Err(HostError::failed(
+            &op,
+            format!("LOOP_SET_STATUS64: {}", Errno::last().desc()),
+        ));
+    }
     Ok(())
 }
 

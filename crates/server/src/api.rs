@@ -37,6 +37,7 @@ impl CreateVolumeBody {
             fs: self.fs.as_deref().map(str::parse::<FsType>).transpose()?,
             pool: self.pool,
             labels: self.labels,
+            block: false,
         })
     }
 }

@@ -174,7 +174,10 @@ fn full_volume(svc: &VolumeService, v: Volume) -> DockerVolume {
     DockerVolume {
         name: v.name.clone(),
         mountpoint: mountpoint_of(&v),
-        created_at: Some(v.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        created_at: Some(
+            v.created_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ),
         status: Some(json!({
             "size": format_size(v.size_bytes),
             "size_bytes": v.size_bytes,

@@ -109,8 +109,11 @@ impl Daemon {
             .args(&self.args)
             .args(
                 // Only tests about Docker serve the plugin, each under its own name.
-                (!self.args.iter().any(|a| a.starts_with("--docker-plugin-name")))
-                    .then_some("--no-docker"),
+                (!self
+                    .args
+                    .iter()
+                    .any(|a| a.starts_with("--docker-plugin-name")))
+                .then_some("--no-docker"),
             )
             .env_remove("BALLAST_FAILPOINTS")
             .env("RUST_LOG", "info")
