@@ -50,7 +50,7 @@ pub enum Output {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage volumes
     #[command(subcommand)]
     Volume(VolumeCmd),

@@ -61,6 +61,15 @@ pub struct ServeArgs {
     /// Do not serve the Docker volume plugin
     #[arg(long, env = "BALLAST_NO_DOCKER")]
     pub no_docker: bool,
+    /// CSI endpoint, unix:///PATH [default: unix://<run-dir>/csi.sock]
+    #[arg(long, env = "BALLAST_CSI_ENDPOINT")]
+    pub csi_endpoint: Option<String>,
+    /// This node's ID for CSI [default: the hostname]
+    #[arg(long, env = "BALLAST_NODE_ID")]
+    pub node_id: Option<String>,
+    /// CSI services to serve: all, controller or node [default: all]
+    #[arg(long, env = "BALLAST_CSI_MODE")]
+    pub csi_mode: Option<String>,
 }
 
 /// The config file's keys (all optional; unknown keys are errors).
@@ -81,6 +90,9 @@ struct FileConfig {
     docker_plugin_dir: Option<PathBuf>,
     /// false switches the Docker plugin off.
     docker: Option<bool>,
+    csi_endpoint: Option<String>,
+    node_id: Option<String>,
+    csi_mode: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +116,10 @@ pub struct Config {
     pub default_driver: Option<DriverKind>,
     /// The Docker plugin's socket, or None when switched off.
     pub docker_socket: Option<PathBuf>,
+    /// The CSI socket.
+    pub csi_socket: PathBuf,
+    pub node_id: String,
+    pub csi_mode: ballast_server::csi::CsiMode,
 }
 
 impl Config {
@@ -176,6 +192,35 @@ impl Config {
                 .unwrap_or_else(|| DEFAULT_DOCKER_PLUGIN_DIR.into());
             Some(dir.join(format!("{name}.sock")))
         };
+        let run_dir = args
+            .run_dir
+            .clone()
+            .or(file.run_dir)
+            .unwrap_or_else(|| DEFAULT_RUN_DIR.into());
+        let csi_socket = match args.csi_endpoint.clone().or(file.csi_endpoint) {
+            None => run_dir.join("csi.sock"),
+            Some(url) => match url.strip_prefix("unix://") {
+                Some(path) if path.starts_with('/') => PathBuf::from(path),
+                _ => anyhow::bail!("csi endpoint {url:?}: use unix:///absolute/path"),
+            },
+        };
+        let node_id = match args.node_id.clone().or(file.node_id) {
+            Some(n) => n,
+            None => nix::unistd::gethostname()
+                .context("reading the hostname for --node-id")?
+                .to_string_lossy()
+                .into_owned(),
+        };
+        if node_id.is_empty() || node_id.len() > 128 || node_id.chars().any(char::is_control) {
+            anyhow::bail!("node id {node_id:?}: 1 to 128 printable characters");
+        }
+        let csi_mode = args
+            .csi_mode
+            .clone()
+            .or(file.csi_mode)
+            .unwrap_or_else(|| "all".into())
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!(e))?;
         let listen = args.listen.clone().or(file.listen);
         if tls.is_some() && listen.is_none() {
             anyhow::bail!("tls is configured but there is no --listen address to use it on");
@@ -186,11 +231,7 @@ impl Config {
                 .clone()
                 .or(file.state_dir)
                 .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
-            run_dir: args
-                .run_dir
-                .clone()
-                .or(file.run_dir)
-                .unwrap_or_else(|| DEFAULT_RUN_DIR.into()),
+            run_dir,
             listen,
             tls,
             default_size: parse_size(&size_text).context("default size")?,
@@ -199,6 +240,9 @@ impl Config {
             log_format,
             default_driver,
             docker_socket,
+            csi_socket,
+            node_id,
+            csi_mode,
         })
     }
 

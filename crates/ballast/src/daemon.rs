@@ -179,6 +179,20 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(socket = %sock.display(), "serving the Docker volume plugin");
         tasks.push(tokio::spawn(listen::serve_unix(plugin, router)));
     }
+    {
+        let csi = listen::bind_unix(&config.csi_socket, 0o600).await?;
+        let plugin = ballast_server::csi::CsiPlugin {
+            service: service.clone(),
+            node_id: config.node_id.clone(),
+        };
+        tracing::info!(socket = %config.csi_socket.display(), node_id = %config.node_id, mode = ?config.csi_mode, "serving CSI");
+        let mode = config.csi_mode;
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = ballast_server::csi::serve(plugin, mode, csi).await {
+                tracing::error!(error = %e, "the CSI server stopped");
+            }
+        }));
+    }
     tracing::info!(socket = %api_sock.display(), state_dir = %state_dir.display(), volumes = service.volume_count(), "ballast is serving");
     shutdown_signal().await;
     tracing::info!("shutting down");
@@ -186,6 +200,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         t.abort();
     }
     let _ = std::fs::remove_file(&api_sock);
+    let _ = std::fs::remove_file(&config.csi_socket);
     // A stale plugin socket stalls `docker volume ls` until it times out.
     if let Some(sock) = &config.docker_socket {
         let _ = std::fs::remove_file(sock);

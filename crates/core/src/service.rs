@@ -356,6 +356,12 @@ impl VolumeService {
 
     /// Create a volume; the same request again returns the same volume.
     pub fn create_volume(&self, req: CreateVolume) -> Result<Volume> {
+        self.create_volume_with(req, Wait::Block)
+    }
+
+    /// [`VolumeService::create_volume`], failing fast on a busy name when
+    /// `wait` is [`Wait::Fail`].
+    pub fn create_volume_with(&self, req: CreateVolume, wait: Wait) -> Result<Volume> {
         validate_name("volume", &req.name)?;
         for (k, v) in &req.labels {
             validate_label(k, v)?;
@@ -367,7 +373,7 @@ impl VolumeService {
             }
             None => self.get_pool("default")?,
         };
-        let _g = self.locks.lock(&req.name);
+        let _g = self.lock_op(&req.name, wait)?;
         if let Some(existing) = self.volumes.read().get(&req.name).cloned() {
             return check_same(&existing, &req).map(|()| existing);
         }
@@ -944,8 +950,13 @@ impl VolumeService {
 
     /// Grow a volume to `new_size` bytes, online if it is mounted.
     pub fn resize(&self, name: &str, new_size: u64) -> Result<Volume> {
+        self.resize_with(name, new_size, Wait::Block)
+    }
+
+    /// [`VolumeService::resize`] with a choice of waiting.
+    pub fn resize_with(&self, name: &str, new_size: u64, wait: Wait) -> Result<Volume> {
         validate_name("volume", name)?;
-        let _g = self.locks.lock(name);
+        let _g = self.lock_op(name, wait)?;
         let vol = self.get_volume(name)?;
         self.check_settled(&vol)?;
         let new_size = new_size
@@ -1011,6 +1022,14 @@ impl VolumeService {
         let mut note = String::new();
         match &vol.staging {
             Some(Staging {
+                device: Some(dev), ..
+            }) if vol.block => {
+                self.host
+                    .loop_refresh_capacity(dev)
+                    .map_err(DriverError::from)?;
+            }
+            None if vol.block => {}
+            Some(Staging {
                 device: Some(dev),
                 mountpoint,
             }) if node.can_grow_online(vol) => {
@@ -1051,8 +1070,13 @@ impl VolumeService {
     /// Delete a volume. A volume with consumers needs `force`, which
     /// unmounts it first.
     pub fn delete_volume(&self, name: &str, force: bool) -> Result<()> {
+        self.delete_volume_with(name, force, Wait::Block)
+    }
+
+    /// [`VolumeService::delete_volume`] with a choice of waiting.
+    pub fn delete_volume_with(&self, name: &str, force: bool, wait: Wait) -> Result<()> {
         validate_name("volume", name)?;
-        let _g = self.locks.lock(name);
+        let _g = self.lock_op(name, wait)?;
         let vol = self.get_volume(name)?;
         self.check_settled(&vol)?;
         if !vol.consumers.is_empty() && !force {
@@ -1099,6 +1123,109 @@ impl VolumeService {
             Some(IntentWrite::Clear),
             Some(ev),
         )
+    }
+
+    // ----- health and node-side checks ----------------------------------
+
+    /// What is wrong with a volume on this host, if anything: a staged
+    /// volume whose mount or device has gone, or a consumer's target that is
+    /// no longer mounted.
+    pub fn volume_condition(&self, vol: &Volume) -> Option<String> {
+        let staging = vol.staging.as_ref()?;
+        let mounts = match self.host.mounts() {
+            Ok(m) => m,
+            Err(e) => return Some(format!("cannot read the mount table: {e}")),
+        };
+        if let Some(dev) = &staging.device {
+            let attached = self
+                .host
+                .loop_devices()
+                .map(|l| l.iter().any(|d| &d.device == dev))
+                .unwrap_or(false);
+            if !attached {
+                return Some(format!("device {} is gone", dev.display()));
+            }
+        }
+        if !vol.block && !mounts.iter().any(|m| m.target == staging.mountpoint) {
+            return Some(format!(
+                "{} is no longer mounted",
+                staging.mountpoint.display()
+            ));
+        }
+        for c in vol.consumers.values() {
+            if let Some(t) = &c.target {
+                if !mounts.iter().any(|m| &m.target == t) {
+                    return Some(format!("{} is no longer mounted", t.display()));
+                }
+            }
+        }
+        None
+    }
+
+    /// Usage of a volume as seen at one of its paths on this host (its
+    /// staging path or a consumer's target). An unknown path is not found.
+    pub fn path_usage(&self, name: &str, path: &Path) -> Result<(VolumeUsage, Option<String>)> {
+        let vol = self.get_volume(name)?;
+        let known = vol.mountpoint() == Some(path)
+            || vol
+                .consumers
+                .values()
+                .any(|c| c.target.as_deref() == Some(path));
+        if !known {
+            return Err(Error::not_found("volume path", &path.display().to_string()));
+        }
+        let condition = self.volume_condition(&vol);
+        if vol.block {
+            let usage = VolumeUsage {
+                total_bytes: vol.size_bytes,
+                ..VolumeUsage::default()
+            };
+            return Ok((usage, condition));
+        }
+        let st = self.host.fs_stats(path).map_err(DriverError::from)?;
+        let usage = VolumeUsage {
+            used_bytes: st.total_bytes.saturating_sub(st.free_bytes),
+            total_bytes: st.total_bytes,
+            used_inodes: st.total_inodes.saturating_sub(st.free_inodes),
+            total_inodes: st.total_inodes,
+        };
+        Ok((usage, condition))
+    }
+
+    /// Finish a grow on this host: grow the mounted filesystem to its
+    /// device if a grow is pending. Returns the volume.
+    pub fn expand_on_node(&self, name: &str, wait: Wait) -> Result<Volume> {
+        validate_name("volume", name)?;
+        let _g = self.lock_op(name, wait)?;
+        let mut vol = self.get_volume(name)?;
+        self.check_settled(&vol)?;
+        let (
+            Some(Staging {
+                device: Some(dev),
+                mountpoint,
+            }),
+            true,
+        ) = (vol.staging.clone(), vol.fs_grow_pending)
+        else {
+            return Ok(vol);
+        };
+        let pool = self.get_pool(&vol.pool)?;
+        let node = self.driver(pool.driver)?.node();
+        if !node.can_grow_online(&vol) {
+            return Err(Error::Busy {
+                name: name.to_string(),
+                detail: "the filesystem cannot grow while mounted on this host (online ext4 resize needs CAP_SYS_RESOURCE); it grows at its next mount".into(),
+            });
+        }
+        node.grow_fs(&vol, &dev, Some(&mountpoint))?;
+        vol.fs_grow_pending = false;
+        self.persist(Txn::new(), name, Some(&vol), None, None)?;
+        Ok(vol)
+    }
+
+    /// The size given to volumes created without one.
+    pub fn default_size(&self) -> u64 {
+        self.config.default_size
     }
 
     // ----- helpers -----------------------------------------------------

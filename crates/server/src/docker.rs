@@ -222,6 +222,13 @@ pub fn router(state: PluginState) -> Router {
                 body: json!({"Err": "no such plugin endpoint"}),
             }
         })
+        // axum's own 405 has an empty body; every reply here is JSON.
+        .method_not_allowed_fallback(|| async {
+            Reply {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                body: json!({"Err": "plugin endpoints take POST"}),
+            }
+        })
         .layer(axum::middleware::from_fn(limit_body))
         .with_state(state)
 }

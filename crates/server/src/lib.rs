@@ -4,6 +4,7 @@
 //! error exhaustively; they hold no volume logic.
 
 pub mod api;
+pub mod csi;
 pub mod docker;
 pub mod listen;
 pub mod rest;

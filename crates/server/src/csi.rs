@@ -1,0 +1,976 @@
+//! CSI v1 over gRPC: Identity, Controller and Node, each RPC one
+//! `VolumeService` call. This layer checks the spec's required fields,
+//! translates CSI types, and maps the core's error to a gRPC code in
+//! [`status`]; the volume logic is the core's.
+//!
+//! Volume IDs are ballast volume names. Staging is a consumer
+//! `csi:stage:<staging_target_path>` bound at the staging path; each publish
+//! is a consumer `csi:<target_path>` bound at the target. Operations on a
+//! volume that is busy answer ABORTED instead of queueing, so the CO retries.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use ballast_core::model::{ConsumerKind, ConsumerRef, FsType, PublishTarget, Volume};
+use ballast_core::{CreateVolume, Error, VolumeService, Wait};
+use ballast_csi_proto::v1 as csi;
+use csi::volume_capability::access_mode::Mode;
+use csi::volume_capability::AccessType;
+use tonic::{Request, Response, Status};
+
+use crate::run_blocking;
+
+/// The topology key of the node a volume lives on.
+pub const TOPOLOGY_KEY: &str = "topology.ballast/node";
+/// The plugin's name, as CSIDriver objects and StorageClasses refer to it.
+pub const DRIVER_NAME: &str = "ballast.csi.dev";
+
+/// The one mapping from the core's error to gRPC status codes.
+pub fn status(e: Error) -> Status {
+    let msg = e.to_string();
+    match e {
+        Error::InvalidArgument(_) => Status::invalid_argument(msg),
+        Error::NotFound { .. } => Status::not_found(msg),
+        Error::AlreadyExists { .. } => Status::already_exists(msg),
+        Error::InUse { .. } => Status::failed_precondition(msg),
+        Error::Busy { .. } => Status::failed_precondition(msg),
+        Error::Capacity { .. } => Status::resource_exhausted(msg),
+        Error::Conflict { .. } => Status::aborted(msg),
+        Error::Driver(_) => Status::internal(msg),
+        Error::Store(_) => Status::internal(msg),
+    }
+}
+
+/// Which services this process serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CsiMode {
+    All,
+    Controller,
+    Node,
+}
+
+impl std::str::FromStr for CsiMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "all" => Ok(CsiMode::All),
+            "controller" => Ok(CsiMode::Controller),
+            "node" => Ok(CsiMode::Node),
+            other => Err(format!("csi mode {other:?}: use all, controller or node")),
+        }
+    }
+}
+
+/// The CSI plugin: one value serving all three services.
+#[derive(Clone)]
+pub struct CsiPlugin {
+    pub service: Arc<VolumeService>,
+    pub node_id: String,
+}
+
+fn required(value: &str, field: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(Status::invalid_argument(format!("{field} is required")));
+    }
+    Ok(())
+}
+
+/// A path from the CO: absolute, no `.`/`..`, no control characters.
+fn path_arg(value: &str, field: &str) -> Result<PathBuf, Status> {
+    required(value, field)?;
+    let p = PathBuf::from(value);
+    if !p.is_absolute()
+        || p.components()
+            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+        || value.chars().any(char::is_control)
+    {
+        return Err(Status::invalid_argument(format!(
+            "{field} {value:?} must be an absolute path without '.' or '..'"
+        )));
+    }
+    Ok(p)
+}
+
+/// What a volume capability asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Access {
+    Mount { fs: Option<FsType> },
+    Block,
+}
+
+fn access(cap: &csi::VolumeCapability) -> Result<(Access, bool), Status> {
+    let mode = cap
+        .access_mode
+        .as_ref()
+        .ok_or_else(|| Status::invalid_argument("volume_capability.access_mode is required"))?;
+    let read_only = match Mode::try_from(mode.mode) {
+        Ok(Mode::SingleNodeWriter | Mode::SingleNodeSingleWriter | Mode::SingleNodeMultiWriter) => {
+            false
+        }
+        Ok(Mode::SingleNodeReaderOnly) => true,
+        Ok(
+            m @ (Mode::MultiNodeReaderOnly
+            | Mode::MultiNodeSingleWriter
+            | Mode::MultiNodeMultiWriter),
+        ) => {
+            return Err(Status::invalid_argument(format!(
+                "access mode {} is not supported: ballast pools are node-local",
+                m.as_str_name()
+            )))
+        }
+        Ok(Mode::Unknown) | Err(_) => {
+            return Err(Status::invalid_argument("access mode is unknown"))
+        }
+    };
+    match &cap.access_type {
+        None => Err(Status::invalid_argument(
+            "volume_capability.access_type (mount or block) is required",
+        )),
+        Some(AccessType::Block(_)) => Ok((Access::Block, read_only)),
+        Some(AccessType::Mount(m)) => {
+            if !m.mount_flags.is_empty() {
+                return Err(Status::invalid_argument(format!(
+                    "mount flags {:?} are not supported",
+                    m.mount_flags
+                )));
+            }
+            if !m.volume_mount_group.is_empty() {
+                return Err(Status::invalid_argument(
+                    "volume_mount_group is not supported",
+                ));
+            }
+            let fs = match m.fs_type.as_str() {
+                "" => None,
+                other => Some(
+                    other
+                        .parse::<FsType>()
+                        .map_err(|e| Status::invalid_argument(e.to_string()))?,
+                ),
+            };
+            Ok((Access::Mount { fs }, read_only))
+        }
+    }
+}
+
+/// One access kind for all capabilities of a request.
+fn common_access(caps: &[csi::VolumeCapability]) -> Result<Access, Status> {
+    if caps.is_empty() {
+        return Err(Status::invalid_argument("volume_capabilities is required"));
+    }
+    let mut found: Option<Access> = None;
+    for cap in caps {
+        let (a, _) = access(cap)?;
+        match (&found, &a) {
+            (None, _) => found = Some(a),
+            (Some(Access::Block), Access::Block) => {}
+            (Some(Access::Mount { fs: f1 }), Access::Mount { fs: f2 }) => {
+                if f1.is_some() && f2.is_some() && f1 != f2 {
+                    return Err(Status::invalid_argument(
+                        "capabilities ask for different filesystems",
+                    ));
+                }
+                if f1.is_none() {
+                    found = Some(a);
+                }
+            }
+            _ => {
+                return Err(Status::invalid_argument(
+                    "capabilities mix block and mount access",
+                ))
+            }
+        }
+    }
+    found.ok_or_else(|| Status::invalid_argument("volume_capabilities is required"))
+}
+
+fn fits(vol: &Volume, access: &Access) -> bool {
+    match access {
+        Access::Block => vol.block,
+        Access::Mount { fs } => !vol.block && (fs.is_none() || *fs == vol.fs),
+    }
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl CsiPlugin {
+    fn topology(&self) -> csi::Topology {
+        csi::Topology {
+            segments: HashMap::from([(TOPOLOGY_KEY.to_string(), self.node_id.clone())]),
+        }
+    }
+
+    fn csi_volume(&self, v: &Volume) -> csi::Volume {
+        csi::Volume {
+            capacity_bytes: i64_of(v.size_bytes),
+            volume_id: v.name.clone(),
+            volume_context: HashMap::from([("pool".to_string(), v.pool.clone())]),
+            content_source: None,
+            accessible_topology: vec![self.topology()],
+        }
+    }
+
+    /// Whether a topology (from a request) names this node.
+    fn is_here(&self, t: &csi::Topology) -> bool {
+        t.segments
+            .get(TOPOLOGY_KEY)
+            .is_none_or(|n| n == &self.node_id)
+    }
+
+    async fn call<T, F>(&self, f: F) -> Result<T, Status>
+    where
+        F: FnOnce(&VolumeService) -> ballast_core::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        run_blocking(&self.service, f).await.map_err(status)
+    }
+}
+
+fn stage_consumer(staging: &Path) -> ConsumerRef {
+    ConsumerRef::new(ConsumerKind::Csi, format!("stage:{}", staging.display()))
+}
+
+fn target_consumer(target: &Path) -> ConsumerRef {
+    ConsumerRef::new(ConsumerKind::Csi, target.display().to_string())
+}
+
+/// Size for a capacity range: required if set, else the default capped by
+/// the limit; at least `min`; rounded to 4 KiB; never past the limit.
+fn size_for(range: Option<&csi::CapacityRange>, default: u64, min: u64) -> Result<u64, Status> {
+    let (req, lim) = match range {
+        Some(r) => {
+            if r.required_bytes < 0 || r.limit_bytes < 0 {
+                return Err(Status::invalid_argument(
+                    "capacity_range must not be negative",
+                ));
+            }
+            (
+                r.required_bytes.unsigned_abs(),
+                r.limit_bytes.unsigned_abs(),
+            )
+        }
+        None => (0, 0),
+    };
+    if lim > 0 && req > lim {
+        return Err(Status::out_of_range(format!(
+            "required_bytes {req} is above limit_bytes {lim}"
+        )));
+    }
+    let mut size = if req > 0 { req } else { default };
+    if lim > 0 && size > lim {
+        size = lim;
+    }
+    size = size.max(min).next_multiple_of(4096);
+    if lim > 0 && size > lim {
+        return Err(Status::out_of_range(format!(
+            "no size of at least {min} bytes in 4 KiB steps fits limit_bytes {lim}"
+        )));
+    }
+    Ok(size)
+}
+
+fn in_range(size: u64, range: Option<&csi::CapacityRange>) -> bool {
+    range.is_none_or(|r| {
+        size >= r.required_bytes.unsigned_abs()
+            && (r.limit_bytes == 0 || size <= r.limit_bytes.unsigned_abs())
+    })
+}
+
+#[tonic::async_trait]
+impl csi::identity_server::Identity for CsiPlugin {
+    async fn get_plugin_info(
+        &self,
+        _: Request<csi::GetPluginInfoRequest>,
+    ) -> Result<Response<csi::GetPluginInfoResponse>, Status> {
+        Ok(Response::new(csi::GetPluginInfoResponse {
+            name: DRIVER_NAME.to_string(),
+            vendor_version: env!("CARGO_PKG_VERSION").to_string(),
+            manifest: HashMap::new(),
+        }))
+    }
+
+    async fn get_plugin_capabilities(
+        &self,
+        _: Request<csi::GetPluginCapabilitiesRequest>,
+    ) -> Result<Response<csi::GetPluginCapabilitiesResponse>, Status> {
+        use csi::plugin_capability::{service, volume_expansion, Service, Type, VolumeExpansion};
+        let svc = |t: service::Type| csi::PluginCapability {
+            r#type: Some(Type::Service(Service { r#type: t as i32 })),
+        };
+        Ok(Response::new(csi::GetPluginCapabilitiesResponse {
+            capabilities: vec![
+                svc(service::Type::ControllerService),
+                svc(service::Type::VolumeAccessibilityConstraints),
+                csi::PluginCapability {
+                    r#type: Some(Type::VolumeExpansion(VolumeExpansion {
+                        r#type: volume_expansion::Type::Online as i32,
+                    })),
+                },
+            ],
+        }))
+    }
+
+    async fn probe(
+        &self,
+        _: Request<csi::ProbeRequest>,
+    ) -> Result<Response<csi::ProbeResponse>, Status> {
+        Ok(Response::new(csi::ProbeResponse { ready: Some(true) }))
+    }
+}
+
+#[tonic::async_trait]
+impl csi::controller_server::Controller for CsiPlugin {
+    async fn create_volume(
+        &self,
+        request: Request<csi::CreateVolumeRequest>,
+    ) -> Result<Response<csi::CreateVolumeResponse>, Status> {
+        let r = request.into_inner();
+        required(&r.name, "name")?;
+        let access = common_access(&r.volume_capabilities)?;
+        let mut pool = None;
+        let mut param_fs = None;
+        for (k, v) in &r.parameters {
+            match k.as_str() {
+                "pool" => pool = Some(v.clone()),
+                "fs" | "fsType" => {
+                    param_fs = Some(
+                        v.parse::<FsType>()
+                            .map_err(|e| Status::invalid_argument(e.to_string()))?,
+                    )
+                }
+                // Metadata the external-provisioner may add.
+                k if k.starts_with("csi.storage.k8s.io/") => {}
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "parameter {other:?} is not known; ballast takes pool and fs"
+                    )))
+                }
+            }
+        }
+        if r.volume_content_source.is_some() {
+            return Err(Status::invalid_argument(
+                "volume content sources (snapshots, clones) are not supported yet",
+            ));
+        }
+        if let Some(req) = &r.accessibility_requirements {
+            if !req.requisite.is_empty() && !req.requisite.iter().any(|t| self.is_here(t)) {
+                return Err(Status::resource_exhausted(format!(
+                    "no pool on the requisite topology (this plugin serves node {})",
+                    self.node_id
+                )));
+            }
+        }
+        let (fs, block) = match access {
+            Access::Block => {
+                if param_fs.is_some() {
+                    return Err(Status::invalid_argument("a block volume has no filesystem"));
+                }
+                (None, true)
+            }
+            Access::Mount { fs } => {
+                if let (Some(a), Some(b)) = (fs, param_fs) {
+                    if a != b {
+                        return Err(Status::invalid_argument(format!(
+                            "parameter fs {b} differs from the capability's fs_type {a}"
+                        )));
+                    }
+                }
+                (fs.or(param_fs), false)
+            }
+        };
+        // Idempotency by name: a compatible existing volume is the answer.
+        if let Ok(existing) = self.service.get_volume(&r.name) {
+            let compatible = in_range(existing.size_bytes, r.capacity_range.as_ref())
+                && fits(&existing, &access)
+                && (param_fs.is_none() || existing.fs == param_fs)
+                && pool.as_ref().is_none_or(|p| p == &existing.pool);
+            if !compatible {
+                return Err(Status::already_exists(format!(
+                    "volume {:?} exists with incompatible parameters",
+                    r.name
+                )));
+            }
+            return Ok(Response::new(csi::CreateVolumeResponse {
+                volume: Some(self.csi_volume(&existing)),
+            }));
+        }
+        let min = if block {
+            4096
+        } else {
+            fs.unwrap_or(FsType::Ext4).min_size()
+        };
+        let size = size_for(r.capacity_range.as_ref(), self.service.default_size(), min)?;
+        let req = CreateVolume {
+            name: r.name.clone(),
+            size_bytes: Some(size),
+            fs,
+            pool,
+            labels: Default::default(),
+            block,
+        };
+        let vol = self
+            .call(move |s| s.create_volume_with(req, Wait::Fail))
+            .await?;
+        Ok(Response::new(csi::CreateVolumeResponse {
+            volume: Some(self.csi_volume(&vol)),
+        }))
+    }
+
+    async fn delete_volume(
+        &self,
+        request: Request<csi::DeleteVolumeRequest>,
+    ) -> Result<Response<csi::DeleteVolumeResponse>, Status> {
+        let r = request.into_inner();
+        required(&r.volume_id, "volume_id")?;
+        let id = r.volume_id.clone();
+        match self
+            .call(move |s| s.delete_volume_with(&id, false, Wait::Fail))
+            .await
+        {
+            Ok(()) => {}
+            // Deleting what is gone succeeds: the CO retries deletes.
+            Err(s) if s.code() == tonic::Code::NotFound => {}
+            Err(s) => return Err(s),
+        }
+        Ok(Response::new(csi::DeleteVolumeResponse {}))
+    }
+
+    async fn controller_publish_volume(
+        &self,
+        _: Request<csi::ControllerPublishVolumeRequest>,
+    ) -> Result<Response<csi::ControllerPublishVolumeResponse>, Status> {
+        Err(Status::unimplemented(
+            "node-local pools need no controller publish",
+        ))
+    }
+
+    async fn controller_unpublish_volume(
+        &self,
+        _: Request<csi::ControllerUnpublishVolumeRequest>,
+    ) -> Result<Response<csi::ControllerUnpublishVolumeResponse>, Status> {
+        Err(Status::unimplemented(
+            "node-local pools need no controller unpublish",
+        ))
+    }
+
+    async fn validate_volume_capabilities(
+        &self,
+        request: Request<csi::ValidateVolumeCapabilitiesRequest>,
+    ) -> Result<Response<csi::ValidateVolumeCapabilitiesResponse>, Status> {
+        let r = request.into_inner();
+        required(&r.volume_id, "volume_id")?;
+        if r.volume_capabilities.is_empty() {
+            return Err(Status::invalid_argument("volume_capabilities is required"));
+        }
+        let vol = self.service.get_volume(&r.volume_id).map_err(status)?;
+        let ok = match common_access(&r.volume_capabilities) {
+            Ok(a) => fits(&vol, &a),
+            Err(_) => false,
+        };
+        Ok(Response::new(csi::ValidateVolumeCapabilitiesResponse {
+            confirmed: ok.then(|| csi::validate_volume_capabilities_response::Confirmed {
+                volume_context: r.volume_context.clone(),
+                volume_capabilities: r.volume_capabilities.clone(),
+                parameters: r.parameters.clone(),
+                mutable_parameters: r.mutable_parameters.clone(),
+            }),
+            message: if ok {
+                String::new()
+            } else {
+                "the volume cannot serve these capabilities".into()
+            },
+        }))
+    }
+
+    async fn list_volumes(
+        &self,
+        request: Request<csi::ListVolumesRequest>,
+    ) -> Result<Response<csi::ListVolumesResponse>, Status> {
+        let r = request.into_inner();
+        if r.max_entries < 0 {
+            return Err(Status::invalid_argument("max_entries must not be negative"));
+        }
+        // The token is the last name of the previous page; names sort, so
+        // the next page is every name after it, whatever changed meanwhile.
+        if !r.starting_token.is_empty()
+            && ballast_core::model::validate_name("volume", &r.starting_token).is_err()
+        {
+            return Err(Status::aborted(format!(
+                "starting_token {:?} is not a token this plugin gave",
+                r.starting_token
+            )));
+        }
+        let vols = self.service.list_volumes();
+        let start = vols.partition_point(|v| {
+            !r.starting_token.is_empty() && v.name.as_str() <= r.starting_token.as_str()
+        });
+        let max = if r.max_entries == 0 {
+            usize::MAX
+        } else {
+            usize::try_from(r.max_entries).unwrap_or(usize::MAX)
+        };
+        let page: Vec<&Volume> = vols[start..].iter().take(max).collect();
+        let next_token = if start + page.len() < vols.len() {
+            page.last().map(|v| v.name.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let entries = page
+            .into_iter()
+            .map(|v| csi::list_volumes_response::Entry {
+                volume: Some(self.csi_volume(v)),
+                status: Some(csi::list_volumes_response::VolumeStatus {
+                    published_node_ids: vec![],
+                    volume_condition: Some(condition(self.service.volume_condition(v))),
+                }),
+            })
+            .collect();
+        Ok(Response::new(csi::ListVolumesResponse {
+            entries,
+            next_token,
+        }))
+    }
+
+    async fn get_capacity(
+        &self,
+        request: Request<csi::GetCapacityRequest>,
+    ) -> Result<Response<csi::GetCapacityResponse>, Status> {
+        let r = request.into_inner();
+        let mut pool = "default".to_string();
+        for (k, v) in &r.parameters {
+            match k.as_str() {
+                "pool" => pool = v.clone(),
+                "fs" | "fsType" => {
+                    v.parse::<FsType>()
+                        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                }
+                k if k.starts_with("csi.storage.k8s.io/") => {}
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "parameter {other:?} is not known; ballast takes pool and fs"
+                    )))
+                }
+            }
+        }
+        for cap in &r.volume_capabilities {
+            access(cap)?;
+        }
+        if r.accessible_topology
+            .as_ref()
+            .is_some_and(|t| !self.is_here(t))
+        {
+            return Ok(Response::new(csi::GetCapacityResponse {
+                available_capacity: 0,
+                maximum_volume_size: Some(0),
+                minimum_volume_size: None,
+            }));
+        }
+        let cap = self
+            .call(move |s| {
+                let p = s.get_pool(&pool)?;
+                s.pool_capacity(&p)
+            })
+            .await?;
+        Ok(Response::new(csi::GetCapacityResponse {
+            available_capacity: i64_of(cap.available_bytes),
+            maximum_volume_size: Some(i64_of(cap.available_bytes)),
+            minimum_volume_size: Some(i64_of(ballast_core::model::EXT4_MIN_SIZE)),
+        }))
+    }
+
+    async fn controller_get_capabilities(
+        &self,
+        _: Request<csi::ControllerGetCapabilitiesRequest>,
+    ) -> Result<Response<csi::ControllerGetCapabilitiesResponse>, Status> {
+        use csi::controller_service_capability::{rpc::Type, Rpc, Type as Cap};
+        let caps = [
+            Type::CreateDeleteVolume,
+            Type::ListVolumes,
+            Type::GetCapacity,
+            Type::ExpandVolume,
+            Type::VolumeCondition,
+            Type::GetVolume,
+            Type::SingleNodeMultiWriter,
+        ];
+        Ok(Response::new(csi::ControllerGetCapabilitiesResponse {
+            capabilities: caps
+                .into_iter()
+                .map(|t| csi::ControllerServiceCapability {
+                    r#type: Some(Cap::Rpc(Rpc { r#type: t as i32 })),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn create_snapshot(
+        &self,
+        _: Request<csi::CreateSnapshotRequest>,
+    ) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
+        Err(Status::unimplemented("snapshots are not supported yet"))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        _: Request<csi::DeleteSnapshotRequest>,
+    ) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
+        Err(Status::unimplemented("snapshots are not supported yet"))
+    }
+
+    async fn list_snapshots(
+        &self,
+        _: Request<csi::ListSnapshotsRequest>,
+    ) -> Result<Response<csi::ListSnapshotsResponse>, Status> {
+        Err(Status::unimplemented("snapshots are not supported yet"))
+    }
+
+    async fn get_snapshot(
+        &self,
+        _: Request<csi::GetSnapshotRequest>,
+    ) -> Result<Response<csi::GetSnapshotResponse>, Status> {
+        Err(Status::unimplemented("snapshots are not supported yet"))
+    }
+
+    async fn controller_expand_volume(
+        &self,
+        request: Request<csi::ControllerExpandVolumeRequest>,
+    ) -> Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
+        let r = request.into_inner();
+        required(&r.volume_id, "volume_id")?;
+        let range = r
+            .capacity_range
+            .ok_or_else(|| Status::invalid_argument("capacity_range is required"))?;
+        let vol = self.service.get_volume(&r.volume_id).map_err(status)?;
+        let size = size_for(Some(&range), vol.size_bytes, vol.size_bytes)?;
+        let id = r.volume_id.clone();
+        let vol = self
+            .call(move |s| s.resize_with(&id, size, Wait::Fail))
+            .await?;
+        Ok(Response::new(csi::ControllerExpandVolumeResponse {
+            capacity_bytes: i64_of(vol.size_bytes),
+            node_expansion_required: vol.fs_grow_pending && vol.staging.is_some(),
+        }))
+    }
+
+    async fn controller_get_volume(
+        &self,
+        request: Request<csi::ControllerGetVolumeRequest>,
+    ) -> Result<Response<csi::ControllerGetVolumeResponse>, Status> {
+        let r = request.into_inner();
+        required(&r.volume_id, "volume_id")?;
+        let vol = self.service.get_volume(&r.volume_id).map_err(status)?;
+        Ok(Response::new(csi::ControllerGetVolumeResponse {
+            volume: Some(self.csi_volume(&vol)),
+            status: Some(csi::controller_get_volume_response::VolumeStatus {
+                published_node_ids: vec![],
+                volume_condition: Some(condition(self.service.volume_condition(&vol))),
+            }),
+        }))
+    }
+
+    async fn controller_modify_volume(
+        &self,
+        _: Request<csi::ControllerModifyVolumeRequest>,
+    ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
+        Err(Status::unimplemented("volumes have no mutable parameters"))
+    }
+}
+
+fn condition(problem: Option<String>) -> csi::VolumeCondition {
+    match problem {
+        Some(message) => csi::VolumeCondition {
+            abnormal: true,
+            message,
+        },
+        None => csi::VolumeCondition {
+            abnormal: false,
+            message: "healthy".into(),
+        },
+    }
+}
+
+#[tonic::async_trait]
+impl csi::node_server::Node for CsiPlugin {
+    async fn node_stage_volume(
+        &self,
+        request: Request<csi::NodeStageVolumeRequest>,
+    ) -> Result<Response<csi::NodeStageVolumeResponse>, Status> {
+        let r = request.into_inner();
+        required(&r.volume_id, "volume_id")?;
+        let staging = path_arg(&r.staging_target_path, "staging_target_path")?;
+        let cap = r
+            .volume_capability
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
+        let (access, _) = access(cap)?;
+        let vol = self.service.get_volume(&r.volume_id).map_err(status)?;
+        if !fits(&vol, &access) {
+            return Err(Status::invalid_argument(format!(
+                "volume {:?} cannot be staged with this capability",
+                vol.name
+            )));
+        }
+        let id = r.volume_id.clone();
+        self.call(move |s| {
+            let target = if access == Access::Block {
+                None
+            } else {
+                std::fs::create_dir_all(&staging)
+                    .map_err(|e| ballast_core::DriverError::io(&staging, e))?;
+                Some(PublishTarget {
+                    path: staging.clone(),
+                    read_only: false,
+                })
+            };
+            s.publish(&id, stage_consumer(&staging), target, Wait::Fail)
+        })
+        .await?;
+        Ok(Response::new(csi::NodeStageVolumeResponse {}))
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        request: Request<csi::NodeUnstageVolumeRequest>,
+    ) -> Result<Response<csi::NodeUnstageVolumeResponse>, Status> {
+        let r = request.into_inner();
+        required(&r.volume_id, "volume_id")?;
+        let staging = path_arg(&r.staging_target_path, "staging_target_path")?;
+        let id = r.volume_id.clone();
+        self.call(move |s| s.unpublish(&id, &stage_consumer(&staging), Wait::Fail))
+            .await?;
+        Ok(Response::new(csi::NodeUnstageVolumeResponse {}))
+    }
+
+    async fn node_publish_volume(
+        &self,
+        request: Request<csi::NodePublishVolumeRequest>,
+    ) -> Result<Response<csi::NodePublishVolumeResponse>, Status> {
+        let r = request.into_inner();
+        required(&r.volume_id, "volume_id")?;
+        let target = path_arg(&r.target_path, "target_path")?;
+        let staging = path_arg(&r.staging_target_path, "staging_target_path")?;
+        let cap = r
+            .volume_capability
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
+        let (access, mode_ro) = access(cap)?;
+        let vol = self.service.get_volume(&r.volume_id).map_err(status)?;
+        if !fits(&vol, &access) {
+            return Err(Status::invalid_argument(format!(
+                "volume {:?} cannot be published with this capability",
+                vol.name
+            )));
+        }
+        if !vol.consumers.contains_key(&stage_consumer(&staging).key()) {
+            return Err(Status::failed_precondition(format!(
+                "volume {:?} is not staged at {}",
+                vol.name,
+                staging.display()
+            )));
+        }
+        let read_only = r.readonly || mode_ro;
+        let id = r.volume_id.clone();
+        self.call(move |s| {
+            // The CO makes the parent; the plugin makes the target itself.
+            let made = if access == Access::Block {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&target)
+                    .map(drop)
+            } else {
+                std::fs::create_dir_all(&target)
+            };
+            made.map_err(|e| ballast_core::DriverError::io(&target, e))?;
+            s.publish(
+                &id,
+                target_consumer(&target),
+                Some(PublishTarget {
+                    path: target.clone(),
+                    read_only,
+                }),
+                Wait::Fail,
+            )
+        })
+        .await?;
+        Ok(Response::new(csi::NodePublishVolumeResponse {}))
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        request: Request<csi::NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
+        let r = request.into_inner();
+        required(&r.volume_id, "volume_id")?;
+        let target = path_arg(&r.target_path, "target_path")?;
+        let id = r.volume_id.clone();
+        self.call(move |s| {
+            s.unpublish(&id, &target_consumer(&target), Wait::Fail)?;
+            // The target was made by NodePublish; take it away again.
+            let _ = std::fs::remove_dir(&target).or_else(|_| {
+                if target.is_file() {
+                    std::fs::remove_file(&target)
+                } else {
+                    Ok(())
+                }
+            });
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(csi::NodeUnpublishVolumeResponse {}))
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        request: Request<csi::NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
+        let r = request.into_inner();
+        required(&r.volume_id, "volume_id")?;
+        let path = path_arg(&r.volume_path, "volume_path")?;
+        let id = r.volume_id.clone();
+        let (usage, problem) = self.call(move |s| s.path_usage(&id, &path)).await?;
+        let bytes = csi::VolumeUsage {
+            available: i64_of(usage.total_bytes.saturating_sub(usage.used_bytes)),
+            total: i64_of(usage.total_bytes),
+            used: i64_of(usage.used_bytes),
+            unit: csi::volume_usage::Unit::Bytes as i32,
+        };
+        let mut out = vec![bytes];
+        if usage.total_inodes > 0 {
+            out.push(csi::VolumeUsage {
+                available: i64_of(usage.total_inodes.saturating_sub(usage.used_inodes)),
+                total: i64_of(usage.total_inodes),
+                used: i64_of(usage.used_inodes),
+                unit: csi::volume_usage::Unit::Inodes as i32,
+            });
+        }
+        Ok(Response::new(csi::NodeGetVolumeStatsResponse {
+            usage: out,
+            volume_condition: Some(condition(problem)),
+        }))
+    }
+
+    async fn node_expand_volume(
+        &self,
+        request: Request<csi::NodeExpandVolumeRequest>,
+    ) -> Result<Response<csi::NodeExpandVolumeResponse>, Status> {
+        let r = request.into_inner();
+        required(&r.volume_id, "volume_id")?;
+        path_arg(&r.volume_path, "volume_path")?;
+        let id = r.volume_id.clone();
+        let vol = self
+            .call(move |s| s.expand_on_node(&id, Wait::Fail))
+            .await?;
+        Ok(Response::new(csi::NodeExpandVolumeResponse {
+            capacity_bytes: i64_of(vol.size_bytes),
+        }))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _: Request<csi::NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<csi::NodeGetCapabilitiesResponse>, Status> {
+        use csi::node_service_capability::{rpc::Type, Rpc, Type as Cap};
+        let caps = [
+            Type::StageUnstageVolume,
+            Type::GetVolumeStats,
+            Type::ExpandVolume,
+            Type::VolumeCondition,
+            Type::SingleNodeMultiWriter,
+        ];
+        Ok(Response::new(csi::NodeGetCapabilitiesResponse {
+            capabilities: caps
+                .into_iter()
+                .map(|t| csi::NodeServiceCapability {
+                    r#type: Some(Cap::Rpc(Rpc { r#type: t as i32 })),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _: Request<csi::NodeGetInfoRequest>,
+    ) -> Result<Response<csi::NodeGetInfoResponse>, Status> {
+        Ok(Response::new(csi::NodeGetInfoResponse {
+            node_id: self.node_id.clone(),
+            max_volumes_per_node: 0,
+            accessible_topology: Some(self.topology()),
+        }))
+    }
+}
+
+/// Serve the plugin on a unix socket until the task is dropped.
+pub async fn serve(
+    plugin: CsiPlugin,
+    mode: CsiMode,
+    listener: tokio::net::UnixListener,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let identity = csi::identity_server::IdentityServer::new(plugin.clone());
+    let mut router = tonic::transport::Server::builder().add_service(identity);
+    if mode != CsiMode::Node {
+        router = router.add_service(csi::controller_server::ControllerServer::new(
+            plugin.clone(),
+        ));
+    }
+    if mode != CsiMode::Controller {
+        router = router.add_service(csi::node_server::NodeServer::new(plugin));
+    }
+    router.serve_with_incoming(incoming).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_from_ranges() {
+        let r = |req: i64, lim: i64| csi::CapacityRange {
+            required_bytes: req,
+            limit_bytes: lim,
+        };
+        assert_eq!(size_for(None, 1 << 30, 8 << 20).unwrap(), 1 << 30);
+        assert_eq!(
+            size_for(Some(&r(100 << 20, 0)), 1 << 30, 8 << 20).unwrap(),
+            100 << 20
+        );
+        assert_eq!(
+            size_for(Some(&r(0, 64 << 20)), 1 << 30, 8 << 20).unwrap(),
+            64 << 20
+        );
+        assert_eq!(size_for(Some(&r(1, 0)), 1 << 30, 8 << 20).unwrap(), 8 << 20);
+        assert_eq!(
+            size_for(Some(&r(2 << 20, 1 << 20)), 1 << 30, 8 << 20)
+                .unwrap_err()
+                .code(),
+            tonic::Code::OutOfRange
+        );
+        assert_eq!(
+            size_for(Some(&r(0, 1 << 20)), 1 << 30, 8 << 20)
+                .unwrap_err()
+                .code(),
+            tonic::Code::OutOfRange
+        );
+        assert_eq!(
+            size_for(Some(&r(-1, 0)), 1 << 30, 8 << 20)
+                .unwrap_err()
+                .code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn paths() {
+        assert!(path_arg("/a/b", "p").is_ok());
+        for bad in ["", "a/b", "/a/../b", "/a/./b", "/a\nb"] {
+            assert_eq!(
+                path_arg(bad, "p").unwrap_err().code(),
+                tonic::Code::InvalidArgument,
+                "{bad:?}"
+            );
+        }
+    }
+}
