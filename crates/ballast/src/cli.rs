@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use ballast_core::model::{format_size, parse_label, validate_name};
-use ballast_server::api::{MountReply, PoolView, VersionReply, VolumeView};
+use ballast_server::api::{MountReply, PoolView, SnapshotView, VersionReply, VolumeView};
 use clap::{Parser, Subcommand, ValueEnum};
 use hyper::Method;
 use serde_json::json;
@@ -57,6 +57,9 @@ pub enum Command {
     /// Inspect pools
     #[command(subcommand)]
     Pool(PoolCmd),
+    /// Manage snapshots
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
     /// Print client and daemon versions
     Version,
     /// Print the REST API's OpenAPI document
@@ -87,7 +90,15 @@ pub enum VolumeCmd {
         /// Label KEY=VALUE (repeatable)
         #[arg(long = "label")]
         labels: Vec<String>,
+        /// Copy the new volume from a snapshot
+        #[arg(long, conflicts_with = "from_volume")]
+        from_snapshot: Option<String>,
+        /// Copy the new volume from another volume (a clone)
+        #[arg(long)]
+        from_volume: Option<String>,
     },
+    /// Take a snapshot of a volume
+    Snapshot { volume: String, snapshot: String },
     /// List volumes
     #[command(alias = "list")]
     Ls,
@@ -120,6 +131,18 @@ pub enum VolumeCmd {
         #[arg(long)]
         size: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCmd {
+    /// List snapshots, of one volume or all
+    #[command(alias = "list")]
+    Ls { volume: Option<String> },
+    /// Show one snapshot
+    Inspect { name: String },
+    /// Delete a snapshot
+    #[command(alias = "remove")]
+    Rm { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -192,6 +215,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Volume(cmd) => volume(&client()?, output, cmd),
         Command::Pool(cmd) => pool(&client()?, output, cmd),
+        Command::Snapshot(cmd) => snapshot(&client()?, output, cmd),
     }
 }
 
@@ -203,6 +227,8 @@ fn volume(c: &Client, output: Output, cmd: &VolumeCmd) -> anyhow::Result<()> {
             fs,
             pool,
             labels,
+            from_snapshot,
+            from_volume,
         } => {
             let mut map = BTreeMap::new();
             for l in labels {
@@ -211,7 +237,8 @@ fn volume(c: &Client, output: Output, cmd: &VolumeCmd) -> anyhow::Result<()> {
             }
             let v: VolumeView = c.post(
                 "/v1/volumes",
-                json!({"name": name, "size": size, "fs": fs, "pool": pool, "labels": map}),
+                json!({"name": name, "size": size, "fs": fs, "pool": pool, "labels": map,
+                    "from_snapshot": from_snapshot, "from_volume": from_volume}),
             )?;
             print_one(output, &v, || println!("{}", v.name))
         }
@@ -267,12 +294,79 @@ fn volume(c: &Client, output: Output, cmd: &VolumeCmd) -> anyhow::Result<()> {
             )?;
             print_one(output, &v, || println!("{}", v.name))
         }
+        VolumeCmd::Snapshot { volume, snapshot } => {
+            let s: SnapshotView = c.post(
+                &format!("/v1/volumes/{}/snapshots", seg("volume", volume)?),
+                json!({ "name": snapshot }),
+            )?;
+            print_one(output, &s, || println!("{}", s.name))
+        }
         VolumeCmd::Resize { name, size } => {
             let v: VolumeView = c.post(
                 &format!("/v1/volumes/{}/resize", seg("volume", name)?),
                 json!({ "size": size }),
             )?;
             print_one(output, &v, || println!("{} {}", v.name, v.size))
+        }
+    }
+}
+
+fn snapshot(c: &Client, output: Output, cmd: &SnapshotCmd) -> anyhow::Result<()> {
+    match cmd {
+        SnapshotCmd::Ls { volume } => {
+            let path = match volume {
+                Some(v) => format!("/v1/snapshots?volume={}", seg("volume", v)?),
+                None => "/v1/snapshots".to_string(),
+            };
+            let snaps: Vec<SnapshotView> = c.get(&path)?;
+            match output {
+                Output::Json => print_json(&snaps),
+                Output::Table => {
+                    let rows = snaps
+                        .iter()
+                        .map(|s| {
+                            vec![
+                                s.name.clone(),
+                                s.source_volume.clone(),
+                                s.size.clone(),
+                                s.pool.clone(),
+                                if s.ready { "ready" } else { "copying" }.to_string(),
+                                s.created_at.to_rfc3339(),
+                            ]
+                        })
+                        .collect();
+                    print_table(
+                        &["NAME", "VOLUME", "SIZE", "POOL", "STATE", "CREATED"],
+                        rows,
+                    );
+                    Ok(())
+                }
+            }
+        }
+        SnapshotCmd::Inspect { name } => {
+            let s: SnapshotView = c.get(&format!("/v1/snapshots/{}", seg("snapshot", name)?))?;
+            print_one(output, &s, || {
+                println!("name:     {}", s.name);
+                println!("volume:   {}", s.source_volume);
+                println!("size:     {} ({} bytes)", s.size, s.size_bytes);
+                println!("pool:     {}", s.pool);
+                println!("ready:    {}", s.ready);
+                println!("created:  {}", s.created_at.to_rfc3339());
+            })
+        }
+        SnapshotCmd::Rm { name } => {
+            c.call::<serde_json::Value>(
+                Method::DELETE,
+                &format!("/v1/snapshots/{}", seg("snapshot", name)?),
+                None,
+            )?;
+            match output {
+                Output::Json => print_json(&json!({"deleted": name})),
+                Output::Table => {
+                    println!("{name}");
+                    Ok(())
+                }
+            }
         }
     }
 }

@@ -524,6 +524,10 @@ fn every_failpoint_has_a_scenario() {
     const OPS: [&str; 5] = ["create", "stage", "unstage", "resize", "delete"];
     for fp in ALL {
         let (op, _) = fp.split_once('.').unwrap();
+        if op == "snapshot" {
+            // Covered by tests/snapshots.rs, which crashes in copies.
+            continue;
+        }
         assert!(OPS.contains(&op), "failpoint {fp} belongs to no crash test");
         assert!(!setups(fp).is_empty(), "{fp}");
     }

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::host::{HostError, LoopDevice};
-use crate::model::{DriverKind, Pool, Volume};
+use crate::model::{DriverKind, Pool, Snapshot, Volume};
 
 /// A driver failure: a host operation, or the driver's own file work.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,13 @@ impl DriverError {
     }
 }
 
+/// What a new volume is copied from.
+#[derive(Debug, Clone, Copy)]
+pub enum SourceRef<'a> {
+    Snapshot(&'a Snapshot),
+    Volume(&'a Volume),
+}
+
 /// Space on a pool's backing storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PoolUsage {
@@ -52,6 +59,19 @@ pub trait Driver: Send + Sync {
     fn delete(&self, pool: &Pool, vol: &Volume) -> Result<(), DriverError>;
     /// Grow the volume's storage to `new_size` bytes.
     fn resize(&self, pool: &Pool, vol: &Volume, new_size: u64) -> Result<(), DriverError>;
+    /// Copy the volume's storage into the snapshot's. The core keeps the
+    /// source still (frozen or unmounted) meanwhile.
+    fn snapshot(&self, pool: &Pool, vol: &Volume, snap: &Snapshot) -> Result<(), DriverError>;
+    /// Remove a snapshot's storage. Already gone is fine.
+    fn delete_snapshot(&self, pool: &Pool, snap: &Snapshot) -> Result<(), DriverError>;
+    /// Make `vol`'s storage as a copy of a snapshot's or another volume's,
+    /// at `vol.size_bytes` (at least the source's size).
+    fn create_from(
+        &self,
+        pool: &Pool,
+        vol: &Volume,
+        source: SourceRef<'_>,
+    ) -> Result<(), DriverError>;
     /// The file that backs the volume (a loop image), if any.
     fn backing_file(&self, pool: &Pool, vol: &Volume) -> Option<PathBuf>;
     /// Bytes the volume occupies on the backing storage.

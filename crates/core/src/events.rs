@@ -20,6 +20,7 @@ pub enum EventKind {
     Mount,
     Unmount,
     Resize,
+    Snapshot,
     Reconcile,
     Warning,
 }

@@ -24,6 +24,8 @@ pub const ALL: &[&str] = &[
     "delete.after_intent",
     "delete.after_unstage",
     "delete.after_image",
+    "snapshot.after_freeze",
+    "snapshot.after_copy",
 ];
 
 #[derive(Debug, Default, Clone)]

@@ -131,6 +131,11 @@ pub trait Host: Send + Sync {
     fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError>;
     /// I/O counters of a block device such as `/dev/loop3`.
     fn io_stats(&self, device: &Path) -> Result<IoStats, HostError>;
+    /// Freeze the filesystem mounted at `mountpoint` (FIFREEZE): writes
+    /// block until [`Host::thaw`], so a copy of its device is consistent.
+    fn freeze(&self, mountpoint: &Path) -> Result<(), HostError>;
+    /// Thaw a frozen filesystem. Not frozen is not an error.
+    fn thaw(&self, mountpoint: &Path) -> Result<(), HostError>;
     /// This boot's ID; mounts and loop devices do not outlive it.
     fn boot_id(&self) -> Option<String> {
         std::fs::read_to_string("/proc/sys/kernel/random/boot_id")

@@ -376,6 +376,34 @@ impl Volume {
     }
 }
 
+/// A point-in-time copy of a volume, kept in the volume's pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Snapshot {
+    /// Stable unique ID; names the snapshot's storage.
+    pub id: String,
+    pub name: String,
+    /// The volume it was taken from (which may since be gone).
+    pub source_volume: String,
+    pub source_volume_id: String,
+    pub pool: String,
+    pub size_bytes: u64,
+    pub fs: Option<FsType>,
+    #[serde(default)]
+    pub block: bool,
+    /// Whether the source had a filesystem yet.
+    pub formatted: bool,
+    pub created_at: DateTime<Utc>,
+    /// False while the copy is being made.
+    pub ready: bool,
+}
+
+/// Where a new volume's data comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateSource {
+    Snapshot(String),
+    Volume(String),
+}
+
 /// Labels given as `K=V`: the key is non-empty and has no control characters.
 pub fn parse_label(s: &str) -> Result<(String, String), InvalidInput> {
     let Some((k, v)) = s.split_once('=') else {

@@ -83,6 +83,11 @@ impl VolumeService {
             let vol: Volume = decode(&k, &v)?;
             volumes.insert(vol.name.clone(), vol);
         }
+        let mut snapshots = BTreeMap::new();
+        for (k, v) in store.scan(crate::service::SNAP_PREFIX)? {
+            let s: crate::model::Snapshot = decode(&k, &v)?;
+            snapshots.insert(s.name.clone(), s);
+        }
         let mut events = Vec::new();
         for (k, v) in store.scan(EVENT_PREFIX)? {
             events.push(decode::<Event>(&k, &v)?);
@@ -101,6 +106,7 @@ impl VolumeService {
             events: EventLog::new(events),
             failpoints: parts.failpoints,
             usage_cache: Mutex::new(HashMap::new()),
+            snapshots: RwLock::new(snapshots),
         };
         std::fs::create_dir_all(&svc.config.mounts_dir)
             .map_err(|e| crate::driver::DriverError::io(&svc.config.mounts_dir, e))?;
@@ -111,6 +117,7 @@ impl VolumeService {
     fn reconcile(&self) -> Result<ReconcileReport> {
         let mut report = ReconcileReport::default();
         self.reconcile_boot(&mut report)?;
+        self.thaw_all();
         self.reconcile_intents(&mut report)?;
         self.reconcile_mounts(&mut report)?;
         self.reconcile_orphans(&mut report)?;
@@ -226,6 +233,10 @@ impl VolumeService {
                     (true, self.resize_steps(&pool, &before, *to).map(|_| ()))
                 }
                 IntentOp::Delete => (true, self.delete_steps(&before)),
+                IntentOp::Snapshot { snapshot } => {
+                    self.undo_snapshot(&pool, &name, snapshot);
+                    (false, Ok(()))
+                }
             };
             // Rollbacks log their own failures and keep the intent.
             let still_there = self
@@ -266,6 +277,18 @@ impl VolumeService {
             }
         }
         Ok(())
+    }
+
+    /// Only ballast freezes its volumes, and only during a copy: a frozen
+    /// filesystem at start is one a crash left frozen.
+    fn thaw_all(&self) {
+        for vol in self.list_volumes() {
+            if let (Some(s), false) = (&vol.staging, vol.block) {
+                if let Err(e) = self.host.thaw(&s.mountpoint) {
+                    tracing::debug!(volume = %vol.name, error = %e, "thaw at start");
+                }
+            }
+        }
     }
 
     fn reconcile_mounts(&self, report: &mut ReconcileReport) -> Result<()> {

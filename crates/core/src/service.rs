@@ -23,14 +23,15 @@ use chrono::Utc;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use crate::driver::{Driver, DriverError, PoolUsage};
+use crate::driver::{Driver, DriverError, PoolUsage, SourceRef};
 use crate::error::{Error, Result};
 use crate::events::{event_key, Event, EventKind, EventLog, KEEP};
 use crate::failpoint::Failpoints;
 use crate::host::{Host, LoopDevice, MountOptions};
 use crate::model::{
-    validate_consumer_id, validate_label, validate_name, Consumer, ConsumerRef, DriverKind, FsType,
-    InvalidInput, Pool, PoolCapacity, PublishTarget, Staging, Volume, VolumeState,
+    validate_consumer_id, validate_label, validate_name, Consumer, ConsumerRef, CreateSource,
+    DriverKind, FsType, InvalidInput, Pool, PoolCapacity, PublishTarget, Snapshot, Staging, Volume,
+    VolumeState,
 };
 use crate::store::{Store, Txn};
 
@@ -39,6 +40,11 @@ pub(crate) const VOL_PREFIX: &str = "vol/";
 pub(crate) const INTENT_PREFIX: &str = "intent/";
 pub(crate) const EVENT_PREFIX: &str = "event/";
 pub(crate) const BOOT_ID_KEY: &str = "meta/boot_id";
+pub(crate) const SNAP_PREFIX: &str = "snap/";
+
+pub(crate) fn snap_key(name: &str) -> String {
+    format!("{SNAP_PREFIX}{name}")
+}
 
 /// How long a measurement of a pool's backing usage is reused.
 pub const USAGE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -91,6 +97,8 @@ pub struct CreateVolume {
     pub labels: BTreeMap<String, String>,
     /// A raw block volume (loop pools only): never formatted or mounted.
     pub block: bool,
+    /// Copy the new volume's data from a snapshot or another volume.
+    pub source: Option<CreateSource>,
 }
 
 /// Live usage of a mounted volume.
@@ -139,6 +147,10 @@ pub enum IntentOp {
         to: u64,
     },
     Delete,
+    /// Copy the volume into this snapshot.
+    Snapshot {
+        snapshot: Snapshot,
+    },
 }
 
 impl IntentOp {
@@ -151,6 +163,7 @@ impl IntentOp {
             IntentOp::Unstage { .. } => "unstage",
             IntentOp::Resize { .. } => "resize",
             IntentOp::Delete => "delete",
+            IntentOp::Snapshot { .. } => "snapshot",
         }
     }
 }
@@ -189,6 +202,7 @@ pub struct VolumeService {
     pub(crate) events: EventLog,
     pub(crate) failpoints: Failpoints,
     pub(crate) usage_cache: Mutex<HashMap<String, (std::time::Instant, PoolUsage)>>,
+    pub(crate) snapshots: RwLock<BTreeMap<String, Snapshot>>,
 }
 
 impl VolumeService {
@@ -260,7 +274,14 @@ impl VolumeService {
             .values()
             .filter(|v| v.pool == pool.name)
             .map(|v| v.size_bytes)
-            .sum();
+            .sum::<u64>()
+            + self
+                .snapshots
+                .read()
+                .values()
+                .filter(|s| s.pool == pool.name)
+                .map(|s| s.size_bytes)
+                .sum::<u64>();
         let capacity = usage
             .backing_avail_bytes
             .saturating_add(usage.volumes_used_bytes);
@@ -377,6 +398,9 @@ impl VolumeService {
         if let Some(existing) = self.volumes.read().get(&req.name).cloned() {
             return check_same(&existing, &req).map(|()| existing);
         }
+        if let Some(source) = req.source.clone() {
+            return self.create_copy(req, source, wait);
+        }
         let (size, fs) = self.resolve_shape(&req, &pool)?;
         let vol = Volume {
             id: uuid::Uuid::new_v4().simple().to_string(),
@@ -440,6 +464,309 @@ impl VolumeService {
             return Err(e);
         }
         Ok(done)
+    }
+
+    /// Create a volume as a copy of a snapshot or of another volume, in the
+    /// source's pool. The caller holds the new name's lock.
+    fn create_copy(&self, req: CreateVolume, source: CreateSource, wait: Wait) -> Result<Volume> {
+        // The source volume's lock keeps it still (no resize, unmount or
+        // delete) during the copy.
+        let (_src_guard, src_vol, src_snap) = match &source {
+            CreateSource::Volume(name) => {
+                validate_name("volume", name)?;
+                if name == &req.name {
+                    return Err(
+                        InvalidInput::new("source volume", "is the volume being created").into(),
+                    );
+                }
+                let g = self.lock_op(name, wait)?;
+                let v = self.get_volume(name)?;
+                self.check_settled(&v)?;
+                (Some(g), Some(v), None)
+            }
+            CreateSource::Snapshot(name) => {
+                let s = self.get_snapshot(name)?;
+                if !s.ready {
+                    return Err(Error::Busy {
+                        name: name.clone(),
+                        detail: "the snapshot is still being made".into(),
+                    });
+                }
+                (None, None, Some(s))
+            }
+        };
+        let (pool_name, src_size, fs, block, formatted) = match (&src_vol, &src_snap) {
+            (Some(v), _) => (v.pool.clone(), v.size_bytes, v.fs, v.block, v.formatted),
+            (None, Some(s)) => (s.pool.clone(), s.size_bytes, s.fs, s.block, s.formatted),
+            (None, None) => unreachable!("one source is set"),
+        };
+        if req.pool.as_ref().is_some_and(|p| p != &pool_name) {
+            return Err(InvalidInput::new(
+                "pool",
+                format!("a copy is made in its source's pool, {pool_name:?}"),
+            )
+            .into());
+        }
+        if req.fs.is_some() && req.fs != fs {
+            return Err(InvalidInput::new(
+                "fs",
+                format!(
+                    "the source's filesystem is {}",
+                    fs.map_or("none", FsType::as_str)
+                ),
+            )
+            .into());
+        }
+        if req.block && !block {
+            return Err(
+                InvalidInput::new("access type", "the source is not a block volume").into(),
+            );
+        }
+        let size = req
+            .size_bytes
+            .unwrap_or(src_size)
+            .checked_next_multiple_of(4096)
+            .ok_or_else(|| InvalidInput::new("size", "is too large"))?;
+        if size < src_size {
+            return Err(InvalidInput::new(
+                format!("size {size}"),
+                format!("is smaller than the source's {src_size} bytes"),
+            )
+            .into());
+        }
+        let pool = self.get_pool(&pool_name)?;
+        let vol = Volume {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            name: req.name.clone(),
+            pool: pool.name.clone(),
+            driver: pool.driver,
+            size_bytes: size,
+            fs,
+            labels: req.labels.clone(),
+            created_at: Utc::now(),
+            state: VolumeState::Creating,
+            formatted,
+            block,
+            fs_grow_pending: formatted && size > src_size,
+            staging: None,
+            consumers: BTreeMap::new(),
+        };
+        let driver = self.driver(pool.driver)?;
+        {
+            let _admit = self.admission.lock();
+            self.admit(&pool, size)?;
+            let intent = Intent {
+                op: IntentOp::Create,
+                before: vol.clone(),
+                started: Utc::now(),
+            };
+            self.persist(
+                Txn::new().require_absent(vol_key(&vol.name)),
+                &vol.name,
+                Some(&vol),
+                Some(IntentWrite::Set(Box::new(intent))),
+                None,
+            )?;
+        }
+        self.failpoints.hit("create.after_intent");
+        let copied = match (&src_vol, &src_snap) {
+            (Some(v), _) => {
+                self.with_still(v, || driver.create_from(&pool, &vol, SourceRef::Volume(v)))
+            }
+            (None, Some(s)) => driver
+                .create_from(&pool, &vol, SourceRef::Snapshot(s))
+                .map_err(Error::from),
+            (None, None) => unreachable!("one source is set"),
+        };
+        if let Err(e) = copied {
+            self.undo_create(&pool, &vol);
+            return Err(e);
+        }
+        self.failpoints.hit("create.after_image");
+        let mut done = vol;
+        done.state = VolumeState::Available;
+        let what = match &source {
+            CreateSource::Volume(n) => format!("cloned from volume {n}"),
+            CreateSource::Snapshot(n) => format!("restored from snapshot {n}"),
+        };
+        let ev = self.event(EventKind::Create, &done, what);
+        if let Err(e) = self.persist(
+            Txn::new(),
+            &done.name,
+            Some(&done),
+            Some(IntentWrite::Clear),
+            Some(ev),
+        ) {
+            self.undo_create(&pool, &done);
+            return Err(e);
+        }
+        Ok(done)
+    }
+
+    /// Run `f` with the volume's filesystem frozen if it is mounted, so a
+    /// copy of its storage is consistent. Always thaws.
+    fn with_still(
+        &self,
+        vol: &Volume,
+        f: impl FnOnce() -> std::result::Result<(), DriverError>,
+    ) -> Result<()> {
+        let frozen = match &vol.staging {
+            Some(s) if !vol.block && vol.driver == DriverKind::Loop => {
+                self.host.freeze(&s.mountpoint).map_err(DriverError::from)?;
+                Some(s.mountpoint.clone())
+            }
+            _ => None,
+        };
+        if frozen.is_some() {
+            self.failpoints.hit("snapshot.after_freeze");
+        }
+        let result = f();
+        if let Some(m) = &frozen {
+            if let Err(e) = self.host.thaw(m) {
+                tracing::error!(mountpoint = %m.display(), error = %e, "thaw failed");
+            }
+        }
+        result.map_err(Error::from)
+    }
+
+    // ----- snapshots ---------------------------------------------------
+
+    pub fn list_snapshots(&self) -> Vec<Snapshot> {
+        self.snapshots.read().values().cloned().collect()
+    }
+
+    pub fn get_snapshot(&self, name: &str) -> Result<Snapshot> {
+        validate_name("snapshot", name)?;
+        self.snapshots
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::not_found("snapshot", name))
+    }
+
+    /// Snapshot a volume: a consistent copy of its data now. The same
+    /// request again returns the same snapshot.
+    pub fn create_snapshot(&self, volume: &str, name: &str, wait: Wait) -> Result<Snapshot> {
+        validate_name("volume", volume)?;
+        validate_name("snapshot", name)?;
+        let _g = self.lock_op(volume, wait)?;
+        let _s = self.lock_op(&format!("snapshot:{name}"), wait)?;
+        if let Some(existing) = self.snapshots.read().get(name).cloned() {
+            if existing.source_volume == volume {
+                return Ok(existing);
+            }
+            return Err(Error::AlreadyExists {
+                name: name.to_string(),
+                detail: format!("snapshot exists of volume {}", existing.source_volume),
+            });
+        }
+        let vol = self.get_volume(volume)?;
+        self.check_settled(&vol)?;
+        let pool = self.get_pool(&vol.pool)?;
+        let driver = self.driver(pool.driver)?;
+        let snap = Snapshot {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            name: name.to_string(),
+            source_volume: vol.name.clone(),
+            source_volume_id: vol.id.clone(),
+            pool: pool.name.clone(),
+            size_bytes: vol.size_bytes,
+            fs: vol.fs,
+            block: vol.block,
+            formatted: vol.formatted,
+            created_at: Utc::now(),
+            ready: false,
+        };
+        {
+            let _admit = self.admission.lock();
+            self.admit(&pool, snap.size_bytes)?;
+            let intent = Intent {
+                op: IntentOp::Snapshot {
+                    snapshot: snap.clone(),
+                },
+                before: vol.clone(),
+                started: Utc::now(),
+            };
+            self.store.commit(
+                Txn::new()
+                    .require_absent(snap_key(name))
+                    .put(snap_key(name), to_json(&snap))
+                    .put(intent_key(volume), to_json(&intent)),
+            )?;
+            self.snapshots
+                .write()
+                .insert(name.to_string(), snap.clone());
+        }
+        let copied = self.with_still(&vol, || {
+            let r = driver.snapshot(&pool, &vol, &snap);
+            self.failpoints.hit("snapshot.after_copy");
+            r
+        });
+        if let Err(e) = copied {
+            self.undo_snapshot(&pool, volume, &snap);
+            return Err(e);
+        }
+        let mut done = snap;
+        done.ready = true;
+        let ev = self.event(EventKind::Snapshot, &vol, format!("snapshot {name} taken"));
+        self.store.commit(
+            Txn::new()
+                .put(snap_key(name), to_json(&done))
+                .delete(intent_key(volume))
+                .put(crate::events::event_key(ev.seq), to_json(&ev)),
+        )?;
+        self.snapshots
+            .write()
+            .insert(name.to_string(), done.clone());
+        self.events.publish(ev);
+        Ok(done)
+    }
+
+    /// Take back an interrupted snapshot: its storage, its record, the intent.
+    pub(crate) fn undo_snapshot(&self, pool: &Pool, volume: &str, snap: &Snapshot) {
+        let result = (|| -> Result<()> {
+            self.driver(pool.driver)?.delete_snapshot(pool, snap)?;
+            self.store.commit(
+                Txn::new()
+                    .delete(snap_key(&snap.name))
+                    .delete(intent_key(volume)),
+            )?;
+            self.snapshots.write().remove(&snap.name);
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::error!(snapshot = %snap.name, error = %e, "undo snapshot failed; the intent stays for the reconciler");
+        }
+    }
+
+    /// Delete a snapshot. Its storage goes first, so a crash in between
+    /// leaves a record whose delete can simply be repeated.
+    pub fn delete_snapshot(&self, name: &str, wait: Wait) -> Result<()> {
+        validate_name("snapshot", name)?;
+        let _s = self.lock_op(&format!("snapshot:{name}"), wait)?;
+        let snap = self.get_snapshot(name)?;
+        if !snap.ready {
+            return Err(Error::Busy {
+                name: name.to_string(),
+                detail: "the snapshot is still being made".into(),
+            });
+        }
+        let pool = self.get_pool(&snap.pool)?;
+        self.driver(pool.driver)?.delete_snapshot(&pool, &snap)?;
+        let ev = self.events.next(
+            EventKind::Snapshot,
+            Some(&snap.pool),
+            Some(&snap.source_volume),
+            format!("snapshot {name} deleted"),
+        );
+        self.store.commit(
+            Txn::new()
+                .delete(snap_key(name))
+                .put(crate::events::event_key(ev.seq), to_json(&ev)),
+        )?;
+        self.snapshots.write().remove(name);
+        self.events.publish(ev);
+        Ok(())
     }
 
     fn resolve_shape(&self, req: &CreateVolume, pool: &Pool) -> Result<(u64, Option<FsType>)> {

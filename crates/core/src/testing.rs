@@ -25,6 +25,7 @@ struct State {
     busy: HashSet<PathBuf>,
     boot_id: String,
     no_online_grow: bool,
+    frozen: HashSet<PathBuf>,
 }
 
 /// A fake host that models loop devices and mounts in memory.
@@ -77,6 +78,10 @@ impl FakeHost {
         s.loops.clear();
         s.mounts.clear();
         s.boot_id = new_boot_id.to_string();
+    }
+    /// Filesystems frozen and not yet thawed.
+    pub fn frozen_count(&self) -> usize {
+        self.state.lock().frozen.len()
     }
     pub fn loop_count(&self) -> usize {
         self.state.lock().loops.len()
@@ -218,6 +223,16 @@ impl Host for FakeHost {
             total_inodes: 1000,
             free_inodes: 500,
         })
+    }
+    fn freeze(&self, mountpoint: &Path) -> Result<(), HostError> {
+        let mut s = self.enter("freeze", mountpoint)?;
+        s.frozen.insert(mountpoint.to_path_buf());
+        Ok(())
+    }
+    fn thaw(&self, mountpoint: &Path) -> Result<(), HostError> {
+        let mut s = self.enter("thaw", mountpoint)?;
+        s.frozen.remove(mountpoint);
+        Ok(())
     }
     fn io_stats(&self, _device: &Path) -> Result<IoStats, HostError> {
         Ok(IoStats::default())

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ballast_core::driver::{NodeOps, PoolUsage};
+use ballast_core::driver::{NodeOps, PoolUsage, SourceRef};
 use ballast_core::host::{Host, LoopDevice};
-use ballast_core::model::{DriverKind, Pool, Volume};
+use ballast_core::model::{DriverKind, Pool, Snapshot, Volume};
 use ballast_core::{Driver, DriverError};
 
 use crate::sync_dir;
@@ -30,6 +30,10 @@ impl DirDriver {
 
 pub fn volume_dir(pool: &Pool, vol: &Volume) -> PathBuf {
     pool.path.join(&vol.id)
+}
+
+pub fn snapshot_dir(pool: &Pool, snap: &Snapshot) -> PathBuf {
+    pool.path.join("snapshots").join(&snap.id)
 }
 
 impl Driver for DirDriver {
@@ -73,6 +77,41 @@ impl Driver for DirDriver {
 
     fn resize(&self, _pool: &Pool, _vol: &Volume, _new_size: u64) -> Result<(), DriverError> {
         Ok(())
+    }
+
+    fn snapshot(&self, pool: &Pool, vol: &Volume, snap: &Snapshot) -> Result<(), DriverError> {
+        let dst = snapshot_dir(pool, snap);
+        self.delete_snapshot(pool, snap)?;
+        let parent = pool.path.join("snapshots");
+        std::fs::create_dir_all(&parent).map_err(|e| DriverError::io(&parent, e))?;
+        crate::copy::copy_tree(&volume_dir(pool, vol), &dst)
+            .map_err(|e| DriverError::io(&dst, e))?;
+        sync_dir(&parent)
+    }
+
+    fn delete_snapshot(&self, pool: &Pool, snap: &Snapshot) -> Result<(), DriverError> {
+        let dst = snapshot_dir(pool, snap);
+        match std::fs::remove_dir_all(&dst) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(DriverError::io(&dst, e)),
+        }
+    }
+
+    fn create_from(
+        &self,
+        pool: &Pool,
+        vol: &Volume,
+        source: SourceRef<'_>,
+    ) -> Result<(), DriverError> {
+        let src = match source {
+            SourceRef::Snapshot(s) => snapshot_dir(pool, s),
+            SourceRef::Volume(v) => volume_dir(pool, v),
+        };
+        let dst = volume_dir(pool, vol);
+        self.delete(pool, vol)?;
+        crate::copy::copy_tree(&src, &dst).map_err(|e| DriverError::io(&dst, e))?;
+        sync_dir(&pool.path)
     }
 
     fn backing_file(&self, _pool: &Pool, _vol: &Volume) -> Option<PathBuf> {

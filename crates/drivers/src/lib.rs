@@ -2,6 +2,7 @@
 //! side) and `NodeOps` (node side) for one kind of storage; none of them
 //! holds policy (validation, journaling, reference counts are the core's).
 
+pub mod copy;
 pub mod dir;
 pub mod loopback;
 

@@ -7,9 +7,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ballast_core::driver::{NodeOps, PoolUsage};
+use ballast_core::driver::{NodeOps, PoolUsage, SourceRef};
 use ballast_core::host::{Host, LoopDevice, MountOptions};
-use ballast_core::model::{DriverKind, FsType, Pool, Volume};
+use ballast_core::model::{DriverKind, FsType, Pool, Snapshot, Volume};
 use ballast_core::{Driver, DriverError};
 
 use crate::sync_dir;
@@ -34,6 +34,11 @@ pub fn image_path(pool: &Pool, vol: &Volume) -> PathBuf {
     pool.path.join(format!("{}.img", vol.id))
 }
 
+/// Snapshots live beside the images, in their own directory.
+pub fn snapshot_path(pool: &Pool, snap: &Snapshot) -> PathBuf {
+    pool.path.join("snapshots").join(format!("{}.img", snap.id))
+}
+
 impl Driver for LoopDriver {
     fn kind(&self) -> DriverKind {
         DriverKind::Loop
@@ -47,7 +52,11 @@ impl Driver for LoopDriver {
         let st = self.node.host.fs_stats(&pool.path)?;
         let mut used = 0u64;
         let rd = std::fs::read_dir(&pool.path).map_err(|e| DriverError::io(&pool.path, e))?;
-        for entry in rd.flatten() {
+        // Snapshots occupy the pool's space as much as volumes do.
+        let snaps = std::fs::read_dir(pool.path.join("snapshots"))
+            .into_iter()
+            .flatten();
+        for entry in rd.flatten().chain(snaps.flatten()) {
             let name = entry.file_name();
             if !name.to_string_lossy().ends_with(".img") {
                 continue;
@@ -87,6 +96,7 @@ impl Driver for LoopDriver {
 
     fn delete(&self, pool: &Pool, vol: &Volume) -> Result<(), DriverError> {
         let path = image_path(pool, vol);
+        let _ = std::fs::remove_file(crate::copy::partial_name(&path));
         match std::fs::remove_file(&path) {
             Ok(()) => sync_dir(&pool.path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -109,6 +119,41 @@ impl Driver for LoopDriver {
                 .and_then(|()| file.sync_all())
                 .map_err(|e| DriverError::io(&path, e))?;
         }
+        Ok(())
+    }
+
+    fn snapshot(&self, pool: &Pool, vol: &Volume, snap: &Snapshot) -> Result<(), DriverError> {
+        let dir = pool.path.join("snapshots");
+        std::fs::create_dir_all(&dir).map_err(|e| DriverError::io(&dir, e))?;
+        let kind = crate::copy::copy_image(&image_path(pool, vol), &snapshot_path(pool, snap), 0)?;
+        tracing::info!(volume = %vol.name, snapshot = %snap.name, ?kind, "snapshot copied");
+        Ok(())
+    }
+
+    fn delete_snapshot(&self, pool: &Pool, snap: &Snapshot) -> Result<(), DriverError> {
+        let path = snapshot_path(pool, snap);
+        for p in [crate::copy::partial_name(&path), path] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(DriverError::io(&p, e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn create_from(
+        &self,
+        pool: &Pool,
+        vol: &Volume,
+        source: SourceRef<'_>,
+    ) -> Result<(), DriverError> {
+        let src = match source {
+            SourceRef::Snapshot(s) => snapshot_path(pool, s),
+            SourceRef::Volume(v) => image_path(pool, v),
+        };
+        let kind = crate::copy::copy_image(&src, &image_path(pool, vol), vol.size_bytes)?;
+        tracing::info!(volume = %vol.name, source = %src.display(), ?kind, "volume copied");
         Ok(())
     }
 

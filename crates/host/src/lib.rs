@@ -274,6 +274,15 @@ impl Host for LinuxHost {
         })
     }
 
+    fn freeze(&self, mountpoint: &Path) -> Result<(), HostError> {
+        fs_ioctl(mountpoint, FIFREEZE, "FIFREEZE", false)
+    }
+
+    fn thaw(&self, mountpoint: &Path) -> Result<(), HostError> {
+        // EINVAL: not frozen, which is what we want.
+        fs_ioctl(mountpoint, FITHAW, "FITHAW", true)
+    }
+
     fn io_stats(&self, device: &Path) -> Result<IoStats, HostError> {
         let op = format!("io stats of {}", device.display());
         let name = block_name(device).ok_or_else(|| HostError::failed(&op, "not a device path"))?;
@@ -400,4 +409,31 @@ mod tests {
             })
             .unwrap();
     }
+}
+
+// _IOWR('X', 119, int) and _IOWR('X', 120, int) from <linux/fs.h>.
+const FIFREEZE: libc::Ioctl = 0xC004_5877;
+const FITHAW: libc::Ioctl = 0xC004_5878;
+
+/// FIFREEZE/FITHAW on the filesystem mounted at `mountpoint`.
+fn fs_ioctl(
+    mountpoint: &Path,
+    request: libc::Ioctl,
+    name: &str,
+    einval_ok: bool,
+) -> Result<(), HostError> {
+    use std::os::fd::AsRawFd;
+    let op = format!("{name} {}", mountpoint.display());
+    let dir = std::fs::File::open(mountpoint).map_err(|e| HostError::failed(&op, e))?;
+    // SAFETY: FIFREEZE and FITHAW take an int argument they ignore; the fd
+    // is open for the duration of the call.
+    let ret = unsafe { libc::ioctl(dir.as_raw_fd(), request, 0) };
+    if ret < 0 {
+        let err = Errno::last();
+        if einval_ok && err == Errno::EINVAL {
+            return Ok(());
+        }
+        return Err(HostError::failed(&op, err.desc()));
+    }
+    Ok(())
 }

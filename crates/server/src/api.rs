@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use ballast_core::model::{
-    format_size, parse_size, Consumer, DriverKind, FsType, InvalidInput, Pool, PoolCapacity,
-    Volume, VolumeState,
+    format_size, parse_size, Consumer, CreateSource, DriverKind, FsType, InvalidInput, Pool,
+    PoolCapacity, Snapshot, Volume, VolumeState,
 };
 use ballast_core::{CreateVolume, VolumeUsage};
 use chrono::{DateTime, Utc};
@@ -27,11 +27,29 @@ pub struct CreateVolumeBody {
     pub pool: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Copy the new volume from this snapshot.
+    #[serde(default)]
+    pub from_snapshot: Option<String>,
+    /// Copy the new volume from this volume (a clone).
+    #[serde(default)]
+    pub from_volume: Option<String>,
 }
 
 impl CreateVolumeBody {
     pub fn into_request(self) -> Result<CreateVolume, InvalidInput> {
+        let source = match (self.from_snapshot, self.from_volume) {
+            (Some(_), Some(_)) => {
+                return Err(InvalidInput::new(
+                    "from_snapshot and from_volume",
+                    "are exclusive: give one source",
+                ))
+            }
+            (Some(s), None) => Some(CreateSource::Snapshot(s)),
+            (None, Some(v)) => Some(CreateSource::Volume(v)),
+            (None, None) => None,
+        };
         Ok(CreateVolume {
+            source,
             name: self.name,
             size_bytes: self.size.as_deref().map(parse_size).transpose()?,
             fs: self.fs.as_deref().map(str::parse::<FsType>).transpose()?,
@@ -164,4 +182,43 @@ pub struct ErrorDetail {
     /// `internal`.
     pub code: String,
     pub message: String,
+}
+
+/// Body of `POST /v1/volumes/{name}/snapshots`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotBody {
+    pub name: String,
+}
+
+/// A snapshot as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotView {
+    pub id: String,
+    pub name: String,
+    pub source_volume: String,
+    pub pool: String,
+    pub size_bytes: u64,
+    pub size: String,
+    pub fs: Option<FsType>,
+    pub block: bool,
+    pub created_at: DateTime<Utc>,
+    pub ready: bool,
+}
+
+impl From<Snapshot> for SnapshotView {
+    fn from(s: Snapshot) -> Self {
+        Self {
+            size: format_size(s.size_bytes),
+            id: s.id,
+            name: s.name,
+            source_volume: s.source_volume,
+            pool: s.pool,
+            size_bytes: s.size_bytes,
+            fs: s.fs,
+            block: s.block,
+            created_at: s.created_at,
+            ready: s.ready,
+        }
+    }
 }

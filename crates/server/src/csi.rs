@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use ballast_core::model::{ConsumerKind, ConsumerRef, FsType, PublishTarget, Volume};
+use ballast_core::model::{
+    ConsumerKind, ConsumerRef, CreateSource, FsType, PublishTarget, Snapshot, Volume,
+};
 use ballast_core::{CreateVolume, Error, VolumeService, Wait};
 use ballast_csi_proto::v1 as csi;
 use csi::volume_capability::access_mode::Mode;
@@ -212,6 +214,13 @@ impl CsiPlugin {
         }
     }
 
+    fn csi_volume_from(&self, v: &Volume, source: Option<csi::VolumeContentSource>) -> csi::Volume {
+        csi::Volume {
+            content_source: source,
+            ..self.csi_volume(v)
+        }
+    }
+
     /// Whether a topology (from a request) names this node.
     fn is_here(&self, t: &csi::Topology) -> bool {
         t.segments
@@ -349,11 +358,24 @@ impl csi::controller_server::Controller for CsiPlugin {
                 }
             }
         }
-        if r.volume_content_source.is_some() {
-            return Err(Status::invalid_argument(
-                "volume content sources (snapshots, clones) are not supported yet",
-            ));
-        }
+        let source = match r
+            .volume_content_source
+            .as_ref()
+            .and_then(|s| s.r#type.as_ref())
+        {
+            None => None,
+            Some(csi::volume_content_source::Type::Snapshot(s)) => {
+                required(&s.snapshot_id, "volume_content_source.snapshot.snapshot_id")?;
+                // The spec wants NOT_FOUND for a missing source.
+                self.service.get_snapshot(&s.snapshot_id).map_err(status)?;
+                Some(CreateSource::Snapshot(s.snapshot_id.clone()))
+            }
+            Some(csi::volume_content_source::Type::Volume(v)) => {
+                required(&v.volume_id, "volume_content_source.volume.volume_id")?;
+                self.service.get_volume(&v.volume_id).map_err(status)?;
+                Some(CreateSource::Volume(v.volume_id.clone()))
+            }
+        };
         if let Some(req) = &r.accessibility_requirements {
             if !req.requisite.is_empty() && !req.requisite.iter().any(|t| self.is_here(t)) {
                 return Err(Status::resource_exhausted(format!(
@@ -393,7 +415,7 @@ impl csi::controller_server::Controller for CsiPlugin {
                 )));
             }
             return Ok(Response::new(csi::CreateVolumeResponse {
-                volume: Some(self.csi_volume(&existing)),
+                volume: Some(self.csi_volume_from(&existing, r.volume_content_source.clone())),
             }));
         }
         let min = if block {
@@ -401,7 +423,16 @@ impl csi::controller_server::Controller for CsiPlugin {
         } else {
             fs.unwrap_or(FsType::Ext4).min_size()
         };
-        let size = size_for(r.capacity_range.as_ref(), self.service.default_size(), min)?;
+        let source_size = match &source {
+            Some(CreateSource::Snapshot(n)) => {
+                self.service.get_snapshot(n).map(|s| s.size_bytes).ok()
+            }
+            Some(CreateSource::Volume(n)) => self.service.get_volume(n).map(|v| v.size_bytes).ok(),
+            None => None,
+        };
+        let min = min.max(source_size.unwrap_or(0));
+        let default = source_size.unwrap_or_else(|| self.service.default_size());
+        let size = size_for(r.capacity_range.as_ref(), default, min)?;
         let req = CreateVolume {
             name: r.name.clone(),
             size_bytes: Some(size),
@@ -409,12 +440,13 @@ impl csi::controller_server::Controller for CsiPlugin {
             pool,
             labels: Default::default(),
             block,
+            source,
         };
         let vol = self
             .call(move |s| s.create_volume_with(req, Wait::Fail))
             .await?;
         Ok(Response::new(csi::CreateVolumeResponse {
-            volume: Some(self.csi_volume(&vol)),
+            volume: Some(self.csi_volume_from(&vol, r.volume_content_source)),
         }))
     }
 
@@ -593,6 +625,9 @@ impl csi::controller_server::Controller for CsiPlugin {
             Type::VolumeCondition,
             Type::GetVolume,
             Type::SingleNodeMultiWriter,
+            Type::CreateDeleteSnapshot,
+            Type::ListSnapshots,
+            Type::CloneVolume,
         ];
         Ok(Response::new(csi::ControllerGetCapabilitiesResponse {
             capabilities: caps
@@ -606,30 +641,103 @@ impl csi::controller_server::Controller for CsiPlugin {
 
     async fn create_snapshot(
         &self,
-        _: Request<csi::CreateSnapshotRequest>,
+        request: Request<csi::CreateSnapshotRequest>,
     ) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
-        Err(Status::unimplemented("snapshots are not supported yet"))
+        let r = request.into_inner();
+        required(&r.source_volume_id, "source_volume_id")?;
+        required(&r.name, "name")?;
+        if let Some(k) = r
+            .parameters
+            .keys()
+            .find(|k| !k.starts_with("csi.storage.k8s.io/"))
+        {
+            return Err(Status::invalid_argument(format!(
+                "parameter {k:?} is not known; snapshots take none"
+            )));
+        }
+        let (vol, name) = (r.source_volume_id.clone(), r.name.clone());
+        let snap = self
+            .call(move |s| s.create_snapshot(&vol, &name, Wait::Fail))
+            .await?;
+        Ok(Response::new(csi::CreateSnapshotResponse {
+            snapshot: Some(csi_snapshot(&snap)),
+        }))
     }
 
     async fn delete_snapshot(
         &self,
-        _: Request<csi::DeleteSnapshotRequest>,
+        request: Request<csi::DeleteSnapshotRequest>,
     ) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
-        Err(Status::unimplemented("snapshots are not supported yet"))
+        let r = request.into_inner();
+        required(&r.snapshot_id, "snapshot_id")?;
+        let id = r.snapshot_id.clone();
+        match self.call(move |s| s.delete_snapshot(&id, Wait::Fail)).await {
+            Ok(()) => {}
+            Err(s) if s.code() == tonic::Code::NotFound => {}
+            Err(s) => return Err(s),
+        }
+        Ok(Response::new(csi::DeleteSnapshotResponse {}))
     }
 
     async fn list_snapshots(
         &self,
-        _: Request<csi::ListSnapshotsRequest>,
+        request: Request<csi::ListSnapshotsRequest>,
     ) -> Result<Response<csi::ListSnapshotsResponse>, Status> {
-        Err(Status::unimplemented("snapshots are not supported yet"))
+        let r = request.into_inner();
+        if r.max_entries < 0 {
+            return Err(Status::invalid_argument("max_entries must not be negative"));
+        }
+        if !r.starting_token.is_empty()
+            && ballast_core::model::validate_name("snapshot", &r.starting_token).is_err()
+        {
+            return Err(Status::aborted(format!(
+                "starting_token {:?} is not a token this plugin gave",
+                r.starting_token
+            )));
+        }
+        let snaps: Vec<Snapshot> = self
+            .service
+            .list_snapshots()
+            .into_iter()
+            .filter(|s| s.ready)
+            .filter(|s| r.snapshot_id.is_empty() || s.name == r.snapshot_id)
+            .filter(|s| r.source_volume_id.is_empty() || s.source_volume == r.source_volume_id)
+            .collect();
+        let start = snaps.partition_point(|s| {
+            !r.starting_token.is_empty() && s.name.as_str() <= r.starting_token.as_str()
+        });
+        let max = if r.max_entries == 0 {
+            usize::MAX
+        } else {
+            usize::try_from(r.max_entries).unwrap_or(usize::MAX)
+        };
+        let page: Vec<&Snapshot> = snaps[start..].iter().take(max).collect();
+        let next_token = if start + page.len() < snaps.len() {
+            page.last().map(|s| s.name.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(csi::ListSnapshotsResponse {
+            entries: page
+                .into_iter()
+                .map(|s| csi::list_snapshots_response::Entry {
+                    snapshot: Some(csi_snapshot(s)),
+                })
+                .collect(),
+            next_token,
+        }))
     }
 
     async fn get_snapshot(
         &self,
-        _: Request<csi::GetSnapshotRequest>,
+        request: Request<csi::GetSnapshotRequest>,
     ) -> Result<Response<csi::GetSnapshotResponse>, Status> {
-        Err(Status::unimplemented("snapshots are not supported yet"))
+        let r = request.into_inner();
+        required(&r.snapshot_id, "snapshot_id")?;
+        let snap = self.service.get_snapshot(&r.snapshot_id).map_err(status)?;
+        Ok(Response::new(csi::GetSnapshotResponse {
+            snapshot: Some(csi_snapshot(&snap)),
+        }))
     }
 
     async fn controller_expand_volume(
@@ -674,6 +782,20 @@ impl csi::controller_server::Controller for CsiPlugin {
         _: Request<csi::ControllerModifyVolumeRequest>,
     ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
         Err(Status::unimplemented("volumes have no mutable parameters"))
+    }
+}
+
+fn csi_snapshot(s: &Snapshot) -> csi::Snapshot {
+    csi::Snapshot {
+        size_bytes: i64_of(s.size_bytes),
+        snapshot_id: s.name.clone(),
+        source_volume_id: s.source_volume.clone(),
+        creation_time: Some(prost_types::Timestamp {
+            seconds: s.created_at.timestamp(),
+            nanos: i32::try_from(s.created_at.timestamp_subsec_nanos()).unwrap_or(0),
+        }),
+        ready_to_use: s.ready,
+        group_snapshot_id: String::new(),
     }
 }
 

@@ -154,7 +154,11 @@ where
         get_pool,
         list_events,
         version,
-        openapi_document
+        openapi_document,
+        create_snapshot,
+        list_snapshots,
+        get_snapshot,
+        delete_snapshot
     ),
     components(schemas(
         CreateVolumeBody,
@@ -166,6 +170,8 @@ where
         VersionReply,
         ErrorReply,
         ErrorDetail,
+        SnapshotBody,
+        SnapshotView,
         ballast_core::events::Event
     ))
 )]
@@ -186,6 +192,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/volumes/{name}/mount", post(mount_volume))
         .route("/v1/volumes/{name}/unmount", post(unmount_volume))
         .route("/v1/volumes/{name}/resize", post(resize_volume))
+        .route("/v1/volumes/{name}/snapshots", post(create_snapshot))
+        .route("/v1/snapshots", get(list_snapshots))
+        .route(
+            "/v1/snapshots/{name}",
+            get(get_snapshot).delete(delete_snapshot),
+        )
         .route("/v1/pools", get(list_pools))
         .route("/v1/pools/{name}", get(get_pool))
         .route("/v1/events", get(list_events))
@@ -416,4 +428,67 @@ async fn version() -> Json<VersionReply> {
         version: env!("CARGO_PKG_VERSION").to_string(),
         api: "v1".to_string(),
     })
+}
+
+#[utoipa::path(post, path = "/v1/volumes/{name}/snapshots", request_body = SnapshotBody,
+    responses((status = 200, body = SnapshotView), (status = 404, body = ErrorReply),
+        (status = 409, body = ErrorReply), (status = 507, body = ErrorReply)))]
+async fn create_snapshot(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<SnapshotBody>,
+) -> Result<Json<SnapshotView>, ApiError> {
+    let snap = blocking(&state, move |s| {
+        s.create_snapshot(&name, &body.name, ballast_core::Wait::Block)
+    })
+    .await?;
+    Ok(Json(snap.into()))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+struct SnapshotsQuery {
+    /// Only snapshots of this volume.
+    volume: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/snapshots", params(SnapshotsQuery),
+    responses((status = 200, body = [SnapshotView])))]
+async fn list_snapshots(
+    State(state): State<ApiState>,
+    query: Result<Query<SnapshotsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<SnapshotView>>, ApiError> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", e.body_text()))?;
+    Ok(Json(
+        state
+            .service
+            .list_snapshots()
+            .into_iter()
+            .filter(|s| q.volume.as_ref().is_none_or(|v| &s.source_volume == v))
+            .map(SnapshotView::from)
+            .collect(),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/snapshots/{name}",
+    responses((status = 200, body = SnapshotView), (status = 404, body = ErrorReply)))]
+async fn get_snapshot(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<SnapshotView>, ApiError> {
+    Ok(Json(state.service.get_snapshot(&name)?.into()))
+}
+
+#[utoipa::path(delete, path = "/v1/snapshots/{name}",
+    responses((status = 204), (status = 404, body = ErrorReply)))]
+async fn delete_snapshot(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    blocking(&state, move |s| {
+        s.delete_snapshot(&name, ballast_core::Wait::Block)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
