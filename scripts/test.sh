@@ -22,8 +22,13 @@ fi
 # The Docker tests need a running dockerd.
 if command -v docker >/dev/null && ! docker info >/dev/null 2>&1 && [[ $(id -u) == 0 ]]; then
   echo "starting dockerd"
-  (service docker start || (nohup dockerd >/var/log/dockerd-ballast-tests.log 2>&1 &)) >/dev/null 2>&1 || true
-  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  service docker start >/dev/null 2>&1 || true
+  for _ in $(seq 10); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  if ! docker info >/dev/null 2>&1; then
+    # The init script may report success without starting anything.
+    setsid nohup dockerd >/var/log/dockerd-ballast-tests.log 2>&1 < /dev/null &
+    for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  fi
 fi
 
 echo "== cargo fmt --check"
