@@ -45,6 +45,11 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         volumes: usize,
     },
+    /// CSI: ListVolumes paging at many volumes, NodePublish latency
+    Csi {
+        #[arg(long, default_value_t = 10_000)]
+        volumes: usize,
+    },
     /// fio on a loop volume against the backing filesystem
     Fio {
         #[arg(long, default_value_t = 15)]
@@ -64,10 +69,12 @@ fn main() -> Result<()> {
         Cmd::Scale { volumes } => scale(&args.dir, volumes),
         Cmd::Fio { seconds } => fio(&args.dir, seconds),
         Cmd::Docker { volumes } => docker(&args.dir, volumes),
+        Cmd::Csi { volumes } => csi_bench(&args.dir, volumes),
         Cmd::All => {
             lifecycle(&args.dir, 30)?;
             scale(&args.dir, 10_000)?;
             docker(&args.dir, 1000)?;
+            csi_bench(&args.dir, 10_000)?;
             fio(&args.dir, 15)
         }
     }
@@ -176,7 +183,6 @@ impl Drop for Daemon {
             .arg(self.child.id().to_string())
             .status();
         let _ = self.child.wait();
-        let _ = &self.run;
     }
 }
 
@@ -608,4 +614,121 @@ fn docker(dir: &Path, volumes: usize) -> Result<()> {
         d.rest("DELETE", &format!("/v1/volumes/dbv{pid}-{i:04}"), "")?;
     }
     Ok(())
+}
+
+async fn csi_channel(socket: PathBuf) -> Result<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")?
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await?;
+    Ok(channel)
+}
+
+fn csi_bench(dir: &Path, volumes: usize) -> Result<()> {
+    use ballast_csi_proto::v1 as csi;
+    println!("== csi: ListVolumes over {volumes} volumes in pages of 500; NodePublish of a staged volume");
+    let d = Daemon::start(dir, &["--overcommit-ratio", "1000"])?;
+    for i in 0..volumes {
+        d.rest(
+            "POST",
+            "/v1/volumes",
+            &format!(r#"{{"name":"c{i:05}","size":"16M"}}"#),
+        )?;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let ch = csi_channel(d.run.join("csi.sock")).await?;
+        let mut ctl = csi::controller_client::ControllerClient::new(ch.clone());
+        let mut node = csi::node_client::NodeClient::new(ch);
+        let mut totals = Vec::new();
+        for _ in 0..10 {
+            let t = Instant::now();
+            let mut token = String::new();
+            let mut seen = 0;
+            loop {
+                let r = ctl
+                    .list_volumes(csi::ListVolumesRequest {
+                        max_entries: 500,
+                        starting_token: token.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                seen += r.entries.len();
+                if r.next_token.is_empty() {
+                    break;
+                }
+                token = r.next_token;
+            }
+            totals.push(t.elapsed());
+            if seen != volumes {
+                bail!("listed {seen} of {volumes} volumes");
+            }
+        }
+        let s = stats(totals);
+        println!(
+            "ListVolumes, all {volumes} in pages of 500: p50 {:.1} ms, p99 {:.1} ms total (target <= 100 ms)",
+            ms(s.p50),
+            ms(s.p99)
+        );
+        let cap = csi::VolumeCapability {
+            access_mode: Some(csi::volume_capability::AccessMode {
+                mode: csi::volume_capability::access_mode::Mode::SingleNodeWriter as i32,
+            }),
+            access_type: Some(csi::volume_capability::AccessType::Mount(
+                csi::volume_capability::MountVolume::default(),
+            )),
+        };
+        let base = dir.join("csi-paths");
+        std::fs::create_dir_all(&base)?;
+        let staging = base.join("staging");
+        std::fs::create_dir_all(&staging)?;
+        node.node_stage_volume(csi::NodeStageVolumeRequest {
+            volume_id: "c00000".into(),
+            staging_target_path: staging.display().to_string(),
+            volume_capability: Some(cap.clone()),
+            ..Default::default()
+        })
+        .await?;
+        let mut publish = Vec::new();
+        for i in 0..100 {
+            let target = base.join(format!("t{i}"));
+            let t = Instant::now();
+            node.node_publish_volume(csi::NodePublishVolumeRequest {
+                volume_id: "c00000".into(),
+                staging_target_path: staging.display().to_string(),
+                target_path: target.display().to_string(),
+                volume_capability: Some(cap.clone()),
+                ..Default::default()
+            })
+            .await?;
+            publish.push(t.elapsed());
+        }
+        for i in 0..100 {
+            node.node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+                volume_id: "c00000".into(),
+                target_path: base.join(format!("t{i}")).display().to_string(),
+            })
+            .await?;
+        }
+        node.node_unstage_volume(csi::NodeUnstageVolumeRequest {
+            volume_id: "c00000".into(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await?;
+        let s = stats(publish);
+        println!(
+            "NodePublish of a staged volume: p50 {:.2} ms, p99 {:.2} ms (target p50 <= 2 ms)",
+            ms(s.p50),
+            ms(s.p99)
+        );
+        Ok::<_, anyhow::Error>(())
+    })
 }

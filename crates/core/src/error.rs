@@ -12,14 +12,22 @@ pub enum Error {
     #[error("{kind} {name:?} not found")]
     NotFound { kind: &'static str, name: String },
     /// The name exists with other parameters.
-    #[error("volume {name:?} already exists with different parameters: {detail}")]
-    AlreadyExists { name: String, detail: String },
+    #[error("{kind} {name:?} already exists with different parameters: {detail}")]
+    AlreadyExists {
+        kind: &'static str,
+        name: String,
+        detail: String,
+    },
     #[error(
         "volume {name:?} is in use by {consumers} consumer(s); unmount it first or use --force"
     )]
     InUse { name: String, consumers: usize },
-    #[error("volume {name:?} is busy: {detail}")]
-    Busy { name: String, detail: String },
+    #[error("{kind} {name:?} is busy: {detail}")]
+    Busy {
+        kind: &'static str,
+        name: String,
+        detail: String,
+    },
     #[error("pool {pool:?} cannot hold {requested} more bytes: {available} bytes available")]
     Capacity {
         pool: String,

@@ -365,6 +365,10 @@ pub struct Volume {
     /// The image was grown while unmounted: grow the filesystem on next mount.
     #[serde(default)]
     pub fs_grow_pending: bool,
+    /// What the volume was copied from; a repeated create naming a source
+    /// must name this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<CreateSource>,
     pub staging: Option<Staging>,
     /// Keyed by [`ConsumerRef::key`].
     pub consumers: BTreeMap<String, Consumer>,
@@ -398,7 +402,8 @@ pub struct Snapshot {
 }
 
 /// Where a new volume's data comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum CreateSource {
     Snapshot(String),
     Volume(String),

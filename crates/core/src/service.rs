@@ -335,6 +335,7 @@ impl VolumeService {
         if let Some(existing) = self.pools.read().get(&pool.name) {
             if existing.driver != pool.driver || existing.path != pool.path {
                 return Err(Error::AlreadyExists {
+                    kind: "pool",
                     name: pool.name.clone(),
                     detail: format!(
                         "pool exists with driver {} at {}",
@@ -415,6 +416,7 @@ impl VolumeService {
             formatted: false,
             block: req.block,
             fs_grow_pending: false,
+            source: None,
             staging: None,
             consumers: BTreeMap::new(),
         };
@@ -488,6 +490,7 @@ impl VolumeService {
                 let s = self.get_snapshot(name)?;
                 if !s.ready {
                     return Err(Error::Busy {
+                        kind: "snapshot",
                         name: name.clone(),
                         detail: "the snapshot is still being made".into(),
                     });
@@ -548,6 +551,7 @@ impl VolumeService {
             formatted,
             block,
             fs_grow_pending: formatted && size > src_size,
+            source: Some(source.clone()),
             staging: None,
             consumers: BTreeMap::new(),
         };
@@ -656,8 +660,9 @@ impl VolumeService {
                 return Ok(existing);
             }
             return Err(Error::AlreadyExists {
+                kind: "snapshot",
                 name: name.to_string(),
-                detail: format!("snapshot exists of volume {}", existing.source_volume),
+                detail: format!("it is a snapshot of volume {}", existing.source_volume),
             });
         }
         let vol = self.get_volume(volume)?;
@@ -747,6 +752,7 @@ impl VolumeService {
         let snap = self.get_snapshot(name)?;
         if !snap.ready {
             return Err(Error::Busy {
+                kind: "snapshot",
                 name: name.to_string(),
                 detail: "the snapshot is still being made".into(),
             });
@@ -894,6 +900,7 @@ impl VolumeService {
                     return Ok(vol);
                 }
                 return Err(Error::AlreadyExists {
+                    kind: "volume",
                     name: name.to_string(),
                     detail: format!("{key} is already published with other options"),
                 });
@@ -951,6 +958,7 @@ impl VolumeService {
     /// Bind the volume onto a consumer's target. Idempotent.
     fn bind_target(&self, vol: &Volume, target: &PublishTarget) -> Result<()> {
         let staging = vol.staging.as_ref().ok_or_else(|| Error::Busy {
+            kind: "volume",
             name: vol.name.clone(),
             detail: "not staged".into(),
         })?;
@@ -1228,6 +1236,7 @@ impl VolumeService {
         match self.host.unmount(target) {
             Ok(()) => Ok(()),
             Err(crate::host::HostError::Busy { .. }) => Err(Error::Busy {
+                kind: "volume",
                 name: vol.name.clone(),
                 detail: format!("{} is still in use on the host", target.display()),
             }),
@@ -1258,6 +1267,7 @@ impl VolumeService {
             Ok(()) => {}
             Err(DriverError::Host(crate::host::HostError::Busy { .. })) => {
                 return Err(Error::Busy {
+                    kind: "volume",
                     name: vol.name.clone(),
                     detail: format!("{} is still in use on the host", mountpoint.display()),
                 })
@@ -1540,6 +1550,7 @@ impl VolumeService {
         let node = self.driver(pool.driver)?.node();
         if !node.can_grow_online(&vol) {
             return Err(Error::Busy {
+                kind: "volume",
                 name: name.to_string(),
                 detail: "the filesystem cannot grow while mounted on this host (online ext4 resize needs CAP_SYS_RESOURCE); it grows at its next mount".into(),
             });
@@ -1584,6 +1595,7 @@ impl VolumeService {
             VolumeState::Available | VolumeState::Mounted => Ok(()),
             VolumeState::Creating | VolumeState::Resizing | VolumeState::Deleting => {
                 Err(Error::Busy {
+                    kind: "volume",
                     name: vol.name.clone(),
                     detail: format!(
                         "an interrupted {} is unfinished; restart the daemon to reconcile it",
@@ -1705,10 +1717,20 @@ fn check_same(existing: &Volume, req: &CreateVolume) -> Result<()> {
     if !req.labels.is_empty() && req.labels != existing.labels {
         diffs.push("labels differ".to_string());
     }
+    if let Some(source) = &req.source {
+        if existing.source.as_ref() != Some(source) {
+            diffs.push(match &existing.source {
+                Some(CreateSource::Snapshot(s)) => format!("source is snapshot {s}"),
+                Some(CreateSource::Volume(v)) => format!("source is volume {v}"),
+                None => "it was not made from a snapshot or volume".to_string(),
+            });
+        }
+    }
     if diffs.is_empty() {
         Ok(())
     } else {
         Err(Error::AlreadyExists {
+            kind: "volume",
             name: existing.name.clone(),
             detail: diffs.join(", "),
         })

@@ -354,6 +354,7 @@ fn create_is_idempotent_and_refuses_different_parameters() {
         pool: Some("default".into()),
         labels: labels.clone(),
         block: false,
+        source: None,
     };
     let first = svc.create_volume(full.clone()).unwrap();
     assert_eq!(first.labels, labels);

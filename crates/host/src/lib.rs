@@ -195,7 +195,14 @@ impl Host for LinuxHost {
         if opts.read_only {
             flags |= MsFlags::MS_RDONLY;
         }
-        nix::mount::mount(Some(device), target, Some(fs.as_str()), flags, None::<&str>)
+        // A copy of an xfs volume (snapshot restore, clone) carries its
+        // source's UUID, and xfs refuses a second mount of one UUID: skip
+        // that check, as each of our filesystems is addressed by device.
+        let data = match fs {
+            FsType::Xfs => Some("nouuid"),
+            FsType::Ext4 => None,
+        };
+        nix::mount::mount(Some(device), target, Some(fs.as_str()), flags, data)
             .map_err(|e| errno_failed(op, e))?;
         tracing::info!(device = %device.display(), target = %target.display(), fs = %fs, read_only = opts.read_only, "mounted");
         Ok(())
@@ -342,6 +349,33 @@ fn parse_block_stat(text: &str) -> Option<IoStats> {
     })
 }
 
+// _IOWR('X', 119, int) and _IOWR('X', 120, int) from <linux/fs.h>.
+const FIFREEZE: libc::Ioctl = 0xC004_5877;
+const FITHAW: libc::Ioctl = 0xC004_5878;
+
+/// FIFREEZE/FITHAW on the filesystem mounted at `mountpoint`.
+fn fs_ioctl(
+    mountpoint: &Path,
+    request: libc::Ioctl,
+    name: &str,
+    einval_ok: bool,
+) -> Result<(), HostError> {
+    use std::os::fd::AsRawFd;
+    let op = format!("{name} {}", mountpoint.display());
+    let dir = std::fs::File::open(mountpoint).map_err(|e| HostError::failed(&op, e))?;
+    // SAFETY: FIFREEZE and FITHAW take an int argument they ignore; the fd
+    // is open for the duration of the call.
+    let ret = unsafe { libc::ioctl(dir.as_raw_fd(), request, 0) };
+    if ret < 0 {
+        let err = Errno::last();
+        if einval_ok && err == Errno::EINVAL {
+            return Ok(());
+        }
+        return Err(HostError::failed(&op, err.desc()));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,31 +443,4 @@ mod tests {
             })
             .unwrap();
     }
-}
-
-// _IOWR('X', 119, int) and _IOWR('X', 120, int) from <linux/fs.h>.
-const FIFREEZE: libc::Ioctl = 0xC004_5877;
-const FITHAW: libc::Ioctl = 0xC004_5878;
-
-/// FIFREEZE/FITHAW on the filesystem mounted at `mountpoint`.
-fn fs_ioctl(
-    mountpoint: &Path,
-    request: libc::Ioctl,
-    name: &str,
-    einval_ok: bool,
-) -> Result<(), HostError> {
-    use std::os::fd::AsRawFd;
-    let op = format!("{name} {}", mountpoint.display());
-    let dir = std::fs::File::open(mountpoint).map_err(|e| HostError::failed(&op, e))?;
-    // SAFETY: FIFREEZE and FITHAW take an int argument they ignore; the fd
-    // is open for the duration of the call.
-    let ret = unsafe { libc::ioctl(dir.as_raw_fd(), request, 0) };
-    if ret < 0 {
-        let err = Errno::last();
-        if einval_ok && err == Errno::EINVAL {
-            return Ok(());
-        }
-        return Err(HostError::failed(&op, err.desc()));
-    }
-    Ok(())
 }

@@ -9,7 +9,7 @@
 //! volume that is busy answer ABORTED instead of queueing, so the CO retries.
 
 use std::collections::HashMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ballast_core::model::{
@@ -82,9 +82,9 @@ fn required(value: &str, field: &str) -> Result<(), Status> {
 fn path_arg(value: &str, field: &str) -> Result<PathBuf, Status> {
     required(value, field)?;
     let p = PathBuf::from(value);
+    // By segment: `components()` drops a `.` that is not first.
     if !p.is_absolute()
-        || p.components()
-            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+        || value.split('/').any(|s| s == "." || s == "..")
         || value.chars().any(char::is_control)
     {
         return Err(Status::invalid_argument(format!(
@@ -407,7 +407,8 @@ impl csi::controller_server::Controller for CsiPlugin {
             let compatible = in_range(existing.size_bytes, r.capacity_range.as_ref())
                 && fits(&existing, &access)
                 && (param_fs.is_none() || existing.fs == param_fs)
-                && pool.as_ref().is_none_or(|p| p == &existing.pool);
+                && pool.as_ref().is_none_or(|p| p == &existing.pool)
+                && existing.source == source;
             if !compatible {
                 return Err(Status::already_exists(format!(
                     "volume {:?} exists with incompatible parameters",
@@ -456,6 +457,11 @@ impl csi::controller_server::Controller for CsiPlugin {
     ) -> Result<Response<csi::DeleteVolumeResponse>, Status> {
         let r = request.into_inner();
         required(&r.volume_id, "volume_id")?;
+        if ballast_core::model::validate_name("volume", &r.volume_id).is_err() {
+            // No volume can have this ID, so it does not exist: the spec's
+            // answer for a volume that does not exist is OK.
+            return Ok(Response::new(csi::DeleteVolumeResponse {}));
+        }
         let id = r.volume_id.clone();
         match self
             .call(move |s| s.delete_volume_with(&id, false, Wait::Fail))
@@ -670,6 +676,10 @@ impl csi::controller_server::Controller for CsiPlugin {
     ) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
         let r = request.into_inner();
         required(&r.snapshot_id, "snapshot_id")?;
+        if ballast_core::model::validate_name("snapshot", &r.snapshot_id).is_err() {
+            // No snapshot can have this ID: it does not exist, which is OK.
+            return Ok(Response::new(csi::DeleteSnapshotResponse {}));
+        }
         let id = r.snapshot_id.clone();
         match self.call(move |s| s.delete_snapshot(&id, Wait::Fail)).await {
             Ok(()) => {}
@@ -749,6 +759,12 @@ impl csi::controller_server::Controller for CsiPlugin {
         let range = r
             .capacity_range
             .ok_or_else(|| Status::invalid_argument("capacity_range is required"))?;
+        // A malformed field is INVALID_ARGUMENT whether the volume exists or not.
+        if range.required_bytes < 0 || range.limit_bytes < 0 {
+            return Err(Status::invalid_argument(
+                "capacity_range must not be negative",
+            ));
+        }
         let vol = self.service.get_volume(&r.volume_id).map_err(status)?;
         let size = size_for(Some(&range), vol.size_bytes, vol.size_bytes)?;
         let id = r.volume_id.clone();
@@ -828,7 +844,8 @@ impl csi::node_server::Node for CsiPlugin {
         let (access, _) = access(cap)?;
         let vol = self.service.get_volume(&r.volume_id).map_err(status)?;
         if !fits(&vol, &access) {
-            return Err(Status::invalid_argument(format!(
+            // The spec's "exceeds capabilities" of the volume.
+            return Err(Status::failed_precondition(format!(
                 "volume {:?} cannot be staged with this capability",
                 vol.name
             )));
@@ -871,15 +888,22 @@ impl csi::node_server::Node for CsiPlugin {
         let r = request.into_inner();
         required(&r.volume_id, "volume_id")?;
         let target = path_arg(&r.target_path, "target_path")?;
-        let staging = path_arg(&r.staging_target_path, "staging_target_path")?;
         let cap = r
             .volume_capability
             .as_ref()
             .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
         let (access, mode_ro) = access(cap)?;
+        // The spec's own code for a plugin with STAGE_UNSTAGE_VOLUME.
+        if r.staging_target_path.is_empty() {
+            return Err(Status::failed_precondition(
+                "staging_target_path is required: this plugin stages volumes before publishing them",
+            ));
+        }
+        let staging = path_arg(&r.staging_target_path, "staging_target_path")?;
         let vol = self.service.get_volume(&r.volume_id).map_err(status)?;
         if !fits(&vol, &access) {
-            return Err(Status::invalid_argument(format!(
+            // The spec's "exceeds capabilities" of the volume.
+            return Err(Status::failed_precondition(format!(
                 "volume {:?} cannot be published with this capability",
                 vol.name
             )));
@@ -1032,16 +1056,32 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let identity = csi::identity_server::IdentityServer::new(plugin.clone());
-    let mut router = tonic::transport::Server::builder().add_service(identity);
+    let mut routes = tonic::service::Routes::new(identity);
     if mode != CsiMode::Node {
-        router = router.add_service(csi::controller_server::ControllerServer::new(
+        routes = routes.add_service(csi::controller_server::ControllerServer::new(
             plugin.clone(),
         ));
     }
     if mode != CsiMode::Controller {
-        router = router.add_service(csi::node_server::NodeServer::new(plugin));
+        routes = routes.add_service(csi::node_server::NodeServer::new(plugin));
     }
-    router.serve_with_incoming(incoming).await
+    // A service this mode does not serve: UNIMPLEMENTED, with the message
+    // the spec requires of every error (tonic's own fallback has none).
+    let served = match mode {
+        CsiMode::All => "all",
+        CsiMode::Controller => "controller",
+        CsiMode::Node => "node",
+    };
+    let router = routes.into_axum_router().fallback(move || async move {
+        Status::unimplemented(format!(
+            "this endpoint serves CSI mode {served}, which does not include this service"
+        ))
+        .into_http::<axum::body::Body>()
+    });
+    tonic::transport::Server::builder()
+        .add_routes(router.into())
+        .serve_with_incoming(incoming)
+        .await
 }
 
 #[cfg(test)]
@@ -1082,6 +1122,15 @@ mod tests {
                 .code(),
             tonic::Code::InvalidArgument
         );
+    }
+
+    #[test]
+    fn a_busy_volume_is_aborted() {
+        // The spec's "operation pending for volume": the CO backs off and
+        // retries.
+        let s = status(Error::Conflict { name: "v".into() });
+        assert_eq!(s.code(), tonic::Code::Aborted);
+        assert!(s.message().contains('v'), "{}", s.message());
     }
 
     #[test]
