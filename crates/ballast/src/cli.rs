@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use ballast_core::events::Event;
 use ballast_core::model::{format_size, parse_label, validate_name};
 use ballast_server::api::{MountReply, PoolView, SnapshotView, VersionReply, VolumeView};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -60,6 +61,18 @@ pub enum Command {
     /// Manage snapshots
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// Claim the lowest free ordinal of a group and its volumes
+    #[command(subcommand)]
+    Claim(crate::claims::ClaimCmd),
+    /// Print recent events; --follow streams new ones as they happen
+    Events {
+        /// Keep streaming new events
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// How many recent events to show first
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
     /// Print client and daemon versions
     Version,
     /// Print the REST API's OpenAPI document
@@ -96,6 +109,10 @@ pub enum VolumeCmd {
         /// Copy the new volume from another volume (a clone)
         #[arg(long)]
         from_volume: Option<String>,
+        /// Grow online before it fills: THRESHOLD%:+STEP:max=SIZE, e.g.
+        /// 90%:+20%:max=10G
+        #[arg(long)]
+        autogrow: Option<String>,
     },
     /// Take a snapshot of a volume
     Snapshot { volume: String, snapshot: String },
@@ -152,13 +169,19 @@ pub enum PoolCmd {
     Ls,
     /// Show one pool
     Inspect { name: String },
+    /// Make a pool: btrfs on disks or a disk file that grows by itself, or
+    /// loop / dir on a directory
+    Create(Box<crate::pool_cli::CreatePoolArgs>),
+    /// Delete an empty pool
+    #[command(alias = "remove")]
+    Rm { name: String },
 }
 
 /// Volume names go into URL paths; anything but the allowed characters is
 /// refused by the daemon anyway, but must not change the path here. An empty
 /// name would drop the segment and address another endpoint, so it is
 /// refused here with the daemon's message.
-fn seg(kind: &str, name: &str) -> anyhow::Result<String> {
+pub(crate) fn seg(kind: &str, name: &str) -> anyhow::Result<String> {
     if name.is_empty() {
         validate_name(kind, name).map_err(|e| anyhow::anyhow!("invalid argument: {e}"))?;
     }
@@ -215,7 +238,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Volume(cmd) => volume(&client()?, output, cmd),
         Command::Pool(cmd) => pool(&client()?, output, cmd),
+        Command::Events { follow, limit } => events(&client()?, output, *follow, *limit),
         Command::Snapshot(cmd) => snapshot(&client()?, output, cmd),
+        Command::Claim(cmd) => crate::claims::run(&client()?, output, cmd),
     }
 }
 
@@ -229,6 +254,7 @@ fn volume(c: &Client, output: Output, cmd: &VolumeCmd) -> anyhow::Result<()> {
             labels,
             from_snapshot,
             from_volume,
+            autogrow,
         } => {
             let mut map = BTreeMap::new();
             for l in labels {
@@ -238,7 +264,8 @@ fn volume(c: &Client, output: Output, cmd: &VolumeCmd) -> anyhow::Result<()> {
             let v: VolumeView = c.post(
                 "/v1/volumes",
                 json!({"name": name, "size": size, "fs": fs, "pool": pool, "labels": map,
-                    "from_snapshot": from_snapshot, "from_volume": from_volume}),
+                    "from_snapshot": from_snapshot, "from_volume": from_volume,
+                    "autogrow": autogrow}),
             )?;
             print_one(output, &v, || println!("{}", v.name))
         }
@@ -371,6 +398,45 @@ fn snapshot(c: &Client, output: Output, cmd: &SnapshotCmd) -> anyhow::Result<()>
     }
 }
 
+fn print_event(output: Output, e: &Event) {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string(e).unwrap_or_default()),
+        Output::Table => println!(
+            "{} {:<10} {:<12} {:<24} {}",
+            e.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            serde_json::to_value(e.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+            e.pool.as_deref().unwrap_or("-"),
+            e.volume.as_deref().unwrap_or("-"),
+            e.message
+        ),
+    }
+}
+
+fn events(c: &Client, output: Output, follow: bool, limit: usize) -> anyhow::Result<()> {
+    if !follow {
+        let evs: Vec<Event> = c.get(&format!("/v1/events?limit={limit}"))?;
+        for e in &evs {
+            print_event(output, e);
+        }
+        return Ok(());
+    }
+    // Server-Sent Events: `data:` lines carry one event each as JSON.
+    c.stream_lines(&format!("/v1/events/stream?limit={limit}"), |line| {
+        if let Some(data) = line.strip_prefix("data:") {
+            match serde_json::from_str::<Event>(data.trim_start()) {
+                Ok(e) => print_event(output, &e),
+                Err(_) => eprintln!("ballast: {}", data.trim()),
+            }
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+        }
+        true
+    })
+}
+
 fn pool(c: &Client, output: Output, cmd: &PoolCmd) -> anyhow::Result<()> {
     match cmd {
         PoolCmd::Ls => {
@@ -425,12 +491,15 @@ fn pool(c: &Client, output: Output, cmd: &PoolCmd) -> anyhow::Result<()> {
                 println!("used:          {}", format_size(p.capacity.used_bytes));
                 println!("available:     {}", format_size(p.capacity.available_bytes));
                 println!("overcommit:    {}", p.overcommit_ratio);
+                crate::pool_cli::print_growth(&p);
             })
         }
+        PoolCmd::Create(args) => crate::pool_cli::create(c, output, args),
+        PoolCmd::Rm { name } => crate::pool_cli::delete(c, output, name, &seg("pool", name)?),
     }
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::to_string_pretty(v).context("formatting json")?
@@ -438,7 +507,7 @@ fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_one<T: serde::Serialize>(
+pub(crate) fn print_one<T: serde::Serialize>(
     output: Output,
     v: &T,
     table: impl FnOnce(),
@@ -490,7 +559,7 @@ fn print_volume(v: &VolumeView) {
     }
 }
 
-fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+pub(crate) fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (w, cell) in widths.iter_mut().zip(r) {

@@ -180,6 +180,58 @@ impl Client {
         Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
     }
 
+    /// GET a streaming response and hand each line of its body to
+    /// `on_line` as it arrives, until the stream ends or `on_line` says stop.
+    pub fn stream_lines(
+        &self,
+        path: &str,
+        mut on_line: impl FnMut(&str) -> bool,
+    ) -> anyhow::Result<()> {
+        self.rt.block_on(async {
+            let io = self.connect().await?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+                .await
+                .context("talking to the daemon")?;
+            let conn = tokio::spawn(conn);
+            let mut req = Request::builder()
+                .method(Method::GET)
+                .uri(path)
+                .header(hyper::header::HOST, "localhost")
+                .header(hyper::header::ACCEPT, "text/event-stream");
+            if let Some(t) = &self.token {
+                req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+            }
+            let resp = sender
+                .send_request(req.body(Full::new(Bytes::new()))?)
+                .await
+                .context("talking to the daemon")?;
+            let status = resp.status();
+            let mut body = resp.into_body();
+            if !status.is_success() {
+                let bytes = body.collect().await?.to_bytes();
+                anyhow::bail!("{status}: {}", String::from_utf8_lossy(&bytes).trim());
+            }
+            let mut buf = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.context("reading the event stream")?;
+                let Some(data) = frame.data_ref() else {
+                    continue;
+                };
+                buf.extend_from_slice(data);
+                while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=nl).collect();
+                    let line = String::from_utf8_lossy(&line);
+                    if !on_line(line.trim_end_matches(['\r', '\n'])) {
+                        conn.abort();
+                        return Ok(());
+                    }
+                }
+            }
+            conn.abort();
+            Ok(())
+        })
+    }
+
     /// One request with a raw body and content type; (status, body).
     pub fn raw(
         &self,

@@ -13,6 +13,8 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/ballast";
 pub const DEFAULT_RUN_DIR: &str = "/run/ballast";
 pub const DEFAULT_CONFIG: &str = "/etc/ballast/config.toml";
 pub const DEFAULT_DOCKER_PLUGIN_DIR: &str = "/run/docker/plugins";
+/// The TCP listener of the REST API and /metrics, on unless `--listen none`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
 
 /// `ballast serve` flags; each also reads its `BALLAST_*` variable.
 #[derive(Debug, Clone, Default, Args)]
@@ -26,7 +28,9 @@ pub struct ServeArgs {
     /// TOML config file [default: /etc/ballast/config.toml if it exists]
     #[arg(long, env = "BALLAST_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Also serve the REST API on this TCP address (token required)
+    /// Also serve the REST API and /metrics on this TCP address (token
+    /// required, except reads from loopback); `none` switches it off
+    /// [default: 127.0.0.1:7420]
     #[arg(long, env = "BALLAST_LISTEN")]
     pub listen: Option<String>,
     /// PEM certificate for TLS on --listen
@@ -70,6 +74,9 @@ pub struct ServeArgs {
     /// CSI services to serve: all, controller or node [default: all]
     #[arg(long, env = "BALLAST_CSI_MODE")]
     pub csi_mode: Option<String>,
+    /// How often the watchers (autogrow, pool remediation) look [default: 2s]
+    #[arg(long, env = "BALLAST_WATCH_INTERVAL")]
+    pub watch_interval: Option<String>,
 }
 
 /// The config file's keys (all optional; unknown keys are errors).
@@ -93,6 +100,7 @@ struct FileConfig {
     csi_endpoint: Option<String>,
     node_id: Option<String>,
     csi_mode: Option<String>,
+    watch_interval: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +114,7 @@ pub enum LogFormat {
 pub struct Config {
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
+    /// The TCP address of the REST API and /metrics; None: `--listen none`.
     pub listen: Option<String>,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub default_size: u64,
@@ -120,6 +129,8 @@ pub struct Config {
     pub csi_socket: PathBuf,
     pub node_id: String,
     pub csi_mode: ballast_server::csi::CsiMode,
+    /// How often the watchers run.
+    pub watch_interval: std::time::Duration,
 }
 
 impl Config {
@@ -221,7 +232,24 @@ impl Config {
             .unwrap_or_else(|| "all".into())
             .parse()
             .map_err(|e: String| anyhow::anyhow!(e))?;
-        let listen = args.listen.clone().or(file.listen);
+        let watch_interval = ballast_core::claims::parse_ttl(
+            &args
+                .watch_interval
+                .clone()
+                .or(file.watch_interval)
+                .unwrap_or_else(|| "2s".into()),
+        )
+        .map_err(|e| anyhow::anyhow!("watch interval: {e}"))?;
+        let listen = match args
+            .listen
+            .clone()
+            .or(file.listen)
+            .as_deref()
+            .unwrap_or(DEFAULT_LISTEN)
+        {
+            "none" => None,
+            addr => Some(addr.to_string()),
+        };
         if tls.is_some() && listen.is_none() {
             anyhow::bail!("tls is configured but there is no --listen address to use it on");
         }
@@ -243,11 +271,18 @@ impl Config {
             csi_socket,
             node_id,
             csi_mode,
+            watch_interval,
         })
     }
 
     pub fn api_socket(&self) -> PathBuf {
         self.run_dir.join("api.sock")
+    }
+
+    /// Where the daemon writes the address its TCP listener bound (useful
+    /// with `--listen HOST:0`).
+    pub fn listen_addr_file(&self) -> PathBuf {
+        self.run_dir.join("listen.addr")
     }
 }
 
@@ -297,5 +332,27 @@ mod tests {
         assert!(Config::resolve(&args).is_err());
         std::fs::write(&path, "overcommit_ratio = -1.0\n").unwrap();
         assert!(Config::resolve(&args).is_err());
+    }
+
+    #[test]
+    fn the_listener_is_on_by_default_and_none_switches_it_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "").unwrap();
+        let mut args = ServeArgs {
+            config: Some(path.clone()),
+            node_id: Some("n".into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!(c.listen.as_deref(), Some(DEFAULT_LISTEN));
+        args.listen = Some("none".into());
+        assert_eq!(Config::resolve(&args).unwrap().listen, None);
+        std::fs::write(&path, "listen = \"none\"\n").unwrap();
+        args.listen = None;
+        assert_eq!(Config::resolve(&args).unwrap().listen, None);
+        args.listen = Some("127.0.0.1:0".into());
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!(c.listen.as_deref(), Some("127.0.0.1:0"));
     }
 }

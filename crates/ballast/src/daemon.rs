@@ -10,7 +10,7 @@ use anyhow::Context;
 use ballast_core::failpoint::Failpoints;
 use ballast_core::model::{DriverKind, Pool};
 use ballast_core::{Host, ServiceConfig, ServiceParts, VolumeService};
-use ballast_drivers::{DirDriver, LoopDriver};
+use ballast_drivers::{BtrfsDriver, DirDriver, LoopDriver};
 use ballast_host::LinuxHost;
 use ballast_server::listen;
 use ballast_server::rest::{self, ApiState};
@@ -110,9 +110,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         drivers: vec![
             Arc::new(LoopDriver::new(host.clone())),
             Arc::new(DirDriver::new(host.clone())),
+            Arc::new(BtrfsDriver::new(host.clone())),
         ],
         config: ServiceConfig {
             mounts_dir: run_dir.join("mounts"),
+            pools_dir: state_dir.join("pools"),
             default_size: config.default_size,
             default_fs: config.default_fs,
         },
@@ -141,13 +143,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
             tracing::warn!("loop devices are not available here (not root, or no /dev/loop-control): the default pool uses the dir driver, whose sizes are not enforced");
             DriverKind::Dir
         };
-        let pool = Pool {
-            name: "default".into(),
+        let pool = Pool::new(
+            "default",
             driver,
-            path: make_dir(&state_dir.join("pools").join("default"), 0o700)?,
-            overcommit_ratio: config.overcommit_ratio,
-            created_at: chrono::Utc::now(),
-        };
+            make_dir(&state_dir.join("pools").join("default"), 0o700)?,
+            config.overcommit_ratio,
+        );
         let svc = service.clone();
         tokio::task::spawn_blocking(move || svc.ensure_pool(pool))
             .await?
@@ -161,16 +162,25 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let router = rest::router(state);
     let api_sock = config.api_socket();
     let unix = listen::bind_unix(&api_sock, 0o600).await?;
-    let mut tasks = vec![tokio::spawn(listen::serve_unix(unix, router.clone()))];
+    let mut tasks = Vec::new();
+    let addr_file = config.listen_addr_file();
+    let _ = std::fs::remove_file(&addr_file);
     if let Some(addr) = &config.listen {
         let tcp = listen::bind_tcp(addr).await?;
         let tls = match &config.tls {
             Some((cert, key)) => Some(listen::tls_acceptor(cert, key)?),
             None => None,
         };
-        tracing::info!(addr = %tcp.local_addr()?, tls = tls.is_some(), "serving the REST API on tcp");
+        let bound = tcp.local_addr()?;
+        tracing::info!(addr = %bound, tls = tls.is_some(), "serving the REST API on tcp (and /metrics)");
+        // Tools and tests find a `--listen HOST:0` port here.
+        std::fs::write(&addr_file, format!("{bound}\n"))
+            .with_context(|| format!("writing {}", addr_file.display()))?;
         tasks.push(tokio::spawn(listen::serve_tcp(tcp, router.clone(), tls)));
     }
+    // Served after the TCP address is written: an answer on the socket means
+    // listen.addr is there.
+    tasks.push(tokio::spawn(listen::serve_unix(unix, router.clone())));
     if let Some(sock) = &config.docker_socket {
         let plugin = listen::bind_unix(sock, 0o600).await?;
         let router = ballast_server::docker::router(ballast_server::docker::PluginState {
@@ -194,6 +204,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }));
     }
     tracing::info!(socket = %api_sock.display(), state_dir = %state_dir.display(), volumes = service.volume_count(), "ballast is serving");
+    tasks.push(tokio::spawn(watchers(service.clone(), config.watch_interval)));
     shutdown_signal().await;
     tracing::info!("shutting down");
     for t in tasks {
@@ -201,11 +212,32 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&api_sock);
     let _ = std::fs::remove_file(&config.csi_socket);
+    let _ = std::fs::remove_file(&addr_file);
     // A stale plugin socket stalls `docker volume ls` until it times out.
     if let Some(sock) = &config.docker_socket {
         let _ = std::fs::remove_file(sock);
     }
     Ok(())
+}
+
+/// The watchers: every interval, one pass of each self-remediation in the
+/// core, off the async workers. A pass that is still running when the next
+/// is due delays it rather than overlapping.
+async fn watchers(service: Arc<VolumeService>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let svc = service.clone();
+        let pass = tokio::task::spawn_blocking(move || {
+            svc.autogrow_tick();
+            svc.remediate_pools();
+        })
+        .await;
+        if let Err(e) = pass {
+            tracing::error!(error = %e, "a watcher pass panicked");
+        }
+    }
 }
 
 async fn shutdown_signal() {

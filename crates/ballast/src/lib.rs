@@ -2,11 +2,13 @@
 //! and `ballast serve`, which wires the core, store, host, drivers and
 //! front-ends together.
 
+pub mod claims;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod dvdcli;
+pub mod pool_cli;
 
 use std::process::ExitCode;
 

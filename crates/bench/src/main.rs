@@ -8,6 +8,8 @@
 //! - `scale`: `volume ls` latency and daemon RSS at N volumes.
 //! - `fio`: 4 KiB random and 1 MiB sequential writes on a loop volume
 //!   against the same on the backing filesystem.
+//! - `claims`: acquire/release pairs on one claim group through REST, p99
+//!   per operation.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -55,6 +57,14 @@ enum Cmd {
         #[arg(long, default_value_t = 15)]
         seconds: u32,
     },
+    /// Claims: acquire/release pairs on one group through REST
+    Claims {
+        #[arg(long, default_value_t = 1000)]
+        n: usize,
+        /// Other claims held in the group meanwhile
+        #[arg(long, default_value_t = 0)]
+        held: usize,
+    },
     /// Everything, with the issue's defaults
     All,
 }
@@ -70,11 +80,13 @@ fn main() -> Result<()> {
         Cmd::Fio { seconds } => fio(&args.dir, seconds),
         Cmd::Docker { volumes } => docker(&args.dir, volumes),
         Cmd::Csi { volumes } => csi_bench(&args.dir, volumes),
+        Cmd::Claims { n, held } => claims_bench(&args.dir, n, held),
         Cmd::All => {
             lifecycle(&args.dir, 30)?;
             scale(&args.dir, 10_000)?;
             docker(&args.dir, 1000)?;
             csi_bench(&args.dir, 10_000)?;
+            claims_bench(&args.dir, 1000, 0)?;
             fio(&args.dir, 15)
         }
     }
@@ -122,6 +134,13 @@ impl Daemon {
             .arg("--run-dir")
             .arg(&run)
             .args(extra)
+            // Not the default 127.0.0.1:7420: a port of its own.
+            .args(
+                (!extra.contains(&"--listen"))
+                    .then_some(["--listen", "127.0.0.1:0"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args((!extra.contains(&"--docker-plugin-name")).then_some("--no-docker"))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -731,4 +750,76 @@ fn csi_bench(dir: &Path, volumes: usize) -> Result<()> {
         );
         Ok::<_, anyhow::Error>(())
     })
+}
+
+/// Claims: `n` acquire/release pairs on one group through the REST API,
+/// each call on its own connection as a client would make it. `held`
+/// other claims stay held meanwhile, so each acquire reads past them.
+fn claims_bench(dir: &Path, n: usize, held: usize) -> Result<()> {
+    println!(
+        "== claims: {n} acquire/release pairs on one group through REST ({held} other claims held)"
+    );
+    let d = Daemon::start(dir, &[])?;
+    let acquire = |holder: &str| -> Result<u64> {
+        let body = d.rest(
+            "POST",
+            "/v1/claims/bench/acquire",
+            &format!(r#"{{"volumes":["data"],"size":"16M","holder":"{holder}"}}"#),
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&body)?;
+        v["ordinal"].as_u64().context("the reply has no ordinal")
+    };
+    let release = |ordinal: u64, holder: &str| -> Result<()> {
+        d.rest(
+            "POST",
+            &format!("/v1/claims/bench/{ordinal}/release"),
+            &format!(r#"{{"holder":"{holder}"}}"#),
+        )?;
+        Ok(())
+    };
+    for i in 0..held {
+        acquire(&format!("held-{i}"))?;
+    }
+    // The first acquire of the free ordinal creates its volume; the pairs
+    // measured reuse it.
+    let t = Instant::now();
+    let first = acquire("bench")?;
+    let create = t.elapsed();
+    release(first, "bench")?;
+    let mut acq = Vec::with_capacity(n);
+    let mut rel = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let ordinal = acquire("bench")?;
+        acq.push(t.elapsed());
+        if ordinal != first {
+            bail!("acquire got ordinal {ordinal}, expected the free {first}");
+        }
+        let t = Instant::now();
+        release(ordinal, "bench")?;
+        rel.push(t.elapsed());
+    }
+    let max = |v: &[Duration]| v.iter().max().copied().unwrap_or_default();
+    let (amax, rmax) = (max(&acq), max(&rel));
+    let (a, r) = (stats(acq), stats(rel));
+    println!("first acquire (creates the volume): {:.2} ms", ms(create));
+    println!(
+        "{:<8} {:>8} {:>8} {:>8}",
+        "op", "p50 ms", "p99 ms", "max ms"
+    );
+    for (label, st, mx) in [("acquire", &a, amax), ("release", &r, rmax)] {
+        println!(
+            "{:<8} {:>8.2} {:>8.2} {:>8.2}",
+            label,
+            ms(st.p50),
+            ms(st.p99),
+            ms(mx)
+        );
+    }
+    println!(
+        "target: p99 <= 5 ms each (acquire {:.2} ms, release {:.2} ms)",
+        ms(a.p99),
+        ms(r.p99)
+    );
+    Ok(())
 }

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::host::{HostError, LoopDevice};
-use crate::model::{DriverKind, Pool, Snapshot, Volume};
+use crate::model::{DriverKind, Pool, PoolDisk, Snapshot, Volume};
 
 /// A driver failure: a host operation, or the driver's own file work.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +77,59 @@ pub trait Driver: Send + Sync {
     /// Bytes the volume occupies on the backing storage.
     fn allocated_bytes(&self, pool: &Pool, vol: &Volume) -> Result<u64, DriverError>;
     fn node(&self) -> &dyn NodeOps;
+
+    // ----- pools that own their storage (btrfs) ------------------------
+    // Drivers on a plain directory keep the defaults: nothing to make, no
+    // disks to add.
+
+    /// Make a new pool's storage (btrfs: its disk files and filesystem).
+    /// Runs once, before [`Driver::init_pool`]; never for an existing pool.
+    fn create_pool(&self, _pool: &Pool) -> Result<(), DriverError> {
+        Ok(())
+    }
+    /// Take an empty pool's storage down and remove what ballast made for
+    /// it (btrfs: unmount, detach, remove its disk files). Idempotent.
+    fn destroy_pool(&self, _pool: &Pool) -> Result<(), DriverError> {
+        Ok(())
+    }
+    /// Bytes of the disks under the pool's storage now; None for a pool on
+    /// a plain directory, which has no disks of its own.
+    fn disks_bytes(&self, _pool: &Pool) -> Result<Option<u64>, DriverError> {
+        Ok(None)
+    }
+    /// Whether this driver's pools can take more disks online.
+    fn can_add_disks(&self) -> bool {
+        false
+    }
+    /// Make a disk ready to add (a disk file: create it, sparse). Idempotent.
+    fn prepare_disk(&self, pool: &Pool, _disk: &PoolDisk) -> Result<(), DriverError> {
+        Err(DriverError::Unsupported(format!(
+            "pool {} ({}) cannot add disks",
+            pool.name, pool.driver
+        )))
+    }
+    /// Add a prepared disk to the pool's storage, online. Idempotent: a
+    /// disk already in the pool is fine.
+    fn add_disk(&self, pool: &Pool, _disk: &PoolDisk) -> Result<(), DriverError> {
+        Err(DriverError::Unsupported(format!(
+            "pool {} ({}) cannot add disks",
+            pool.name, pool.driver
+        )))
+    }
+    /// Whether `disk` is part of the pool's storage now.
+    fn has_disk(&self, _pool: &Pool, _disk: &PoolDisk) -> Result<bool, DriverError> {
+        Ok(false)
+    }
+    /// Undo [`Driver::prepare_disk`] for a disk that did not join the pool
+    /// (a disk file: detach and remove it; a device: nothing). Idempotent.
+    fn discard_disk(&self, _pool: &Pool, _disk: &PoolDisk) -> Result<(), DriverError> {
+        Ok(())
+    }
+    /// A volume's (used, total) bytes when the backend accounts for them
+    /// itself (btrfs: qgroups); None to use statvfs of its mount.
+    fn volume_usage(&self, _pool: &Pool, _vol: &Volume) -> Result<Option<(u64, u64)>, DriverError> {
+        Ok(None)
+    }
 }
 
 /// The node side of a backend. Every method is idempotent.

@@ -20,9 +20,15 @@ pub enum EventKind {
     Mount,
     Unmount,
     Resize,
+    Autogrow,
     Snapshot,
     Reconcile,
     Warning,
+    /// A pool's watcher added capacity to it.
+    Remediation,
+    /// Needs an operator now: a pool at its max size above its watermark,
+    /// or one that could not be brought up.
+    Critical,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -26,6 +26,11 @@ pub const ALL: &[&str] = &[
     "delete.after_image",
     "snapshot.after_freeze",
     "snapshot.after_copy",
+    "poolcreate.after_intent",
+    "poolcreate.after_mkfs",
+    "pooladd.after_intent",
+    "pooladd.after_file",
+    "pooladd.after_device_add",
 ];
 
 #[derive(Debug, Default, Clone)]

@@ -66,6 +66,24 @@ pub struct MountOptions {
     pub read_only: bool,
 }
 
+/// A block device as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BlockDevice {
+    pub size_bytes: u64,
+    /// Its partitions, as device paths (`/dev/sdb1`).
+    pub partitions: Vec<PathBuf>,
+    /// Kernel names of the devices stacked on it (device mapper, md, ...).
+    pub holders: Vec<String>,
+}
+
+/// One device of a mounted btrfs filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BtrfsDevice {
+    pub devid: u64,
+    pub path: PathBuf,
+    pub size_bytes: u64,
+}
+
 /// A failed host operation. `detail` carries the tool's stderr or the errno text.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -136,6 +154,37 @@ pub trait Host: Send + Sync {
     fn freeze(&self, mountpoint: &Path) -> Result<(), HostError>;
     /// Thaw a frozen filesystem. Not frozen is not an error.
     fn thaw(&self, mountpoint: &Path) -> Result<(), HostError>;
+    /// Size of the block device at `path` and what sits on it; an error if
+    /// it is not a block device.
+    fn block_device(&self, path: &Path) -> Result<BlockDevice, HostError>;
+    /// Make one btrfs filesystem across `devices` (mkfs.btrfs, which
+    /// refuses a device that holds a filesystem already).
+    fn btrfs_mkfs(&self, devices: &[PathBuf]) -> Result<(), HostError>;
+    /// Mount the btrfs on `devices` at `target` (which must exist); every
+    /// device is named, so none needs a `btrfs device scan`.
+    fn btrfs_mount(&self, devices: &[PathBuf], target: &Path) -> Result<(), HostError>;
+    /// Turn quotas (qgroups) on for the btrfs mounted at `mountpoint`.
+    /// Already on is not an error.
+    fn btrfs_quota_enable(&self, mountpoint: &Path) -> Result<(), HostError>;
+    /// Make a subvolume at `path` (its parent exists, `path` does not).
+    fn btrfs_subvolume_create(&self, path: &Path) -> Result<(), HostError>;
+    /// Whether the directory at `path` is the root of a btrfs subvolume.
+    fn btrfs_is_subvolume(&self, path: &Path) -> Result<bool, HostError>;
+    /// Delete the subvolume at `path` (empty of other subvolumes).
+    fn btrfs_subvolume_delete(&self, path: &Path) -> Result<(), HostError>;
+    /// Snapshot the subvolume `source` as `dest` (whose parent exists), read-only or writable.
+    fn btrfs_snapshot(&self, source: &Path, dest: &Path, read_only: bool)
+        -> Result<(), HostError>;
+    /// Limit the bytes the subvolume at `path` may reference (its qgroup's
+    /// max_rfer): a hard limit on what it holds.
+    fn btrfs_qgroup_limit(&self, path: &Path, bytes: u64) -> Result<(), HostError>;
+    /// Bytes the subvolume at `path` references (its qgroup's rfer, as of
+    /// the last transaction commit).
+    fn btrfs_qgroup_usage(&self, path: &Path) -> Result<u64, HostError>;
+    /// Add `device` to the btrfs mounted at `mountpoint`, online.
+    fn btrfs_device_add(&self, device: &Path, mountpoint: &Path) -> Result<(), HostError>;
+    /// The devices of the btrfs mounted at `mountpoint`.
+    fn btrfs_devices(&self, mountpoint: &Path) -> Result<Vec<BtrfsDevice>, HostError>;
     /// This boot's ID; mounts and loop devices do not outlive it.
     fn boot_id(&self) -> Option<String> {
         std::fs::read_to_string("/proc/sys/kernel/random/boot_id")

@@ -5,6 +5,7 @@
 //! Front-ends (REST, Docker plugin, CSI) translate into calls on
 //! `VolumeService` and hold no volume logic of their own.
 
+pub mod claims;
 pub mod driver;
 pub mod error;
 pub mod events;
@@ -12,8 +13,11 @@ pub mod failpoint;
 pub mod host;
 pub(crate) mod locks;
 pub mod model;
+pub mod pools;
+pub mod remediation;
 pub mod reconcile;
 pub mod service;
+pub mod stats;
 pub mod store;
 pub mod testing;
 

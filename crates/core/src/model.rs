@@ -184,6 +184,9 @@ pub enum DriverKind {
     Loop,
     /// Plain directories: the size is advisory.
     Dir,
+    /// Subvolumes of a btrfs filesystem with qgroup limits: hard size
+    /// limits, O(1) snapshots and clones, disks added online.
+    Btrfs,
 }
 
 impl DriverKind {
@@ -191,6 +194,22 @@ impl DriverKind {
         match self {
             DriverKind::Loop => "loop",
             DriverKind::Dir => "dir",
+            DriverKind::Btrfs => "btrfs",
+        }
+    }
+}
+
+impl FromStr for DriverKind {
+    type Err = InvalidInput;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "loop" => Ok(DriverKind::Loop),
+            "dir" => Ok(DriverKind::Dir),
+            "btrfs" => Ok(DriverKind::Btrfs),
+            _ => Err(InvalidInput::new(
+                format!("driver {s:?}"),
+                "is not supported; use loop, dir or btrfs",
+            )),
         }
     }
 }
@@ -213,6 +232,135 @@ pub struct Pool {
     /// filesystem can hold. 1.0 means every byte promised can be written.
     pub overcommit_ratio: f64,
     pub created_at: DateTime<Utc>,
+    /// When and how the pool adds capacity by itself.
+    #[serde(default)]
+    pub growth: PoolGrowth,
+    /// The disks of a filesystem ballast made or extended (btrfs); empty
+    /// for pools on a plain directory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<PoolDisk>,
+    /// A disk being added: recorded before the add's first side effect and
+    /// cleared with its result, so a crash in between is reconciled at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adding: Option<PoolDisk>,
+    /// The filesystem was mounted by someone else and adopted (`--path`):
+    /// ballast never mounts or unmounts it.
+    #[serde(default)]
+    pub adopted: bool,
+    #[serde(default)]
+    pub state: PoolState,
+}
+
+impl Pool {
+    /// A ready pool with default growth settings and no disks of its own.
+    pub fn new(name: &str, driver: DriverKind, path: PathBuf, overcommit_ratio: f64) -> Self {
+        Pool {
+            name: name.to_string(),
+            driver,
+            path,
+            overcommit_ratio,
+            created_at: Utc::now(),
+            growth: PoolGrowth::default(),
+            disks: Vec::new(),
+            adding: None,
+            adopted: false,
+            state: PoolState::Ready,
+        }
+    }
+
+    /// Bytes of the pool's own disks.
+    pub fn disks_bytes(&self) -> u64 {
+        self.disks.iter().map(|d| d.size_bytes).sum()
+    }
+}
+
+/// Whether a pool is usable or still being made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolState {
+    #[default]
+    Ready,
+    /// A create is in flight (or was interrupted: undone at start).
+    Creating,
+}
+
+/// Used percentage of a pool above which its watcher acts, unless set.
+pub const DEFAULT_HIGH_WATERMARK: u8 = 80;
+
+/// The smallest disk ballast puts in a btrfs pool: mkfs.btrfs needs about
+/// 109 MiB per device (DUP metadata and system chunks).
+pub const BTRFS_MIN_DISK_SIZE: u64 = 128 << 20;
+
+/// A pool's self-remediation settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PoolGrowth {
+    /// Used percentage (1-99) above which the watcher adds capacity, or
+    /// warns when it cannot.
+    #[serde(default = "default_high_watermark")]
+    pub high_watermark: u8,
+    /// Size of each disk file the watcher adds; None: no disk files.
+    #[serde(default)]
+    pub grow_step: Option<u64>,
+    /// The pool never grows past this many bytes of disks.
+    #[serde(default)]
+    pub max_size: Option<u64>,
+    /// Where new disk files go (the directory of `--disk-file`).
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub disk_dir: Option<PathBuf>,
+    /// Block devices the watcher may add, in order; each leaves the list
+    /// when it joins the pool.
+    #[serde(default)]
+    #[schema(value_type = Vec<String>)]
+    pub spare_disks: Vec<PathBuf>,
+}
+
+fn default_high_watermark() -> u8 {
+    DEFAULT_HIGH_WATERMARK
+}
+
+impl Default for PoolGrowth {
+    fn default() -> Self {
+        PoolGrowth {
+            high_watermark: DEFAULT_HIGH_WATERMARK,
+            grow_step: None,
+            max_size: None,
+            disk_dir: None,
+            spare_disks: Vec::new(),
+        }
+    }
+}
+
+/// What a pool disk is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskKind {
+    /// An image file ballast made, attached on a loop device.
+    File,
+    /// A block device given by the operator.
+    Device,
+}
+
+/// One disk of a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PoolDisk {
+    #[schema(value_type = String)]
+    pub path: PathBuf,
+    pub kind: DiskKind,
+    pub size_bytes: u64,
+}
+
+/// Parse a high watermark: `80%` or `80`, from 1% to 99%.
+pub fn parse_watermark(s: &str) -> Result<u8, InvalidInput> {
+    let digits = s.strip_suffix('%').unwrap_or(s);
+    let bad = || InvalidInput::new(format!("high watermark {s:?}"), "must be a percentage between 1% and 99%, such as 80%");
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    match digits.parse::<u8>() {
+        Ok(n) if (1..=99).contains(&n) => Ok(n),
+        _ => Err(bad()),
+    }
 }
 
 /// Capacity figures for a pool.
@@ -365,6 +513,9 @@ pub struct Volume {
     /// The image was grown while unmounted: grow the filesystem on next mount.
     #[serde(default)]
     pub fs_grow_pending: bool,
+    /// Grow online before the filesystem fills.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autogrow: Option<Autogrow>,
     /// What the volume was copied from; a repeated create naming a source
     /// must name this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -399,6 +550,90 @@ pub struct Snapshot {
     pub created_at: DateTime<Utc>,
     /// False while the copy is being made.
     pub ready: bool,
+}
+
+/// How much an autogrowing volume grows each time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GrowStep {
+    /// A percentage of the current size.
+    Percent(u32),
+    Bytes(u64),
+}
+
+/// Grow a mounted volume online when its filesystem use crosses
+/// `threshold_pct`, by `step`, never past `max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Autogrow {
+    pub threshold_pct: u8,
+    pub step: GrowStep,
+    pub max_bytes: u64,
+}
+
+impl Autogrow {
+    /// The size after one step from `current`, in 4 KiB units, capped at max.
+    pub fn next_size(&self, current: u64) -> u64 {
+        let step = match self.step {
+            GrowStep::Bytes(b) => b,
+            GrowStep::Percent(p) => current / 100 * u64::from(p),
+        };
+        current
+            .saturating_add(step.max(4096))
+            .min(self.max_bytes)
+            .next_multiple_of(4096)
+            .min(self.max_bytes.next_multiple_of(4096))
+    }
+}
+
+impl fmt::Display for Autogrow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.step {
+            GrowStep::Percent(p) => write!(f, "{}%:+{p}%:max={}", self.threshold_pct, format_size(self.max_bytes)),
+            GrowStep::Bytes(b) => write!(
+                f,
+                "{}%:+{}:max={}",
+                self.threshold_pct,
+                format_size(b),
+                format_size(self.max_bytes)
+            ),
+        }
+    }
+}
+
+/// Parse `THRESHOLD%:+STEP:max=SIZE`, e.g. `90%:+20%:max=10G` or
+/// `80%:+1G:max=100G`.
+pub fn parse_autogrow(s: &str) -> Result<Autogrow, InvalidInput> {
+    let bad = |reason: &str| InvalidInput::new(format!("autogrow {s:?}"), reason.to_string());
+    let parts: Vec<&str> = s.split(':').collect();
+    let [threshold, step, max] = parts[..] else {
+        return Err(bad("use THRESHOLD%:+STEP:max=SIZE, for example 90%:+20%:max=10G"));
+    };
+    let threshold: u8 = threshold
+        .strip_suffix('%')
+        .and_then(|t| t.parse().ok())
+        .filter(|t| (1..=99).contains(t))
+        .ok_or_else(|| bad("the threshold must be a percentage from 1% to 99%"))?;
+    let step = step
+        .strip_prefix('+')
+        .ok_or_else(|| bad("the step must start with '+', for example +20% or +1G"))?;
+    let step = match step.strip_suffix('%') {
+        Some(p) => GrowStep::Percent(
+            p.parse()
+                .ok()
+                .filter(|p| (1..=1000).contains(p))
+                .ok_or_else(|| bad("a percentage step must be from 1% to 1000%"))?,
+        ),
+        None => GrowStep::Bytes(parse_size(step).map_err(|e| bad(&format!("step: {}", e.reason)))?),
+    };
+    let max = max
+        .strip_prefix("max=")
+        .ok_or_else(|| bad("the last part must be max=SIZE"))?;
+    let max_bytes = parse_size(max).map_err(|e| bad(&format!("max: {}", e.reason)))?;
+    Ok(Autogrow {
+        threshold_pct: threshold,
+        step,
+        max_bytes,
+    })
 }
 
 /// Where a new volume's data comes from.
@@ -486,6 +721,27 @@ mod tests {
         assert_eq!(format_size(64 << 20), "64MiB");
         assert_eq!(format_size(1536 << 20), "1.5GiB");
         assert_eq!(format_size(12), "12B");
+    }
+
+    #[test]
+    fn autogrow_specs() {
+        let a = parse_autogrow("80%:+50%:max=256M").unwrap();
+        assert_eq!(a.threshold_pct, 80);
+        assert_eq!(a.step, GrowStep::Percent(50));
+        assert_eq!(a.max_bytes, 256 << 20);
+        assert_eq!(a.next_size(64 << 20), 96 << 20);
+        assert_eq!(a.next_size(200 << 20), 256 << 20);
+        assert_eq!(a.next_size(256 << 20), 256 << 20);
+        let b = parse_autogrow("90%:+1G:max=10G").unwrap();
+        assert_eq!(b.next_size(1 << 30), 2 << 30);
+        assert_eq!(parse_autogrow(&b.to_string()).unwrap(), b);
+        for bad in [
+            "", "80%", "80:+1G:max=2G", "0%:+1G:max=2G", "100%:+1G:max=2G", "80%:1G:max=2G",
+            "80%:+0:max=2G", "80%:+1G:2G", "80%:+1G:max=", "80%:+1Q:max=2G", "80%:+0%:max=1G",
+            "80%:+1G:max=2G:x",
+        ] {
+            assert!(parse_autogrow(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -107,6 +107,9 @@ impl VolumeService {
             failpoints: parts.failpoints,
             usage_cache: Mutex::new(HashMap::new()),
             snapshots: RwLock::new(snapshots),
+            stats: Default::default(),
+            autogrow_at_max: Mutex::new(Default::default()),
+            pool_watch: Default::default(),
         };
         std::fs::create_dir_all(&svc.config.mounts_dir)
             .map_err(|e| crate::driver::DriverError::io(&svc.config.mounts_dir, e))?;
@@ -117,6 +120,8 @@ impl VolumeService {
     fn reconcile(&self) -> Result<ReconcileReport> {
         let mut report = ReconcileReport::default();
         self.reconcile_boot(&mut report)?;
+        // Pools first: volumes on a btrfs pool need it mounted.
+        self.reconcile_pools(&mut report)?;
         self.thaw_all();
         self.reconcile_intents(&mut report)?;
         self.reconcile_mounts(&mut report)?;

@@ -29,10 +29,12 @@ use crate::events::{event_key, Event, EventKind, EventLog, KEEP};
 use crate::failpoint::Failpoints;
 use crate::host::{Host, LoopDevice, MountOptions};
 use crate::model::{
-    validate_consumer_id, validate_label, validate_name, Consumer, ConsumerRef, CreateSource,
+    validate_consumer_id, validate_label, validate_name, Autogrow, Consumer, ConsumerRef,
+    CreateSource,
     DriverKind, FsType, InvalidInput, Pool, PoolCapacity, PublishTarget, Snapshot, Staging, Volume,
     VolumeState,
 };
+use crate::stats::Operation;
 use crate::store::{Store, Txn};
 
 pub(crate) const POOL_PREFIX: &str = "pool/";
@@ -83,6 +85,9 @@ fn validate_target(path: &Path) -> Result<(), InvalidInput> {
 pub struct ServiceConfig {
     /// Where volumes are mounted: `<run-dir>/mounts/<name>`.
     pub mounts_dir: PathBuf,
+    /// Where pools ballast makes live: `<state-dir>/pools/<name>` (a btrfs
+    /// pool is mounted at `<name>/mnt` there).
+    pub pools_dir: PathBuf,
     pub default_size: u64,
     pub default_fs: FsType,
 }
@@ -99,6 +104,8 @@ pub struct CreateVolume {
     pub block: bool,
     /// Copy the new volume's data from a snapshot or another volume.
     pub source: Option<CreateSource>,
+    /// Grow online before the filesystem fills.
+    pub autogrow: Option<Autogrow>,
 }
 
 /// Live usage of a mounted volume.
@@ -203,6 +210,12 @@ pub struct VolumeService {
     pub(crate) failpoints: Failpoints,
     pub(crate) usage_cache: Mutex<HashMap<String, (std::time::Instant, PoolUsage)>>,
     pub(crate) snapshots: RwLock<BTreeMap<String, Snapshot>>,
+    /// Operation durations and errors; see [`crate::stats`].
+    pub(crate) stats: crate::stats::Stats,
+    /// Volumes already warned about reaching their autogrow max.
+    pub(crate) autogrow_at_max: Mutex<std::collections::HashSet<String>>,
+    /// What the pool watcher remembers between passes.
+    pub(crate) pool_watch: crate::remediation::PoolWatches,
 }
 
 impl VolumeService {
@@ -210,6 +223,22 @@ impl VolumeService {
 
     pub fn list_volumes(&self) -> Vec<Volume> {
         self.volumes.read().values().cloned().collect()
+    }
+
+    /// Up to `limit` volumes in name order after `after` (exclusive), and
+    /// whether more follow. Clones only the page, so paging through 10,000
+    /// volumes stays cheap.
+    pub fn volumes_page(&self, after: Option<&str>, limit: usize) -> (Vec<Volume>, bool) {
+        use std::ops::Bound;
+        let vols = self.volumes.read();
+        let lower = match after {
+            Some(a) => Bound::Excluded(a.to_string()),
+            None => Bound::Unbounded,
+        };
+        let mut it = vols.range((lower, Bound::Unbounded)).map(|(_, v)| v);
+        let page: Vec<Volume> = it.by_ref().take(limit).cloned().collect();
+        let more = it.next().is_some();
+        (page, more)
     }
 
     pub fn volume_count(&self) -> usize {
@@ -228,12 +257,28 @@ impl VolumeService {
     /// Filesystem usage of a mounted volume; None when it is not mounted.
     pub fn volume_usage(&self, vol: &Volume) -> Option<VolumeUsage> {
         let staging = vol.staging.as_ref()?;
+        if let Some(u) = self.backend_volume_usage(vol) {
+            return Some(u);
+        }
         let st = self.host.fs_stats(&staging.mountpoint).ok()?;
         Some(VolumeUsage {
             used_bytes: st.total_bytes.saturating_sub(st.free_bytes),
             total_bytes: st.total_bytes,
             used_inodes: st.total_inodes.saturating_sub(st.free_inodes),
             total_inodes: st.total_inodes,
+        })
+    }
+
+    /// Usage a backend accounts for itself (btrfs: the subvolume's qgroup
+    /// against its limit), where statvfs would show the whole pool.
+    fn backend_volume_usage(&self, vol: &Volume) -> Option<VolumeUsage> {
+        let pool = self.get_pool(&vol.pool).ok()?;
+        let (used, total) = self.driver(pool.driver).ok()?.volume_usage(&pool, vol).ok()??;
+        Some(VolumeUsage {
+            used_bytes: used,
+            total_bytes: total,
+            used_inodes: 0,
+            total_inodes: 0,
         })
     }
 
@@ -291,7 +336,7 @@ impl VolumeService {
             clippy::cast_sign_loss
         )]
         // Capacities are far below 2^53; the ratio is a small positive factor.
-        let limit = (capacity as f64 * pool.overcommit_ratio) as u64;
+        let limit = (self.provisionable_bytes(pool, capacity) as f64 * pool.overcommit_ratio) as u64;
         Ok(PoolCapacity {
             capacity_bytes: capacity,
             used_bytes: usage.volumes_used_bytes,
@@ -384,6 +429,16 @@ impl VolumeService {
     /// [`VolumeService::create_volume`], failing fast on a busy name when
     /// `wait` is [`Wait::Fail`].
     pub fn create_volume_with(&self, req: CreateVolume, wait: Wait) -> Result<Volume> {
+        let op = if req.source.is_some() {
+            Operation::Clone
+        } else {
+            Operation::Create
+        };
+        let driver = self.pool_driver_label(req.pool.as_deref());
+        self.timed(op, driver, || self.create_volume_op(req, wait))
+    }
+
+    fn create_volume_op(&self, req: CreateVolume, wait: Wait) -> Result<Volume> {
         validate_name("volume", &req.name)?;
         for (k, v) in &req.labels {
             validate_label(k, v)?;
@@ -403,6 +458,7 @@ impl VolumeService {
             return self.create_copy(req, source, wait);
         }
         let (size, fs) = self.resolve_shape(&req, &pool)?;
+        Self::check_autogrow(&req, &pool, size)?;
         let vol = Volume {
             id: uuid::Uuid::new_v4().simple().to_string(),
             name: req.name.clone(),
@@ -416,6 +472,7 @@ impl VolumeService {
             formatted: false,
             block: req.block,
             fs_grow_pending: false,
+            autogrow: req.autogrow,
             source: None,
             staging: None,
             consumers: BTreeMap::new(),
@@ -451,7 +508,7 @@ impl VolumeService {
             &done,
             format!(
                 "created {} volume of {} bytes",
-                fs.map_or("dir", FsType::as_str),
+                fs.map_or(pool.driver.as_str(), FsType::as_str),
                 size
             ),
         );
@@ -538,6 +595,7 @@ impl VolumeService {
             .into());
         }
         let pool = self.get_pool(&pool_name)?;
+        Self::check_autogrow(&req, &pool, size)?;
         let vol = Volume {
             id: uuid::Uuid::new_v4().simple().to_string(),
             name: req.name.clone(),
@@ -551,6 +609,7 @@ impl VolumeService {
             formatted,
             block,
             fs_grow_pending: formatted && size > src_size,
+            autogrow: req.autogrow,
             source: Some(source.clone()),
             staging: None,
             consumers: BTreeMap::new(),
@@ -651,6 +710,13 @@ impl VolumeService {
     /// Snapshot a volume: a consistent copy of its data now. The same
     /// request again returns the same snapshot.
     pub fn create_snapshot(&self, volume: &str, name: &str, wait: Wait) -> Result<Snapshot> {
+        let driver = self.volume_driver_label(volume);
+        self.timed(Operation::Snapshot, driver, || {
+            self.create_snapshot_op(volume, name, wait)
+        })
+    }
+
+    fn create_snapshot_op(&self, volume: &str, name: &str, wait: Wait) -> Result<Snapshot> {
         validate_name("volume", volume)?;
         validate_name("snapshot", name)?;
         let _g = self.lock_op(volume, wait)?;
@@ -747,6 +813,13 @@ impl VolumeService {
     /// Delete a snapshot. Its storage goes first, so a crash in between
     /// leaves a record whose delete can simply be repeated.
     pub fn delete_snapshot(&self, name: &str, wait: Wait) -> Result<()> {
+        let driver = self.snapshot_driver_label(name);
+        self.timed(Operation::DeleteSnapshot, driver, || {
+            self.delete_snapshot_op(name, wait)
+        })
+    }
+
+    fn delete_snapshot_op(&self, name: &str, wait: Wait) -> Result<()> {
         validate_name("snapshot", name)?;
         let _s = self.lock_op(&format!("snapshot:{name}"), wait)?;
         let snap = self.get_snapshot(name)?;
@@ -775,6 +848,28 @@ impl VolumeService {
         Ok(())
     }
 
+    /// Autogrow needs a filesystem that can grow and room to grow into.
+    fn check_autogrow(req: &CreateVolume, pool: &Pool, size: u64) -> Result<()> {
+        let Some(a) = &req.autogrow else {
+            return Ok(());
+        };
+        if req.block || pool.driver == DriverKind::Dir {
+            return Err(InvalidInput::new(
+                "autogrow",
+                "needs a volume with a filesystem of its own (not block, not dir)",
+            )
+            .into());
+        }
+        if a.max_bytes < size {
+            return Err(InvalidInput::new(
+                format!("autogrow max {}", a.max_bytes),
+                format!("is below the volume's size of {size} bytes"),
+            )
+            .into());
+        }
+        Ok(())
+    }
+
     fn resolve_shape(&self, req: &CreateVolume, pool: &Pool) -> Result<(u64, Option<FsType>)> {
         let size = req.size_bytes.unwrap_or(self.config.default_size);
         if size == 0 {
@@ -799,13 +894,13 @@ impl VolumeService {
         }
         let fs = match pool.driver {
             DriverKind::Loop if req.block => None,
-            DriverKind::Dir => {
+            DriverKind::Dir | DriverKind::Btrfs => {
                 if req.fs.is_some() {
                     return Err(InvalidInput::new(
                         "fs",
                         format!(
-                            "pool {:?} uses the dir driver, whose volumes have no filesystem of their own",
-                            pool.name
+                            "pool {:?} uses the {} driver, whose volumes have no filesystem of their own",
+                            pool.name, pool.driver
                         ),
                     )
                     .into());
@@ -875,6 +970,19 @@ impl VolumeService {
     /// this consumer. Publishing the same consumer again with the same
     /// target is a no-op; with other options it is `AlreadyExists`.
     pub fn publish(
+        &self,
+        name: &str,
+        consumer: ConsumerRef,
+        target: Option<PublishTarget>,
+        wait: Wait,
+    ) -> Result<Volume> {
+        let driver = self.volume_driver_label(name);
+        self.timed(Operation::Mount, driver, || {
+            self.publish_op(name, consumer, target, wait)
+        })
+    }
+
+    fn publish_op(
         &self,
         name: &str,
         consumer: ConsumerRef,
@@ -1130,6 +1238,13 @@ impl VolumeService {
     /// Release `consumer`, unbinding its target if it has one; the last one
     /// out unmounts and detaches. An unknown consumer is a logged no-op.
     pub fn unpublish(&self, name: &str, consumer: &ConsumerRef, wait: Wait) -> Result<Volume> {
+        let driver = self.volume_driver_label(name);
+        self.timed(Operation::Unmount, driver, || {
+            self.unpublish_op(name, consumer, wait)
+        })
+    }
+
+    fn unpublish_op(&self, name: &str, consumer: &ConsumerRef, wait: Wait) -> Result<Volume> {
         validate_name("volume", name)?;
         validate_consumer_id(&consumer.id)?;
         let _g = self.lock_op(name, wait)?;
@@ -1292,6 +1407,13 @@ impl VolumeService {
 
     /// [`VolumeService::resize`] with a choice of waiting.
     pub fn resize_with(&self, name: &str, new_size: u64, wait: Wait) -> Result<Volume> {
+        let driver = self.volume_driver_label(name);
+        self.timed(Operation::Resize, driver, || {
+            self.resize_op(name, new_size, wait)
+        })
+    }
+
+    fn resize_op(&self, name: &str, new_size: u64, wait: Wait) -> Result<Volume> {
         validate_name("volume", name)?;
         let _g = self.lock_op(name, wait)?;
         let vol = self.get_volume(name)?;
@@ -1412,6 +1534,13 @@ impl VolumeService {
 
     /// [`VolumeService::delete_volume`] with a choice of waiting.
     pub fn delete_volume_with(&self, name: &str, force: bool, wait: Wait) -> Result<()> {
+        let driver = self.volume_driver_label(name);
+        self.timed(Operation::Delete, driver, || {
+            self.delete_volume_op(name, force, wait)
+        })
+    }
+
+    fn delete_volume_op(&self, name: &str, force: bool, wait: Wait) -> Result<()> {
         validate_name("volume", name)?;
         let _g = self.lock_op(name, wait)?;
         let vol = self.get_volume(name)?;
@@ -1462,6 +1591,85 @@ impl VolumeService {
         )
     }
 
+    // ----- autogrow ------------------------------------------------------
+
+    /// One pass of the autogrow watcher: grow every mounted autogrow volume
+    /// whose filesystem use crossed its threshold, by its step, never past
+    /// its max. Volumes busy with another operation are left for the next
+    /// pass. Returns the volumes grown.
+    pub fn autogrow_tick(&self) -> Vec<Volume> {
+        let mut grown = Vec::new();
+        for vol in self.list_volumes() {
+            let (Some(a), Some(_)) = (vol.autogrow, &vol.staging) else {
+                continue;
+            };
+            let Some(usage) = self.volume_usage(&vol) else {
+                continue;
+            };
+            if usage.total_bytes == 0
+                || usage.used_bytes.saturating_mul(100)
+                    < u64::from(a.threshold_pct).saturating_mul(usage.total_bytes)
+            {
+                continue;
+            }
+            let pct = usage.used_bytes * 100 / usage.total_bytes;
+            let can_grow = self
+                .get_pool(&vol.pool)
+                .and_then(|p| self.driver(p.driver).map(|d| d.node().can_grow_online(&vol)))
+                .unwrap_or(false);
+            if !can_grow {
+                // Growing the image alone would only inflate the size.
+                if self.autogrow_at_max.lock().insert(vol.id.clone()) {
+                    let ev = self.event(
+                        EventKind::Warning,
+                        &vol,
+                        format!(
+                            "autogrow cannot grow this {} filesystem while mounted on this host (online ext4 resize needs CAP_SYS_RESOURCE) at {pct}% use",
+                            vol.fs.map_or("-", FsType::as_str)
+                        ),
+                    );
+                    let _ = self.persist(Txn::new(), &vol.name, Some(&vol), None, Some(ev));
+                }
+                continue;
+            }
+            if vol.size_bytes >= a.max_bytes {
+                if self.autogrow_at_max.lock().insert(vol.id.clone()) {
+                    let ev = self.event(
+                        EventKind::Warning,
+                        &vol,
+                        format!(
+                            "autogrow reached its max of {} bytes at {pct}% use",
+                            a.max_bytes
+                        ),
+                    );
+                    let _ = self.persist(Txn::new(), &vol.name, Some(&vol), None, Some(ev));
+                }
+                continue;
+            }
+            let target = a.next_size(vol.size_bytes);
+            match self.resize_with(&vol.name, target, Wait::Fail) {
+                Ok(v) => {
+                    let ev = self.event(
+                        EventKind::Autogrow,
+                        &v,
+                        format!(
+                            "autogrow at {pct}% use: {} -> {} bytes",
+                            vol.size_bytes, v.size_bytes
+                        ),
+                    );
+                    let _ = self.persist(Txn::new(), &v.name, Some(&v), None, Some(ev));
+                    self.stats.record_autogrow(&v.pool);
+                    grown.push(v);
+                }
+                Err(Error::Conflict { .. }) => {}
+                Err(e) => {
+                    tracing::warn!(volume = %vol.name, error = %e, "autogrow failed");
+                }
+            }
+        }
+        grown
+    }
+
     // ----- health and node-side checks ----------------------------------
 
     /// What is wrong with a volume on this host, if anything: a staged
@@ -1483,7 +1691,13 @@ impl VolumeService {
                 return Some(format!("device {} is gone", dev.display()));
             }
         }
-        if !vol.block && !mounts.iter().any(|m| m.target == staging.mountpoint) {
+        // The driver knows what "mounted" is for its volumes (a btrfs or
+        // dir volume is a directory on its pool, not a mount of its own).
+        let staged = match self.get_pool(&vol.pool).and_then(|p| self.driver(p.driver).cloned()) {
+            Ok(d) => d.node().is_mounted(vol, &staging.mountpoint).unwrap_or(false),
+            Err(_) => mounts.iter().any(|m| m.target == staging.mountpoint),
+        };
+        if !vol.block && !staged {
             return Some(format!(
                 "{} is no longer mounted",
                 staging.mountpoint.display()
@@ -1518,6 +1732,9 @@ impl VolumeService {
                 ..VolumeUsage::default()
             };
             return Ok((usage, condition));
+        }
+        if let Some(u) = self.backend_volume_usage(&vol) {
+            return Ok((u, condition));
         }
         let st = self.host.fs_stats(path).map_err(DriverError::from)?;
         let usage = VolumeUsage {
@@ -1703,6 +1920,12 @@ fn check_same(existing: &Volume, req: &CreateVolume) -> Result<()> {
                 existing.fs.map_or("none", FsType::as_str)
             ));
         }
+    }
+    if req.autogrow.is_some() && req.autogrow != existing.autogrow {
+        diffs.push(format!(
+            "autogrow is {}",
+            existing.autogrow.map_or("off".to_string(), |a| a.to_string())
+        ));
     }
     if req.block != existing.block {
         diffs.push(format!(

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use parking_lot::Mutex;
 
 use crate::host::{
-    FsStats, Host, HostError, IoStats, LoopDevice, LoopInfo, MountEntry, MountOptions,
+    BlockDevice, BtrfsDevice, FsStats, Host, HostError, IoStats, LoopDevice, LoopInfo, MountEntry,
+    MountOptions,
 };
 use crate::model::FsType;
 
@@ -26,6 +27,14 @@ struct State {
     boot_id: String,
     no_online_grow: bool,
     frozen: HashSet<PathBuf>,
+    /// Fake block devices (not loop devices) and their sizes.
+    block_devices: BTreeMap<PathBuf, u64>,
+    /// Each btrfs made: its devices.
+    btrfs: Vec<Vec<PathBuf>>,
+    /// Subvolume paths and their qgroup limits (0: none).
+    subvolumes: BTreeMap<PathBuf, u64>,
+    /// statvfs answers by path prefix (the longest match wins).
+    fs_stats: BTreeMap<PathBuf, FsStats>,
 }
 
 /// A fake host that models loop devices and mounts in memory.
@@ -91,6 +100,28 @@ impl FakeHost {
     }
     pub fn is_formatted(&self, image: &Path) -> bool {
         self.state.lock().formatted.contains(image)
+    }
+    /// Make a fake block device (not a loop device) of `size` bytes.
+    pub fn add_block_device(&self, path: &Path, size: u64) {
+        self.state
+            .lock()
+            .block_devices
+            .insert(path.to_path_buf(), size);
+    }
+    /// Answer statvfs of paths under `prefix` with `stats`.
+    pub fn set_fs_stats(&self, prefix: &Path, stats: FsStats) {
+        self.state
+            .lock()
+            .fs_stats
+            .insert(prefix.to_path_buf(), stats);
+    }
+    /// The devices of every btrfs made so far.
+    pub fn btrfs_filesystems(&self) -> Vec<Vec<PathBuf>> {
+        self.state.lock().btrfs.clone()
+    }
+    /// The qgroup limit of a subvolume, if it exists.
+    pub fn qgroup_limit(&self, path: &Path) -> Option<u64> {
+        self.state.lock().subvolumes.get(path).copied()
     }
 
     fn enter(&self, op: &str, arg: &Path) -> Result<parking_lot::MutexGuard<'_, State>, HostError> {
@@ -215,7 +246,16 @@ impl Host for FakeHost {
     fn mounts(&self) -> Result<Vec<MountEntry>, HostError> {
         Ok(self.state.lock().mounts.clone())
     }
-    fn fs_stats(&self, _path: &Path) -> Result<FsStats, HostError> {
+    fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError> {
+        let s = self.state.lock();
+        if let Some((_, st)) = s
+            .fs_stats
+            .iter()
+            .filter(|(p, _)| path.starts_with(p))
+            .max_by_key(|(p, _)| p.as_os_str().len())
+        {
+            return Ok(*st);
+        }
         Ok(FsStats {
             total_bytes: 100 << 30,
             free_bytes: 50 << 30,
@@ -240,4 +280,168 @@ impl Host for FakeHost {
     fn boot_id(&self) -> Option<String> {
         Some(self.state.lock().boot_id.clone())
     }
+    fn block_device(&self, path: &Path) -> Result<BlockDevice, HostError> {
+        let s = self.enter("block_device", path)?;
+        let size = s.block_devices.get(path).copied().or_else(|| {
+            let image = s.loops.get(path)?;
+            std::fs::metadata(image).ok().map(|m| m.len())
+        });
+        match size {
+            Some(size_bytes) => Ok(BlockDevice {
+                size_bytes,
+                ..BlockDevice::default()
+            }),
+            None => Err(HostError::failed(
+                format!("inspect {}", path.display()),
+                "not a block device",
+            )),
+        }
+    }
+    fn btrfs_mkfs(&self, devices: &[PathBuf]) -> Result<(), HostError> {
+        let mut s = self.enter("btrfs_mkfs", devices.first().map_or(Path::new(""), |d| d))?;
+        for d in devices {
+            if !s.block_devices.contains_key(d) && !s.loops.contains_key(d) {
+                return Err(HostError::failed("mkfs.btrfs", format!("{}: no such device", d.display())));
+            }
+        }
+        s.btrfs.retain(|fs| !fs.iter().any(|d| devices.contains(d)));
+        s.btrfs.push(devices.to_vec());
+        Ok(())
+    }
+    fn btrfs_mount(&self, devices: &[PathBuf], target: &Path) -> Result<(), HostError> {
+        let mut s = self.enter("btrfs_mount", target)?;
+        let Some(first) = devices.first() else {
+            return Err(HostError::failed("mount btrfs", "no devices"));
+        };
+        let made = s.btrfs.iter().any(|fs| fs.contains(first));
+        if !made {
+            return Err(HostError::failed("mount btrfs", "wrong fs type, bad superblock"));
+        }
+        s.mounts.push(MountEntry {
+            source: first.display().to_string(),
+            target: target.to_path_buf(),
+            fstype: "btrfs".into(),
+            root: "/".into(),
+        });
+        Ok(())
+    }
+    fn btrfs_quota_enable(&self, mountpoint: &Path) -> Result<(), HostError> {
+        self.enter("btrfs_quota_enable", mountpoint).map(|_| ())
+    }
+    fn btrfs_subvolume_create(&self, path: &Path) -> Result<(), HostError> {
+        let mut s = self.enter("btrfs_subvolume_create", path)?;
+        std::fs::create_dir(path).map_err(|e| HostError::failed("btrfs subvolume create", e))?;
+        s.subvolumes.insert(path.to_path_buf(), 0);
+        Ok(())
+    }
+    fn btrfs_is_subvolume(&self, path: &Path) -> Result<bool, HostError> {
+        Ok(self.state.lock().subvolumes.contains_key(path))
+    }
+    fn btrfs_subvolume_delete(&self, path: &Path) -> Result<(), HostError> {
+        let mut s = self.enter("btrfs_subvolume_delete", path)?;
+        std::fs::remove_dir_all(path).map_err(|e| HostError::failed("btrfs subvolume delete", e))?;
+        s.subvolumes.remove(path);
+        Ok(())
+    }
+    fn btrfs_snapshot(&self, source: &Path, dest: &Path, _read_only: bool) -> Result<(), HostError> {
+        let mut s = self.enter("btrfs_snapshot", dest)?;
+        copy_dir(source, dest).map_err(|e| HostError::failed("btrfs subvolume snapshot", e))?;
+        let limit = s.subvolumes.get(source).copied().unwrap_or(0);
+        s.subvolumes.insert(dest.to_path_buf(), limit);
+        Ok(())
+    }
+    fn btrfs_qgroup_limit(&self, path: &Path, bytes: u64) -> Result<(), HostError> {
+        let mut s = self.enter("btrfs_qgroup_limit", path)?;
+        match s.subvolumes.get_mut(path) {
+            Some(l) => {
+                *l = bytes;
+                Ok(())
+            }
+            None => Err(HostError::failed("btrfs qgroup limit", "not a subvolume")),
+        }
+    }
+    fn btrfs_qgroup_usage(&self, path: &Path) -> Result<u64, HostError> {
+        let _s = self.enter("btrfs_qgroup_usage", path)?;
+        dir_bytes(path).map_err(|e| HostError::failed("btrfs qgroup usage", e))
+    }
+    fn btrfs_device_add(&self, device: &Path, mountpoint: &Path) -> Result<(), HostError> {
+        let mut s = self.enter("btrfs_device_add", device)?;
+        if s.btrfs.iter().any(|fs| fs.iter().any(|d| d == device)) {
+            return Err(HostError::failed("btrfs device add", "device is already in a filesystem"));
+        }
+        let Some(first) = s
+            .mounts
+            .iter()
+            .find(|m| m.target == mountpoint && m.fstype == "btrfs")
+            .map(|m| PathBuf::from(&m.source))
+        else {
+            return Err(HostError::failed("btrfs device add", "not a mounted btrfs"));
+        };
+        let device = device.to_path_buf();
+        match s.btrfs.iter_mut().find(|fs| fs.contains(&first)) {
+            Some(fs) => {
+                fs.push(device);
+                Ok(())
+            }
+            None => Err(HostError::failed("btrfs device add", "unknown filesystem")),
+        }
+    }
+    fn btrfs_devices(&self, mountpoint: &Path) -> Result<Vec<BtrfsDevice>, HostError> {
+        let s = self.state.lock();
+        let Some(first) = s
+            .mounts
+            .iter()
+            .find(|m| m.target == mountpoint && m.fstype == "btrfs")
+            .map(|m| PathBuf::from(&m.source))
+        else {
+            return Err(HostError::failed("btrfs filesystem show", "not a mounted btrfs"));
+        };
+        let fs = s.btrfs.iter().find(|fs| fs.contains(&first)).cloned().unwrap_or_default();
+        Ok(fs
+            .into_iter()
+            .zip(1..)
+            .map(|(path, devid)| {
+                let size_bytes = s.block_devices.get(&path).copied().unwrap_or_else(|| {
+                    s.loops
+                        .get(&path)
+                        .and_then(|image| std::fs::metadata(image).ok())
+                        .map_or(0, |m| m.len())
+                });
+                BtrfsDevice {
+                    devid,
+                    path,
+                    size_bytes,
+                }
+            })
+            .collect())
+    }
+}
+
+/// Copy a directory tree (the fake's snapshot).
+fn copy_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
+    std::fs::create_dir(dst)?;
+    for e in std::fs::read_dir(src)? {
+        let e = e?;
+        let to = dst.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &to)?;
+        } else {
+            std::fs::copy(e.path(), to)?;
+        }
+    }
+    Ok(())
+}
+
+/// Bytes of the files under `dir` (the fake's qgroup usage).
+fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        n += if e.file_type()?.is_dir() {
+            dir_bytes(&e.path())?
+        } else {
+            e.metadata()?.len()
+        };
+    }
+    Ok(n)
 }

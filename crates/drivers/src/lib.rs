@@ -2,10 +2,12 @@
 //! side) and `NodeOps` (node side) for one kind of storage; none of them
 //! holds policy (validation, journaling, reference counts are the core's).
 
+pub mod btrfs;
 pub mod copy;
 pub mod dir;
 pub mod loopback;
 
+pub use btrfs::BtrfsDriver;
 pub use dir::DirDriver;
 pub use loopback::LoopDriver;
 

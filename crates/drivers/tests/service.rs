@@ -57,13 +57,7 @@ impl Env {
     }
 
     fn pool(&self, name: &str, driver: DriverKind) -> Pool {
-        Pool {
-            name: name.to_string(),
-            driver,
-            path: self.pool_dir(name),
-            overcommit_ratio: 1.0,
-            created_at: chrono::Utc::now(),
-        }
+        Pool::new(name, driver, self.pool_dir(name), 1.0)
     }
 
     /// Open a service on this store and host, as a daemon start does.
@@ -78,6 +72,7 @@ impl Env {
             ],
             config: ServiceConfig {
                 mounts_dir: self.mounts_dir(),
+                pools_dir: self.root().join("pools"),
                 default_size: 64 * MIB,
                 default_fs: FsType::Ext4,
             },
@@ -355,6 +350,7 @@ fn create_is_idempotent_and_refuses_different_parameters() {
         labels: labels.clone(),
         block: false,
         source: None,
+        autogrow: None,
     };
     let first = svc.create_volume(full.clone()).unwrap();
     assert_eq!(first.labels, labels);

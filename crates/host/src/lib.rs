@@ -6,6 +6,7 @@
 //! answered from the kernel, so a restarted daemon sees what is really there.
 //! No volume policy lives here; that is `ballast_core`'s job.
 
+mod btrfs;
 mod loopdev;
 mod mountinfo;
 mod tool;
@@ -15,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ballast_core::host::{
-    FsStats, Host, HostError, IoStats, LoopDevice, LoopInfo, MountEntry, MountOptions,
+    BlockDevice, BtrfsDevice, FsStats, Host, HostError, IoStats, LoopDevice, LoopInfo, MountEntry,
+    MountOptions,
 };
 use ballast_core::model::FsType;
 use nix::errno::Errno;
@@ -290,6 +292,112 @@ impl Host for LinuxHost {
         fs_ioctl(mountpoint, FITHAW, "FITHAW", true)
     }
 
+    fn block_device(&self, path: &Path) -> Result<BlockDevice, HostError> {
+        btrfs::block_device(path)
+    }
+
+    fn btrfs_mkfs(&self, devices: &[PathBuf]) -> Result<(), HostError> {
+        // -K: no discard pass, which on a large real disk takes minutes and
+        // on a fresh sparse image does nothing.
+        let args = btrfs::path_args(&["-q", "-K"], devices);
+        let op = format!("mkfs.btrfs {}", display_all(devices));
+        self.tool(&op, "mkfs.btrfs", &args)?;
+        tracing::info!(devices = %display_all(devices), "made btrfs");
+        Ok(())
+    }
+
+    fn btrfs_mount(&self, devices: &[PathBuf], target: &Path) -> Result<(), HostError> {
+        let op = format!("mount btrfs {} on {}", display_all(devices), target.display());
+        let first = devices
+            .first()
+            .ok_or_else(|| HostError::failed(&op, "no devices"))?;
+        let data = btrfs::mount_data(devices)?;
+        nix::mount::mount(
+            Some(first.as_path()),
+            target,
+            Some("btrfs"),
+            MsFlags::empty(),
+            Some(data.as_c_str()),
+        )
+        .map_err(|e| errno_failed(op, e))?;
+        tracing::info!(devices = %display_all(devices), target = %target.display(), "mounted btrfs");
+        Ok(())
+    }
+
+    fn btrfs_quota_enable(&self, mountpoint: &Path) -> Result<(), HostError> {
+        self.tool(
+            &format!("btrfs quota enable {}", mountpoint.display()),
+            "btrfs",
+            &[OsStr::new("quota"), OsStr::new("enable"), mountpoint.as_os_str()],
+        )
+    }
+
+    fn btrfs_subvolume_create(&self, path: &Path) -> Result<(), HostError> {
+        btrfs::subvolume_create(path)
+    }
+
+    fn btrfs_is_subvolume(&self, path: &Path) -> Result<bool, HostError> {
+        btrfs::is_subvolume(path)
+    }
+
+    fn btrfs_subvolume_delete(&self, path: &Path) -> Result<(), HostError> {
+        btrfs::subvolume_delete(path)
+    }
+
+    fn btrfs_snapshot(
+        &self,
+        source: &Path,
+        dest: &Path,
+        read_only: bool,
+    ) -> Result<(), HostError> {
+        btrfs::snapshot(source, dest, read_only)
+    }
+
+    fn btrfs_qgroup_limit(&self, path: &Path, bytes: u64) -> Result<(), HostError> {
+        btrfs::qgroup_limit(path, bytes)
+    }
+
+    fn btrfs_qgroup_usage(&self, path: &Path) -> Result<u64, HostError> {
+        btrfs::qgroup_usage(path)
+    }
+
+    fn btrfs_device_add(&self, device: &Path, mountpoint: &Path) -> Result<(), HostError> {
+        // -K: no discard of the new device (see btrfs_mkfs).
+        self.tool(
+            &format!("btrfs device add {} {}", device.display(), mountpoint.display()),
+            "btrfs",
+            &[
+                OsStr::new("device"),
+                OsStr::new("add"),
+                OsStr::new("-K"),
+                device.as_os_str(),
+                mountpoint.as_os_str(),
+            ],
+        )?;
+        tracing::info!(device = %device.display(), mountpoint = %mountpoint.display(), "added device to btrfs");
+        Ok(())
+    }
+
+    fn btrfs_devices(&self, mountpoint: &Path) -> Result<Vec<BtrfsDevice>, HostError> {
+        let op = format!("btrfs filesystem show {}", mountpoint.display());
+        let out = tool::run_tool_as(
+            &op,
+            "btrfs",
+            &[
+                OsStr::new("filesystem"),
+                OsStr::new("show"),
+                OsStr::new("--raw"),
+                mountpoint.as_os_str(),
+            ],
+            self.tool_timeout,
+        )?;
+        let devices = btrfs::parse_filesystem_show(&String::from_utf8_lossy(&out.stdout));
+        if devices.is_empty() {
+            return Err(HostError::failed(op, "no devices in the output"));
+        }
+        Ok(devices)
+    }
+
     fn io_stats(&self, device: &Path) -> Result<IoStats, HostError> {
         let op = format!("io stats of {}", device.display());
         let name = block_name(device).ok_or_else(|| HostError::failed(&op, "not a device path"))?;
@@ -300,6 +408,14 @@ impl Host for LinuxHost {
             HostError::failed(op, format!("unexpected {}: {text:?}", stat_path.display()))
         })
     }
+}
+
+fn display_all(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The kernel name (`loop3`) of a device path, following symlinks.

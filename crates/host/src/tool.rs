@@ -155,6 +155,7 @@ fn package_of(program: &str) -> Option<&'static str> {
     match name {
         "mkfs.ext4" | "resize2fs" | "e2fsck" | "tune2fs" => Some("e2fsprogs"),
         "mkfs.xfs" | "xfs_growfs" | "xfs_repair" => Some("xfsprogs"),
+        "mkfs.btrfs" | "btrfs" => Some("btrfs-progs"),
         _ => None,
     }
 }

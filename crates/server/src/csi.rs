@@ -442,6 +442,7 @@ impl csi::controller_server::Controller for CsiPlugin {
             labels: Default::default(),
             block,
             source,
+            autogrow: None,
         };
         let vol = self
             .call(move |s| s.create_volume_with(req, Wait::Fail))
@@ -540,17 +541,14 @@ impl csi::controller_server::Controller for CsiPlugin {
                 r.starting_token
             )));
         }
-        let vols = self.service.list_volumes();
-        let start = vols.partition_point(|v| {
-            !r.starting_token.is_empty() && v.name.as_str() <= r.starting_token.as_str()
-        });
         let max = if r.max_entries == 0 {
             usize::MAX
         } else {
             usize::try_from(r.max_entries).unwrap_or(usize::MAX)
         };
-        let page: Vec<&Volume> = vols[start..].iter().take(max).collect();
-        let next_token = if start + page.len() < vols.len() {
+        let after = (!r.starting_token.is_empty()).then_some(r.starting_token.as_str());
+        let (page, more) = self.service.volumes_page(after, max);
+        let next_token = if more {
             page.last().map(|v| v.name.clone()).unwrap_or_default()
         } else {
             String::new()
@@ -558,10 +556,10 @@ impl csi::controller_server::Controller for CsiPlugin {
         let entries = page
             .into_iter()
             .map(|v| csi::list_volumes_response::Entry {
-                volume: Some(self.csi_volume(v)),
+                volume: Some(self.csi_volume(&v)),
                 status: Some(csi::list_volumes_response::VolumeStatus {
                     published_node_ids: vec![],
-                    volume_condition: Some(condition(self.service.volume_condition(v))),
+                    volume_condition: Some(condition(self.service.volume_condition(&v))),
                 }),
             })
             .collect();

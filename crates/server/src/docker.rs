@@ -135,10 +135,11 @@ pub fn create_request(
             "size" => req.size_bytes = Some(parse_docker_size(v)?),
             "fs" => req.fs = Some(v.parse::<FsType>()?),
             "pool" => req.pool = Some(v.to_string()),
+            "autogrow" => req.autogrow = Some(ballast_core::model::parse_autogrow(v)?),
             other => {
                 return Err(InvalidInput::new(
                     format!("option {other:?}"),
-                    "is not known; ballast takes size, fs and pool",
+                    "is not known; ballast takes size, fs, pool and autogrow",
                 ))
             }
         }

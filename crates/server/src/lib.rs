@@ -7,6 +7,7 @@ pub mod api;
 pub mod csi;
 pub mod docker;
 pub mod listen;
+pub mod metrics;
 pub mod rest;
 
 use std::sync::Arc;

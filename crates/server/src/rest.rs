@@ -151,14 +151,21 @@ where
         unmount_volume,
         resize_volume,
         list_pools,
+        create_pool,
         get_pool,
+        delete_pool,
         list_events,
+        stream_events,
         version,
         openapi_document,
         create_snapshot,
         list_snapshots,
         get_snapshot,
-        delete_snapshot
+        delete_snapshot,
+        list_claims,
+        acquire_claim,
+        renew_claim,
+        release_claim
     ),
     components(schemas(
         CreateVolumeBody,
@@ -166,12 +173,18 @@ where
         ResizeBody,
         VolumeView,
         PoolView,
+        CreatePoolBody,
         MountReply,
         VersionReply,
         ErrorReply,
         ErrorDetail,
         SnapshotBody,
         SnapshotView,
+        AcquireClaimBody,
+        RenewClaimBody,
+        ReleaseClaimBody,
+        ClaimView,
+        ClaimStatusView,
         ballast_core::events::Event
     ))
 )]
@@ -198,11 +211,17 @@ pub fn router(state: ApiState) -> Router {
             "/v1/snapshots/{name}",
             get(get_snapshot).delete(delete_snapshot),
         )
-        .route("/v1/pools", get(list_pools))
-        .route("/v1/pools/{name}", get(get_pool))
+        .route("/v1/claims", get(list_claims))
+        .route("/v1/claims/{group}/acquire", post(acquire_claim))
+        .route("/v1/claims/{group}/{ordinal}/renew", post(renew_claim))
+        .route("/v1/claims/{group}/{ordinal}/release", post(release_claim))
+        .route("/v1/pools", get(list_pools).post(create_pool))
+        .route("/v1/pools/{name}", get(get_pool).delete(delete_pool))
         .route("/v1/events", get(list_events))
+        .route("/v1/events/stream", get(stream_events))
         .route("/v1/version", get(version))
         .route("/openapi.json", get(openapi_document))
+        .route("/metrics", get(crate::metrics::serve_metrics))
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -396,6 +415,38 @@ async fn get_pool(
     Ok(Json(pool))
 }
 
+/// Make a pool: btrfs on disks or a disk file (or an adopted btrfs mount),
+/// or a loop or dir pool on a directory. The same request again returns the
+/// same pool.
+#[utoipa::path(post, path = "/v1/pools", request_body = CreatePoolBody,
+    responses((status = 200, body = PoolView), (status = 400, body = ErrorReply),
+        (status = 409, body = ErrorReply)))]
+async fn create_pool(
+    State(state): State<ApiState>,
+    ApiJson(body): ApiJson<CreatePoolBody>,
+) -> Result<Json<PoolView>, ApiError> {
+    let req = body.into_request()?;
+    let view = blocking(&state, move |s| {
+        let p = s.create_pool(req)?;
+        let cap = s.pool_capacity(&p)?;
+        Ok(PoolView::new(p, cap, 0))
+    })
+    .await?;
+    Ok(Json(view))
+}
+
+/// Delete an empty pool. A btrfs pool ballast made is unmounted and its disk
+/// files removed; an adopted btrfs or a directory is only forgotten.
+#[utoipa::path(delete, path = "/v1/pools/{name}",
+    responses((status = 204), (status = 404, body = ErrorReply), (status = 409, body = ErrorReply)))]
+async fn delete_pool(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    blocking(&state, move |s| s.delete_pool(&name)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 struct EventsQuery {
@@ -413,6 +464,54 @@ async fn list_events(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", e.body_text()))?;
     let limit = q.limit.unwrap_or(100).min(1000);
     Ok(Json(state.service.recent_events(limit)))
+}
+
+/// Events as they happen, as Server-Sent Events: first the recent ones
+/// (`limit`, default 20), then each new one. Each SSE message's `event` is
+/// the event's kind and its `data` the event as JSON.
+#[utoipa::path(get, path = "/v1/events/stream", params(EventsQuery),
+    responses((status = 200, description = "text/event-stream of Event objects", content_type = "text/event-stream")))]
+async fn stream_events(
+    State(state): State<ApiState>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<
+    axum::response::sse::Sse<
+        impl tokio_stream::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+    >,
+    ApiError,
+> {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    use tokio_stream::StreamExt;
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", e.body_text()))?;
+    // Subscribe before reading the backlog, so nothing falls in between;
+    // live events already in the backlog are skipped by sequence number.
+    let live = state.service.subscribe_events();
+    let backlog = state.service.recent_events(q.limit.unwrap_or(20).min(1000));
+    let last = backlog.last().map_or(0, |e| e.seq);
+    let to_sse = |e: &ballast_core::events::Event| {
+        let kind = serde_json::to_value(e.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        SseEvent::default()
+            .event(kind)
+            .id(e.seq.to_string())
+            .json_data(e)
+            .unwrap_or_default()
+    };
+    let head = tokio_stream::iter(backlog.iter().map(to_sse).collect::<Vec<_>>());
+    let tail = tokio_stream::wrappers::BroadcastStream::new(live).filter_map(move |r| match r {
+        Ok(e) if e.seq > last => Some(to_sse(&e)),
+        Ok(_) => None,
+        // A slow reader missed events: say so rather than hide it.
+        Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => Some(
+            SseEvent::default()
+                .event("lagged")
+                .data(format!("{n} events were dropped for this slow reader")),
+        ),
+    });
+    Ok(Sse::new(head.chain(tail).map(Ok)).keep_alive(KeepAlive::default()))
 }
 
 /// This document.
@@ -491,4 +590,89 @@ async fn delete_snapshot(
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct ClaimsQuery {
+    /// Only claims of this group.
+    group: Option<String>,
+}
+
+/// Claims, of one group or all, in group and ordinal order; expired ones
+/// are listed (with `expired: true`) until their ordinal is taken again.
+#[utoipa::path(get, path = "/v1/claims", params(ClaimsQuery),
+    responses((status = 200, body = [ClaimStatusView]), (status = 400, body = ErrorReply)))]
+async fn list_claims(
+    State(state): State<ApiState>,
+    query: Result<Query<ClaimsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<ClaimStatusView>>, ApiError> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", e.body_text()))?;
+    let claims = blocking(&state, move |s| s.list_claims(q.group.as_deref())).await?;
+    Ok(Json(
+        claims.into_iter().map(ClaimStatusView::from).collect(),
+    ))
+}
+
+/// Take the group's lowest free ordinal (from 1; one never held, released
+/// or expired) and create its volumes `GROUP-N-VOLUME` unless they exist.
+#[utoipa::path(post, path = "/v1/claims/{group}/acquire", request_body = AcquireClaimBody,
+    params(("group" = String, Path, description = "The claim group")),
+    responses((status = 200, body = ClaimView), (status = 400, body = ErrorReply),
+        (status = 404, body = ErrorReply), (status = 507, body = ErrorReply)))]
+async fn acquire_claim(
+    State(state): State<ApiState>,
+    Path(group): Path<String>,
+    ApiJson(body): ApiJson<AcquireClaimBody>,
+) -> Result<Json<ClaimView>, ApiError> {
+    let req = body.into_request(group)?;
+    let claim = blocking(&state, move |s| s.acquire_claim(req)).await?;
+    Ok(Json(claim.into()))
+}
+
+/// Extend a claim by its TTL (or a new one). 404: no such claim; 409: it is
+/// held by another holder (named in the message).
+#[utoipa::path(post, path = "/v1/claims/{group}/{ordinal}/renew", request_body = RenewClaimBody,
+    params(("group" = String, Path, description = "The claim group"),
+        ("ordinal" = u64, Path, description = "The claim's ordinal")),
+    responses((status = 200, body = ClaimView), (status = 400, body = ErrorReply),
+        (status = 404, body = ErrorReply), (status = 409, body = ErrorReply)))]
+async fn renew_claim(
+    State(state): State<ApiState>,
+    Path((group, ordinal)): Path<(String, String)>,
+    ApiJson(body): ApiJson<RenewClaimBody>,
+) -> Result<Json<ClaimView>, ApiError> {
+    let ordinal = ballast_core::claims::parse_ordinal(&ordinal)?;
+    let ttl = body
+        .ttl
+        .as_deref()
+        .map(ballast_core::claims::parse_ttl)
+        .transpose()?;
+    let claim = blocking(&state, move |s| {
+        s.renew_claim(&group, ordinal, &body.holder, ttl)
+    })
+    .await?;
+    Ok(Json(claim.into()))
+}
+
+/// Give a claim back; its volumes stay, with their data, for the ordinal's
+/// next holder. Replies with the claim as it was.
+#[utoipa::path(post, path = "/v1/claims/{group}/{ordinal}/release", request_body = ReleaseClaimBody,
+    params(("group" = String, Path, description = "The claim group"),
+        ("ordinal" = u64, Path, description = "The claim's ordinal")),
+    responses((status = 200, body = ClaimView), (status = 400, body = ErrorReply),
+        (status = 404, body = ErrorReply), (status = 409, body = ErrorReply)))]
+async fn release_claim(
+    State(state): State<ApiState>,
+    Path((group, ordinal)): Path<(String, String)>,
+    ApiJson(body): ApiJson<ReleaseClaimBody>,
+) -> Result<Json<ClaimView>, ApiError> {
+    let ordinal = ballast_core::claims::parse_ordinal(&ordinal)?;
+    let claim = blocking(&state, move |s| {
+        s.release_claim(&group, ordinal, &body.holder)
+    })
+    .await?;
+    Ok(Json(claim.into()))
 }

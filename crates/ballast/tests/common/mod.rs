@@ -84,6 +84,23 @@ impl Daemon {
         self.run.join("api.sock")
     }
 
+    /// The address of the daemon's TCP listener (REST API and /metrics), from
+    /// `<run-dir>/listen.addr`, which it writes before it answers.
+    pub fn listen_addr(&self) -> std::net::SocketAddr {
+        let path = self.run.join("listen.addr");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{}", path.display(), self.log()));
+        text.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: {text:?}: {e}", path.display()))
+    }
+
+    /// GET `path` on the TCP listener from loopback (no token needed for
+    /// reads); (status, content type, body).
+    pub fn tcp_get(&self, path: &str) -> (u16, String, Vec<u8>) {
+        http_get(self.listen_addr(), path)
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join(format!("daemon-{}.log", self.starts))
     }
@@ -107,6 +124,17 @@ impl Daemon {
             .arg("--run-dir")
             .arg(&self.run)
             .args(&self.args)
+            .args(
+                // The TCP listener is on by default at 127.0.0.1:7420; test
+                // daemons run in parallel, each on a port of its own.
+                (!self
+                    .args
+                    .iter()
+                    .any(|a| a == "--listen" || a.starts_with("--listen=")))
+                .then_some(["--listen", "127.0.0.1:0"])
+                .into_iter()
+                .flatten(),
+            )
             .args(
                 // Only tests about Docker serve the plugin, each under its own name.
                 (!self
@@ -353,6 +381,30 @@ impl Drop for Daemon {
             }
         }
     }
+}
+
+/// A plain HTTP/1.1 GET over TCP; (status, content type, body).
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let (status, body) = parse_http(&resp).unwrap_or_else(|e| panic!("GET {path} on {addr}: {e}"));
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0);
+    let head = String::from_utf8_lossy(&resp[..split]).to_ascii_lowercase();
+    let content_type = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-type:"))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    (status, content_type, body)
 }
 
 fn parse_http(resp: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {

@@ -1,0 +1,635 @@
+//! Pools: making, deleting and bringing them up at start.
+//!
+//! A pool on a plain directory (loop, dir) is a record and a directory. A
+//! btrfs pool that ballast makes owns its disks (block devices, or image
+//! files it creates on loop devices) and is mounted at
+//! `<pools-dir>/<name>/mnt`; one given with a path is adopted as mounted.
+//!
+//! Pool creation follows the intent rule: the record is stored in state
+//! `creating` before the first side effect and set `ready` with its result;
+//! the reconciler undoes a create a crash interrupted. Disk checks (mounted,
+//! already in a pool, too small) happen before anything changes.
+//!
+//! This module holds the rules; the doing is the driver's (`Driver::
+//! create_pool`, `init_pool`, `destroy_pool`) and the host's.
+
+use std::path::{Path, PathBuf};
+
+use crate::driver::DriverError;
+use crate::error::{Error, Result};
+use crate::events::{event_key, Event, EventKind, KEEP};
+use crate::model::{
+    format_size, validate_name, DiskKind, DriverKind, InvalidInput, Pool, PoolDisk, PoolState,
+    BTRFS_MIN_DISK_SIZE,
+};
+use crate::reconcile::ReconcileReport;
+use crate::service::{pool_key, to_json, VolumeService};
+use crate::store::Txn;
+
+/// A request to make a pool.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CreatePool {
+    pub name: String,
+    pub driver: Option<DriverKind>,
+    /// Block devices to make the filesystem on (btrfs).
+    pub disks: Vec<PathBuf>,
+    /// An image file ballast makes as the first disk, and its size (btrfs);
+    /// disk files the pool adds later go in its directory.
+    pub disk_file: Option<(PathBuf, u64)>,
+    /// loop, dir: the directory of the pool's volumes [default:
+    /// `<pools-dir>/<name>`]; btrfs: a mounted btrfs to adopt.
+    pub path: Option<PathBuf>,
+    /// Percent (1-99) [default: 80].
+    pub high_watermark: Option<u8>,
+    pub grow_step: Option<u64>,
+    pub max_size: Option<u64>,
+    pub spare_disks: Vec<PathBuf>,
+    /// [default: 1.0]
+    pub overcommit_ratio: Option<f64>,
+}
+
+fn invalid(what: impl Into<String>, reason: impl Into<String>) -> Error {
+    InvalidInput::new(what, reason).into()
+}
+
+fn absolute(what: &str, path: &Path) -> Result<()> {
+    if !path.is_absolute()
+        || path.components().any(|c| {
+            matches!(
+                c,
+                std::path::Component::ParentDir | std::path::Component::CurDir
+            )
+        })
+    {
+        return Err(invalid(
+            format!("{what} {}", path.display()),
+            "must be an absolute path without '.' or '..'",
+        ));
+    }
+    Ok(())
+}
+
+/// `path` with symlinks resolved as far as it exists.
+fn resolve(path: &Path) -> PathBuf {
+    if let Ok(p) = std::fs::canonicalize(path) {
+        return p;
+    }
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => resolve(parent).join(name),
+        _ => path.to_path_buf(),
+    }
+}
+
+impl VolumeService {
+    /// Make a pool. The same request again returns the same pool.
+    pub fn create_pool(&self, req: CreatePool) -> Result<Pool> {
+        validate_name("pool", &req.name)?;
+        let driver = req.driver.unwrap_or(DriverKind::Loop);
+        let ratio = req.overcommit_ratio.unwrap_or(1.0);
+        if !(ratio.is_finite() && ratio > 0.0) {
+            return Err(invalid("overcommit ratio", "must be a positive number"));
+        }
+        if let Some(w) = req.high_watermark {
+            if !(1..=99).contains(&w) {
+                return Err(invalid(
+                    format!("high watermark {w}%"),
+                    "must be between 1% and 99%",
+                ));
+            }
+        }
+        if let Some(step) = req.grow_step {
+            if step == 0 {
+                return Err(invalid("grow step", "must be greater than zero"));
+            }
+            if step < BTRFS_MIN_DISK_SIZE {
+                return Err(invalid(
+                    format!("grow step {}", format_size(step)),
+                    format!(
+                        "is below the smallest btrfs disk, {}",
+                        format_size(BTRFS_MIN_DISK_SIZE)
+                    ),
+                ));
+            }
+        }
+        // One pool create at a time: two must not claim the same disk.
+        let _all = self.locks.lock("pools:create");
+        let _g = self.locks.lock(&format!("pool:{}", req.name));
+        if let Some(existing) = self.pools.read().get(&req.name).cloned() {
+            return self.check_same_pool(&existing, &req, driver).map(|()| existing);
+        }
+        let mut pool = Pool::new(
+            &req.name,
+            driver,
+            self.config.pools_dir.join(&req.name),
+            ratio,
+        );
+        if let Some(w) = req.high_watermark {
+            pool.growth.high_watermark = w;
+        }
+        match driver {
+            DriverKind::Loop | DriverKind::Dir => self.shape_plain_pool(&req, &mut pool)?,
+            DriverKind::Btrfs => self.shape_btrfs_pool(&req, &mut pool)?,
+        }
+        self.make_pool(pool)
+    }
+
+    /// A create of an existing name must ask for the same pool.
+    fn check_same_pool(&self, existing: &Pool, req: &CreatePool, driver: DriverKind) -> Result<()> {
+        let mut diffs = Vec::new();
+        if existing.driver != driver {
+            diffs.push(format!("driver is {}", existing.driver));
+        }
+        if let Some(p) = &req.path {
+            if p != &existing.path {
+                diffs.push(format!("path is {}", existing.path.display()));
+            }
+        }
+        let mut asked: Vec<&Path> = req.disks.iter().map(PathBuf::as_path).collect();
+        asked.extend(req.disk_file.as_ref().map(|(p, _)| p.as_path()));
+        if !asked.is_empty()
+            && !asked
+                .iter()
+                .all(|a| existing.disks.iter().any(|d| d.path == *a))
+        {
+            diffs.push("its disks differ".into());
+        }
+        if diffs.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::AlreadyExists {
+                kind: "pool",
+                name: existing.name.clone(),
+                detail: diffs.join(", "),
+            })
+        }
+    }
+
+    /// A loop or dir pool: a directory, no disks, and growth it cannot do.
+    fn shape_plain_pool(&self, req: &CreatePool, pool: &mut Pool) -> Result<()> {
+        let only_btrfs = [
+            ("--disk", !req.disks.is_empty()),
+            ("--disk-file", req.disk_file.is_some()),
+            ("--spare-disk", !req.spare_disks.is_empty()),
+            ("--grow-step", req.grow_step.is_some()),
+            ("--max-size", req.max_size.is_some()),
+        ];
+        if let Some((flag, _)) = only_btrfs.iter().find(|(_, given)| *given) {
+            return Err(invalid(
+                *flag,
+                format!(
+                    "applies to btrfs pools only; a {} pool on a plain directory cannot add disks",
+                    pool.driver
+                ),
+            ));
+        }
+        if let Some(path) = &req.path {
+            absolute("path", path)?;
+            pool.path = resolve(path);
+        }
+        self.check_outside_pools("path", &pool.path)?;
+        Ok(())
+    }
+
+    /// A btrfs pool: made on disks or a disk file, or adopted at a path.
+    fn shape_btrfs_pool(&self, req: &CreatePool, pool: &mut Pool) -> Result<()> {
+        let sources = usize::from(!req.disks.is_empty())
+            + usize::from(req.disk_file.is_some())
+            + usize::from(req.path.is_some());
+        if sources != 1 {
+            return Err(invalid(
+                "btrfs pool",
+                "give exactly one of --disk (one or more), --disk-file with --disk-size, or --path",
+            ));
+        }
+        for d in &req.disks {
+            let size = self.check_free_disk("disk", d)?;
+            if req.disks.iter().filter(|o| *o == d).count() > 1 {
+                return Err(invalid(format!("disk {}", d.display()), "is given twice"));
+            }
+            pool.disks.push(PoolDisk {
+                path: d.clone(),
+                kind: DiskKind::Device,
+                size_bytes: size,
+            });
+        }
+        if let Some((file, size)) = &req.disk_file {
+            absolute("disk file", file)?;
+            let file = resolve(file);
+            if *size < BTRFS_MIN_DISK_SIZE {
+                return Err(invalid(
+                    format!("disk file size {}", format_size(*size)),
+                    format!(
+                        "is too small for btrfs: the smallest disk is {}",
+                        format_size(BTRFS_MIN_DISK_SIZE)
+                    ),
+                ));
+            }
+            if std::fs::symlink_metadata(&file).is_ok() {
+                return Err(invalid(
+                    format!("disk file {}", file.display()),
+                    "exists; ballast makes the disk file itself (use --disk for a device)",
+                ));
+            }
+            self.check_outside_pools("disk file", &file)?;
+            self.check_not_in_pool("disk file", &file)?;
+            let size = size
+                .checked_next_multiple_of(4096)
+                .ok_or_else(|| invalid("disk size", "is too large"))?;
+            pool.growth.disk_dir = file.parent().map(Path::to_path_buf);
+            pool.disks.push(PoolDisk {
+                path: file,
+                kind: DiskKind::File,
+                size_bytes: size,
+            });
+        }
+        if let Some(path) = &req.path {
+            absolute("path", path)?;
+            let path = resolve(path);
+            let mounted = self
+                .host
+                .mounts()
+                .map_err(DriverError::from)?
+                .iter()
+                .any(|m| m.target == path && m.fstype == "btrfs");
+            if !mounted {
+                return Err(invalid(
+                    format!("path {}", path.display()),
+                    "is not the mountpoint of a btrfs filesystem",
+                ));
+            }
+            self.check_outside_pools("path", &path)?;
+            pool.path = path;
+            pool.adopted = true;
+        } else {
+            pool.path = self.config.pools_dir.join(&pool.name).join("mnt");
+            if let Some(d) = pool.disks.iter().find(|d| d.path.starts_with(&pool.path)) {
+                return Err(invalid(
+                    format!("disk file {}", d.path.display()),
+                    "is inside the pool's own mountpoint",
+                ));
+            }
+        }
+        for s in &req.spare_disks {
+            self.check_free_disk("spare disk", s)?;
+            if req.disks.contains(s) || req.spare_disks.iter().filter(|o| *o == s).count() > 1 {
+                return Err(invalid(
+                    format!("spare disk {}", s.display()),
+                    "is given twice",
+                ));
+            }
+        }
+        pool.growth.spare_disks = req.spare_disks.clone();
+        if let Some(step) = req.grow_step {
+            if pool.growth.disk_dir.is_none() {
+                return Err(invalid(
+                    "--grow-step",
+                    "needs --disk-file: new disk files go in its directory",
+                ));
+            }
+            if req.max_size.is_none() {
+                return Err(invalid(
+                    "--grow-step",
+                    "needs --max-size, or disk files would be added without bound",
+                ));
+            }
+            pool.growth.grow_step = Some(step);
+        } else {
+            // Without a step the pool grows by spare disks only.
+            pool.growth.disk_dir = None;
+        }
+        if let Some(max) = req.max_size {
+            let current = if pool.adopted {
+                self.host
+                    .btrfs_devices(&pool.path)
+                    .map_err(DriverError::from)?
+                    .iter()
+                    .map(|d| d.size_bytes)
+                    .sum()
+            } else {
+                pool.disks_bytes()
+            };
+            if max < current {
+                return Err(invalid(
+                    format!("max size {}", format_size(max)),
+                    format!("is below the pool's current size of {}", format_size(current)),
+                ));
+            }
+            pool.growth.max_size = Some(max);
+        }
+        Ok(())
+    }
+
+    /// A block device that can join a pool: its size.
+    fn check_free_disk(&self, what: &str, path: &Path) -> Result<u64> {
+        absolute(what, path)?;
+        let label = format!("{what} {}", path.display());
+        let dev = self
+            .host
+            .block_device(path)
+            .map_err(|e| invalid(label.clone(), e.to_string()))?;
+        let canonical = resolve(path);
+        let names: Vec<PathBuf> = std::iter::once(canonical.clone())
+            .chain(std::iter::once(path.to_path_buf()))
+            .chain(dev.partitions.iter().cloned())
+            .collect();
+        for m in self.host.mounts().map_err(DriverError::from)? {
+            let source = Path::new(&m.source);
+            if !source.is_absolute() {
+                continue;
+            }
+            if names.iter().any(|n| n == source || *n == resolve(source)) {
+                return Err(invalid(
+                    label,
+                    format!(
+                        "is mounted at {} ({}); unmount it first",
+                        m.target.display(),
+                        m.source
+                    ),
+                ));
+            }
+        }
+        if !dev.holders.is_empty() {
+            return Err(invalid(
+                label,
+                format!("is in use by {}", dev.holders.join(", ")),
+            ));
+        }
+        self.check_not_in_pool(what, &canonical)?;
+        if dev.size_bytes < BTRFS_MIN_DISK_SIZE {
+            return Err(invalid(
+                label,
+                format!(
+                    "is too small for btrfs: {} is below the smallest disk, {}",
+                    format_size(dev.size_bytes),
+                    format_size(BTRFS_MIN_DISK_SIZE)
+                ),
+            ));
+        }
+        Ok(dev.size_bytes)
+    }
+
+    /// A disk (file or device) no pool has or may take.
+    fn check_not_in_pool(&self, what: &str, path: &Path) -> Result<()> {
+        for p in self.pools.read().values() {
+            let taken = p
+                .disks
+                .iter()
+                .chain(&p.adding)
+                .map(|d| &d.path)
+                .chain(&p.growth.spare_disks)
+                .any(|d| d == path || resolve(d) == path);
+            if taken {
+                return Err(invalid(
+                    format!("{what} {}", path.display()),
+                    format!("is already in pool {:?}", p.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Pools must not nest: a path inside another pool, or another pool
+    /// inside it, would mix their storage (a disk file on a btrfs pool would
+    /// be written through that pool).
+    fn check_outside_pools(&self, what: &str, path: &Path) -> Result<()> {
+        for p in self.pools.read().values() {
+            if path.starts_with(&p.path) {
+                return Err(invalid(
+                    format!("{what} {}", path.display()),
+                    format!("is inside pool {:?} ({})", p.name, p.path.display()),
+                ));
+            }
+            if p.path.starts_with(path) {
+                return Err(invalid(
+                    format!("{what} {}", path.display()),
+                    format!("holds pool {:?} ({})", p.name, p.path.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Record the intent, make the storage, bring it up, record the pool.
+    fn make_pool(&self, mut pool: Pool) -> Result<Pool> {
+        let driver = self.driver(pool.driver)?.clone();
+        pool.state = PoolState::Creating;
+        self.store.commit(
+            Txn::new()
+                .require_absent(pool_key(&pool.name))
+                .put(pool_key(&pool.name), to_json(&pool)),
+        )?;
+        self.failpoints.hit("poolcreate.after_intent");
+        let made = (|| -> Result<()> {
+            driver.create_pool(&pool)?;
+            self.failpoints.hit("poolcreate.after_mkfs");
+            driver.init_pool(&pool)?;
+            Ok(())
+        })();
+        if let Err(e) = made {
+            self.undo_create_pool(&pool);
+            return Err(e);
+        }
+        pool.state = PoolState::Ready;
+        let what = match (pool.adopted, pool.disks.is_empty()) {
+            (true, _) => format!("adopted the btrfs mounted at {}", pool.path.display()),
+            (false, true) => format!("created {} pool at {}", pool.driver, pool.path.display()),
+            (false, false) => format!(
+                "created {} pool of {} on {}",
+                pool.driver,
+                format_size(pool.disks_bytes()),
+                pool.disks
+                    .iter()
+                    .map(|d| d.path.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let ev = self
+            .events
+            .next(EventKind::Create, Some(&pool.name), None, what);
+        if let Err(e) = self.persist_pool(&pool.name, Some(&pool), Some(ev)) {
+            self.undo_create_pool(&pool);
+            return Err(e);
+        }
+        Ok(pool)
+    }
+
+    /// Take back a pool create: its storage, then its record.
+    pub(crate) fn undo_create_pool(&self, pool: &Pool) {
+        let result = (|| -> Result<()> {
+            self.driver(pool.driver)?.destroy_pool(pool)?;
+            self.store.commit(Txn::new().delete(pool_key(&pool.name)))?;
+            self.pools.write().remove(&pool.name);
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::error!(pool = %pool.name, error = %e, "undo pool create failed; the record stays for the reconciler");
+        }
+    }
+
+    /// Delete an empty pool: its storage goes first (a btrfs pool ballast
+    /// made: unmount, detach, remove its disk files), so a crash in between
+    /// leaves a record whose delete can be repeated. An adopted btrfs or a
+    /// plain directory is only forgotten.
+    pub fn delete_pool(&self, name: &str) -> Result<()> {
+        validate_name("pool", name)?;
+        if name == "default" {
+            return Err(invalid(
+                "pool \"default\"",
+                "cannot be deleted: the daemon makes it again at start",
+            ));
+        }
+        let _g = self.locks.lock(&format!("pool:{name}"));
+        let pool = self.get_pool(name)?;
+        let vols = self.volumes.read().values().filter(|v| v.pool == name).count();
+        let snaps = self
+            .snapshots
+            .read()
+            .values()
+            .filter(|s| s.pool == name)
+            .count();
+        if vols + snaps > 0 {
+            return Err(Error::Busy {
+                kind: "pool",
+                name: name.to_string(),
+                detail: format!("it holds {vols} volume(s) and {snaps} snapshot(s); delete them first"),
+            });
+        }
+        self.driver(pool.driver)?.destroy_pool(&pool)?;
+        let ev = self
+            .events
+            .next(EventKind::Delete, Some(name), None, "pool deleted".into());
+        self.persist_pool(name, None, Some(ev))?;
+        self.usage_cache.lock().remove(name);
+        Ok(())
+    }
+
+    /// Write a pool's record (or its removal) and an event in one
+    /// transaction, then update the in-memory copy.
+    pub(crate) fn persist_pool(
+        &self,
+        name: &str,
+        pool: Option<&Pool>,
+        event: Option<Event>,
+    ) -> Result<()> {
+        let mut txn = match pool {
+            Some(p) => Txn::new().put(pool_key(name), to_json(p)),
+            None => Txn::new().delete(pool_key(name)),
+        };
+        if let Some(e) = &event {
+            txn = txn.put(event_key(e.seq), to_json(e));
+            if e.seq > KEEP {
+                txn = txn.delete(event_key(e.seq - KEEP));
+            }
+        }
+        self.store.commit(txn)?;
+        match pool {
+            Some(p) => {
+                self.pools.write().insert(name.to_string(), p.clone());
+            }
+            None => {
+                self.pools.write().remove(name);
+            }
+        }
+        if let Some(e) = event {
+            self.events.publish(e);
+        }
+        Ok(())
+    }
+
+    /// At start, before volumes are reconciled: undo interrupted pool
+    /// creates, bring every pool up (attach disk files, mount), and settle a
+    /// disk add a crash interrupted: a disk the filesystem has is recorded,
+    /// one it does not have is discarded, so none is added twice or lost.
+    pub(crate) fn reconcile_pools(&self, report: &mut ReconcileReport) -> Result<()> {
+        for pool in self.list_pools() {
+            if pool.state == PoolState::Creating {
+                self.undo_create_pool(&pool);
+                if self.pools.read().contains_key(&pool.name) {
+                    report
+                        .failed
+                        .push(format!("poolcreate {}: could not be undone", pool.name));
+                } else {
+                    report.rolled_back.push(format!("poolcreate {}", pool.name));
+                    self.pool_event(
+                        EventKind::Reconcile,
+                        &pool.name,
+                        "interrupted pool create undone at start".into(),
+                    )?;
+                }
+                continue;
+            }
+            let driver = self.driver(pool.driver)?.clone();
+            if let Err(e) = driver.init_pool(&pool) {
+                tracing::error!(pool = %pool.name, error = %e, "cannot bring the pool up");
+                report.failed.push(format!("pool {}: {e}", pool.name));
+                self.pool_event(
+                    EventKind::Critical,
+                    &pool.name,
+                    format!("the pool could not be brought up at start: {e}"),
+                )?;
+                continue;
+            }
+            let Some(disk) = pool.adding.clone() else {
+                continue;
+            };
+            let settled = (|| -> Result<(bool, Pool)> {
+                let mut done = pool.clone();
+                done.adding = None;
+                let joined = driver.has_disk(&pool, &disk)?;
+                if joined {
+                    done.growth.spare_disks.retain(|s| s != &disk.path);
+                    done.disks.push(disk.clone());
+                } else {
+                    driver.discard_disk(&pool, &disk)?;
+                }
+                Ok((joined, done))
+            })();
+            match settled {
+                Ok((joined, done)) => {
+                    let msg = if joined {
+                        format!(
+                            "interrupted add of {} finished at start: it is in the filesystem",
+                            disk.path.display()
+                        )
+                    } else {
+                        format!(
+                            "interrupted add of {} undone at start: it never joined the filesystem",
+                            disk.path.display()
+                        )
+                    };
+                    tracing::warn!(pool = %pool.name, "{msg}");
+                    let ev = self
+                        .events
+                        .next(EventKind::Reconcile, Some(&pool.name), None, msg);
+                    self.persist_pool(&pool.name, Some(&done), Some(ev))?;
+                    let entry = format!("pooladd {} {}", pool.name, disk.path.display());
+                    if joined {
+                        report.rolled_forward.push(entry);
+                    } else {
+                        report.rolled_back.push(entry);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(pool = %pool.name, error = %e, "cannot settle an interrupted disk add; it stays recorded");
+                    report
+                        .failed
+                        .push(format!("pooladd {} {}: {e}", pool.name, disk.path.display()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Store and publish an event about a pool.
+    pub(crate) fn pool_event(&self, kind: EventKind, pool: &str, message: String) -> Result<()> {
+        let ev = self.events.next(kind, Some(pool), None, message);
+        let mut txn = Txn::new().put(event_key(ev.seq), to_json(&ev));
+        if ev.seq > KEEP {
+            txn = txn.delete(event_key(ev.seq - KEEP));
+        }
+        self.store.commit(txn)?;
+        self.events.publish(ev);
+        Ok(())
+    }
+}
