@@ -204,7 +204,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }));
     }
     tracing::info!(socket = %api_sock.display(), state_dir = %state_dir.display(), volumes = service.volume_count(), "ballast is serving");
-    tasks.push(tokio::spawn(watchers(service.clone(), config.watch_interval)));
+    tasks.push(tokio::spawn(watchers(
+        service.clone(),
+        config.watch_interval,
+    )));
     shutdown_signal().await;
     tracing::info!("shutting down");
     for t in tasks {

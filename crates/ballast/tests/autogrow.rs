@@ -56,7 +56,14 @@ fn xfs_volume_grows_online_until_its_max_then_enospc() {
     }
     let d = Daemon::start_with(&["--watch-interval", "100ms"], &[]);
     d.ok(&[
-        "volume", "create", "grow", "--fs", "xfs", "--size", "320M", "--autogrow",
+        "volume",
+        "create",
+        "grow",
+        "--fs",
+        "xfs",
+        "--size",
+        "320M",
+        "--autogrow",
         "70%:+50%:max=720M",
     ]);
     let mp = PathBuf::from(d.ok(&["volume", "mount", "grow"]).trim());
@@ -101,7 +108,13 @@ fn ext4_autogrow_grows_or_says_why_not() {
     }
     let d = Daemon::start_with(&["--watch-interval", "100ms"], &[]);
     d.ok(&[
-        "volume", "create", "e", "--size", "64M", "--autogrow", "80%:+50%:max=256M",
+        "volume",
+        "create",
+        "e",
+        "--size",
+        "64M",
+        "--autogrow",
+        "80%:+50%:max=256M",
     ]);
     let mp = PathBuf::from(d.ok(&["volume", "mount", "e"]).trim());
     if has_cap_sys_resource() {
@@ -136,13 +149,27 @@ fn bad_autogrow_specs_change_nothing() {
     }
     let d = Daemon::start();
     for spec in [
-        "80%", "0%:+1G:max=2G", "100%:+1G:max=2G", "80%:1G:max=2G", "80%:+0:max=2G",
-        "80%:+1G", "80%:+1G:max=1Q", "x",
+        "80%",
+        "0%:+1G:max=2G",
+        "100%:+1G:max=2G",
+        "80%:1G:max=2G",
+        "80%:+0:max=2G",
+        "80%:+1G",
+        "80%:+1G:max=1Q",
+        "x",
     ] {
         let err = d.fails(&["volume", "create", "a", "--size", "64M", "--autogrow", spec]);
         assert!(err.contains("autogrow"), "{spec}: {err}");
     }
-    let err = d.fails(&["volume", "create", "a", "--size", "64M", "--autogrow", "80%:+10%:max=32M"]);
+    let err = d.fails(&[
+        "volume",
+        "create",
+        "a",
+        "--size",
+        "64M",
+        "--autogrow",
+        "80%:+10%:max=32M",
+    ]);
     assert!(err.contains("below"), "{err}");
     assert!(d.images().is_empty());
     assert_eq!(d.json(&["volume", "ls"]).as_array().unwrap().len(), 0);
