@@ -7,8 +7,13 @@ cd "$(dirname "$0")/.."
 need_pkgs=()
 command -v mkfs.ext4 >/dev/null || need_pkgs+=(e2fsprogs)
 command -v mkfs.xfs >/dev/null || need_pkgs+=(xfsprogs)
+command -v mkfs.btrfs >/dev/null || need_pkgs+=(btrfs-progs)
 command -v losetup >/dev/null || need_pkgs+=(util-linux)
 [[ -x /bin/busybox ]] || need_pkgs+=(busybox-static)
+# A real Prometheus server scrapes the daemon in crates/ballast/tests/metrics.rs.
+command -v prometheus >/dev/null || need_pkgs+=(prometheus)
+# Headless Chromium renders the web dashboard in crates/ballast/tests/dashboard.rs.
+command -v chromium >/dev/null || need_pkgs+=(chromium)
 if ((${#need_pkgs[@]})); then
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
     echo "installing ${need_pkgs[*]}"

@@ -8,14 +8,24 @@
 //! - `scale`: `volume ls` latency and daemon RSS at N volumes.
 //! - `fio`: 4 KiB random and 1 MiB sequential writes on a loop volume
 //!   against the same on the backing filesystem.
+//! - `metrics`: time and size of one `/metrics` scrape at N volumes, some
+//!   mounted (see `metrics.rs`).
 //! - `claims`: acquire/release pairs on one claim group through REST, p99
 //!   per operation.
+//! - `btrfs`: snapshot and clone latency with 0.9 and 2.4 GiB written, and
+//!   btrfs volume create + mount (see `btrfs.rs`).
+//! - `dashboard`: the web dashboard's first render at N volumes in headless
+//!   Chromium (see `dashboard.rs`).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod btrfs;
+mod dashboard;
+mod metrics;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -65,6 +75,26 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         held: usize,
     },
+    /// btrfs: snapshot and clone latency by data written, create + mount
+    Btrfs {
+        #[arg(long, default_value_t = 20)]
+        n: usize,
+    },
+    /// /metrics: scrape time and size at many volumes, some mounted
+    Metrics {
+        #[arg(long, default_value_t = 10_000)]
+        volumes: usize,
+        #[arg(long, default_value_t = 100)]
+        mounted: usize,
+    },
+    /// Web dashboard: first render at many volumes in headless Chromium
+    Dashboard {
+        #[arg(long, default_value_t = 1000)]
+        volumes: usize,
+        /// Page loads to time
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// Everything, with the defaults
     All,
 }
@@ -80,13 +110,18 @@ fn main() -> Result<()> {
         Cmd::Fio { seconds } => fio(&args.dir, seconds),
         Cmd::Docker { volumes } => docker(&args.dir, volumes),
         Cmd::Csi { volumes } => csi_bench(&args.dir, volumes),
+        Cmd::Metrics { volumes, mounted } => metrics::metrics(&args.dir, volumes, mounted),
         Cmd::Claims { n, held } => claims_bench(&args.dir, n, held),
+        Cmd::Btrfs { n } => btrfs::btrfs_bench(&args.dir, n),
+        Cmd::Dashboard { volumes, runs } => dashboard::dashboard(&args.dir, volumes, runs),
         Cmd::All => {
             lifecycle(&args.dir, 30)?;
             scale(&args.dir, 10_000)?;
             docker(&args.dir, 1000)?;
             csi_bench(&args.dir, 10_000)?;
+            metrics::metrics(&args.dir, 10_000, 100)?;
             claims_bench(&args.dir, 1000, 0)?;
+            dashboard::dashboard(&args.dir, 1000, 5)?;
             fio(&args.dir, 15)
         }
     }

@@ -246,26 +246,32 @@ fn expiry(now: DateTime<Utc>, ttl_ms: Option<u64>) -> Option<DateTime<Utc>> {
     ttl_ms.map(|ms| now + chrono::TimeDelta::milliseconds(i64::try_from(ms).unwrap_or(i64::MAX)))
 }
 
-/// The lowest ordinal free at `now` among a group's records (in ordinal
-/// order), and the record occupying it if that record has expired.
-pub fn lowest_free<'a>(
-    claims: impl IntoIterator<Item = &'a Claim>,
-    now: DateTime<Utc>,
-) -> (u64, Option<&'a Claim>) {
+/// What choosing an ordinal needs of a claim record (decoded without the
+/// rest, so an acquire reads past many held claims cheaply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct Slot {
+    pub ordinal: u64,
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// The lowest ordinal free at `now` among a group's slots (in ordinal
+/// order), and whether an expired record occupies it.
+pub fn lowest_free(slots: impl IntoIterator<Item = Slot>, now: DateTime<Utc>) -> (u64, bool) {
     let mut next = 1;
-    for c in claims {
-        if c.ordinal < next {
+    for s in slots {
+        if s.ordinal < next {
             continue;
         }
-        if c.ordinal > next {
+        if s.ordinal > next {
             break;
         }
-        if c.expired_at(now) {
-            return (next, Some(c));
+        if s.expires_at.is_some_and(|e| e <= now) {
+            return (next, true);
         }
         next += 1;
     }
-    (next, None)
+    (next, false)
 }
 
 fn group_lock(group: &str) -> String {
@@ -277,7 +283,7 @@ fn claim_name(group: &str, ordinal: u64) -> String {
     format!("{group}/{ordinal}")
 }
 
-fn decode(key: &str, bytes: &[u8]) -> Result<Claim, StoreError> {
+fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         path: key.to_string(),
         detail: format!("claim record does not parse: {e}"),
@@ -307,7 +313,7 @@ impl VolumeService {
         let now = Utc::now();
         let mut out = Vec::new();
         for (k, v) in self.store.scan(&prefix)? {
-            let claim = decode(&k, &v)?;
+            let claim: Claim = decode(&k, &v)?;
             out.push(ClaimStatus {
                 expired: claim.expired_at(now),
                 claim,
@@ -352,13 +358,15 @@ impl VolumeService {
     fn take_lowest_free(&self, req: &AcquireClaim, ttl_ms: Option<u64>) -> Result<Claim> {
         let prefix = format!("{CLAIM_PREFIX}{}/", req.group);
         for _ in 0..CAS_ATTEMPTS {
-            let mut records: BTreeMap<u64, (Claim, Vec<u8>)> = BTreeMap::new();
-            for (k, v) in self.store.scan(&prefix)? {
-                let c = decode(&k, &v)?;
-                records.insert(c.ordinal, (c, v));
+            let records = self.store.scan(&prefix)?;
+            let mut slots = Vec::with_capacity(records.len());
+            for (k, v) in &records {
+                slots.push(decode::<Slot>(k, v)?);
             }
+            // Keys sort by ordinal already; this only guards the order.
+            slots.sort_unstable_by_key(|s| s.ordinal);
             let now = Utc::now();
-            let (ordinal, lapsed) = lowest_free(records.values().map(|(c, _)| c), now);
+            let (ordinal, lapsed) = lowest_free(slots, now);
             if ordinal > MAX_ORDINAL {
                 return Err(Error::Busy {
                     kind: "claim group",
@@ -380,16 +388,19 @@ impl VolumeService {
                 ttl_ms,
             };
             let key = claim_key(&req.group, ordinal);
-            let txn = match lapsed {
-                Some(old) => {
-                    let bytes = records[&old.ordinal].1.clone();
-                    Txn::new().require_equals(key.clone(), bytes)
-                }
+            // The expired record in the slot, which the swap must still find.
+            let old = match lapsed {
+                true => records.iter().find(|(k, _)| *k == key),
+                false => None,
+            };
+            let txn = match old {
+                Some((_, bytes)) => Txn::new().require_equals(key.clone(), bytes.clone()),
                 None => Txn::new().require_absent(key.clone()),
             };
-            match self.store.commit(txn.put(key, to_json(&claim))) {
+            match self.store.commit(txn.put(key.clone(), to_json(&claim))) {
                 Ok(()) => {
-                    if let Some(old) = lapsed {
+                    if let Some((_, bytes)) = old {
+                        let old: Claim = decode(&key, bytes)?;
                         tracing::info!(
                             group = %claim.group,
                             ordinal,
@@ -460,7 +471,7 @@ impl VolumeService {
         let Some(bytes) = self.store.get(&key)? else {
             return Err(Error::not_found("claim", &claim_name(group, ordinal)));
         };
-        let claim = decode(&key, &bytes)?;
+        let claim: Claim = decode(&key, &bytes)?;
         if claim.holder != holder {
             return Err(Error::Busy {
                 kind: "claim",
@@ -525,15 +536,10 @@ impl VolumeService {
 mod tests {
     use super::*;
 
-    fn claim(ordinal: u64, expires_at: Option<DateTime<Utc>>) -> Claim {
-        Claim {
-            group: "es".into(),
+    fn slot(ordinal: u64, expires_at: Option<DateTime<Utc>>) -> Slot {
+        Slot {
             ordinal,
-            holder: "h".into(),
-            volumes: vec![],
-            acquired_at: Utc::now(),
             expires_at,
-            ttl_ms: None,
         }
     }
 
@@ -542,25 +548,25 @@ mod tests {
         let now = Utc::now();
         let past = Some(now - chrono::TimeDelta::seconds(1));
         let future = Some(now + chrono::TimeDelta::seconds(60));
-        assert_eq!(lowest_free(&[], now), (1, None));
-        let held: Vec<Claim> = [1, 2, 3].map(|n| claim(n, None)).into();
-        assert_eq!(lowest_free(&held, now).0, 4);
-        let gap: Vec<Claim> = [1, 2, 4, 5].map(|n| claim(n, None)).into();
-        assert_eq!(lowest_free(&gap, now), (3, None));
-        let no_one: Vec<Claim> = [2, 3].map(|n| claim(n, None)).into();
-        assert_eq!(lowest_free(&no_one, now), (1, None));
+        let held = |ns: &[u64]| ns.iter().map(|&n| slot(n, None)).collect::<Vec<_>>();
+        assert_eq!(lowest_free([], now), (1, false));
+        assert_eq!(lowest_free(held(&[1, 2, 3]), now), (4, false));
+        assert_eq!(lowest_free(held(&[1, 2, 4, 5]), now), (3, false));
+        assert_eq!(lowest_free(held(&[2, 3]), now), (1, false));
         // An expired claim frees its ordinal; an unexpired one does not.
-        let lapsed = vec![claim(1, future), claim(2, past), claim(3, None)];
-        let (n, old) = lowest_free(&lapsed, now);
-        assert_eq!((n, old.map(|c| c.ordinal)), (2, Some(2)));
-        let live = vec![claim(1, future), claim(2, future)];
-        assert_eq!(lowest_free(&live, now), (3, None));
+        let lapsed = [slot(1, future), slot(2, past), slot(3, None)];
+        assert_eq!(lowest_free(lapsed, now), (2, true));
+        assert_eq!(
+            lowest_free([slot(1, future), slot(2, future)], now),
+            (3, false)
+        );
+        // An expired claim above a gap does not matter: the gap is lower.
+        assert_eq!(lowest_free([slot(1, None), slot(3, past)], now), (2, false));
         // Exactly at the expiry instant it has lapsed.
-        let edge = vec![claim(1, Some(now))];
-        assert_eq!(lowest_free(&edge, now).0, 1);
-        // Far past ten: no bitmask-like limit.
-        let many: Vec<Claim> = (1..=100).map(|n| claim(n, None)).collect();
-        assert_eq!(lowest_free(&many, now).0, 101);
+        assert_eq!(lowest_free([slot(1, Some(now))], now), (1, true));
+        // Far past 32: no bitmask-like limit.
+        let many: Vec<u64> = (1..=100).collect();
+        assert_eq!(lowest_free(held(&many), now), (101, false));
     }
 
     #[test]

@@ -167,4 +167,10 @@ pub trait NodeOps: Send + Sync {
     fn grows_offline(&self, vol: &Volume) -> bool;
     /// Whether `mountpoint` is a mount of this volume right now.
     fn is_mounted(&self, vol: &Volume, mountpoint: &Path) -> Result<bool, DriverError>;
+    /// Whether volumes are served where they are (dir, btrfs): nothing to
+    /// attach, format or mount, so staging has no side effect to undo and
+    /// [`NodeOps::mount`] only names the volume's directory.
+    fn serves_in_place(&self) -> bool {
+        false
+    }
 }

@@ -173,8 +173,7 @@ pub trait Host: Send + Sync {
     /// Delete the subvolume at `path` (empty of other subvolumes).
     fn btrfs_subvolume_delete(&self, path: &Path) -> Result<(), HostError>;
     /// Snapshot the subvolume `source` as `dest` (whose parent exists), read-only or writable.
-    fn btrfs_snapshot(&self, source: &Path, dest: &Path, read_only: bool)
-        -> Result<(), HostError>;
+    fn btrfs_snapshot(&self, source: &Path, dest: &Path, read_only: bool) -> Result<(), HostError>;
     /// Limit the bytes the subvolume at `path` may reference (its qgroup's
     /// max_rfer): a hard limit on what it holds.
     fn btrfs_qgroup_limit(&self, path: &Path, bytes: u64) -> Result<(), HostError>;

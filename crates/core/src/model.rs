@@ -353,7 +353,12 @@ pub struct PoolDisk {
 /// Parse a high watermark: `80%` or `80`, from 1% to 99%.
 pub fn parse_watermark(s: &str) -> Result<u8, InvalidInput> {
     let digits = s.strip_suffix('%').unwrap_or(s);
-    let bad = || InvalidInput::new(format!("high watermark {s:?}"), "must be a percentage between 1% and 99%, such as 80%");
+    let bad = || {
+        InvalidInput::new(
+            format!("high watermark {s:?}"),
+            "must be a percentage between 1% and 99%, such as 80%",
+        )
+    };
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }

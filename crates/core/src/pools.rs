@@ -115,7 +115,9 @@ impl VolumeService {
         let _all = self.locks.lock("pools:create");
         let _g = self.locks.lock(&format!("pool:{}", req.name));
         if let Some(existing) = self.pools.read().get(&req.name).cloned() {
-            return self.check_same_pool(&existing, &req, driver).map(|()| existing);
+            return self
+                .check_same_pool(&existing, &req, driver)
+                .map(|()| existing);
         }
         let mut pool = Pool::new(
             &req.name,
@@ -311,7 +313,10 @@ impl VolumeService {
             if max < current {
                 return Err(invalid(
                     format!("max size {}", format_size(max)),
-                    format!("is below the pool's current size of {}", format_size(current)),
+                    format!(
+                        "is below the pool's current size of {}",
+                        format_size(current)
+                    ),
                 ));
             }
             pool.growth.max_size = Some(max);
@@ -328,6 +333,7 @@ impl VolumeService {
             .block_device(path)
             .map_err(|e| invalid(label.clone(), e.to_string()))?;
         let canonical = resolve(path);
+        self.check_not_in_pool(what, &canonical)?;
         let names: Vec<PathBuf> = std::iter::once(canonical.clone())
             .chain(std::iter::once(path.to_path_buf()))
             .chain(dev.partitions.iter().cloned())
@@ -354,7 +360,6 @@ impl VolumeService {
                 format!("is in use by {}", dev.holders.join(", ")),
             ));
         }
-        self.check_not_in_pool(what, &canonical)?;
         if dev.size_bytes < BTRFS_MIN_DISK_SIZE {
             return Err(invalid(
                 label,
@@ -481,7 +486,12 @@ impl VolumeService {
         }
         let _g = self.locks.lock(&format!("pool:{name}"));
         let pool = self.get_pool(name)?;
-        let vols = self.volumes.read().values().filter(|v| v.pool == name).count();
+        let vols = self
+            .volumes
+            .read()
+            .values()
+            .filter(|v| v.pool == name)
+            .count();
         let snaps = self
             .snapshots
             .read()
@@ -492,7 +502,9 @@ impl VolumeService {
             return Err(Error::Busy {
                 kind: "pool",
                 name: name.to_string(),
-                detail: format!("it holds {vols} volume(s) and {snaps} snapshot(s); delete them first"),
+                detail: format!(
+                    "it holds {vols} volume(s) and {snaps} snapshot(s); delete them first"
+                ),
             });
         }
         self.driver(pool.driver)?.destroy_pool(&pool)?;
@@ -612,9 +624,11 @@ impl VolumeService {
                 }
                 Err(e) => {
                     tracing::error!(pool = %pool.name, error = %e, "cannot settle an interrupted disk add; it stays recorded");
-                    report
-                        .failed
-                        .push(format!("pooladd {} {}: {e}", pool.name, disk.path.display()));
+                    report.failed.push(format!(
+                        "pooladd {} {}: {e}",
+                        pool.name,
+                        disk.path.display()
+                    ));
                 }
             }
         }

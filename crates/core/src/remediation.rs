@@ -107,7 +107,9 @@ pub(crate) fn plan(
             size_bytes: size,
         });
     }
-    if !pool.growth.spare_disks.is_empty() {
+    // A spare that does not fit, or no room for any disk: the max size.
+    let full = pool.growth.max_size.is_some() && room < BTRFS_MIN_DISK_SIZE;
+    if !pool.growth.spare_disks.is_empty() || full {
         return at_max();
     }
     Plan::CannotGrow("it has no spare disks left and no grow step".into())
@@ -169,7 +171,13 @@ impl VolumeService {
             self.pool_watch.0.lock().remove(name);
             return None;
         }
-        let watch = self.pool_watch.0.lock().get(name).copied().unwrap_or_default();
+        let watch = self
+            .pool_watch
+            .0
+            .lock()
+            .get(name)
+            .copied()
+            .unwrap_or_default();
         if watch.retry_at.is_some_and(|t| Instant::now() < t) {
             return None;
         }
@@ -393,7 +401,10 @@ mod tests {
         }
         p.growth.grow_step = None;
         p.growth.disk_dir = None;
-        assert!(matches!(plan(&p, true, 3 * GIB, Some(2 * GIB)), Plan::AtMax(_)));
+        assert!(matches!(
+            plan(&p, true, 3 * GIB, Some(2 * GIB)),
+            Plan::AtMax(_)
+        ));
         p.growth.spare_disks.clear();
         assert!(matches!(plan(&p, true, GIB, None), Plan::CannotGrow(_)));
     }

@@ -273,7 +273,11 @@ impl VolumeService {
     /// against its limit), where statvfs would show the whole pool.
     fn backend_volume_usage(&self, vol: &Volume) -> Option<VolumeUsage> {
         let pool = self.get_pool(&vol.pool).ok()?;
-        let (used, total) = self.driver(pool.driver).ok()?.volume_usage(&pool, vol).ok()??;
+        let (used, total) = self
+            .driver(pool.driver)
+            .ok()?
+            .volume_usage(&pool, vol)
+            .ok()??;
         Some(VolumeUsage {
             used_bytes: used,
             total_bytes: total,
@@ -336,7 +340,8 @@ impl VolumeService {
             clippy::cast_sign_loss
         )]
         // Capacities are far below 2^53; the ratio is a small positive factor.
-        let limit = (self.provisionable_bytes(pool, capacity) as f64 * pool.overcommit_ratio) as u64;
+        let limit =
+            (self.provisionable_bytes(pool, capacity) as f64 * pool.overcommit_ratio) as u64;
         Ok(PoolCapacity {
             capacity_bytes: capacity,
             used_bytes: usage.volumes_used_bytes,
@@ -1108,6 +1113,24 @@ impl VolumeService {
         let name = vol.name.clone();
         let driver = self.driver(pool.driver)?;
         let node = driver.node();
+        if target.is_none() && node.serves_in_place() {
+            // Nothing is attached or mounted (dir, btrfs): staging is one
+            // record update, and there is nothing an intent would undo.
+            let data = node.mount(pool, &vol, None, &self.mountpoint_for(&name))?;
+            vol.state = VolumeState::Mounted;
+            vol.staging = Some(Staging {
+                device: None,
+                mountpoint: data,
+            });
+            add_consumer(&mut vol, &consumer, None);
+            let ev = self.event(
+                EventKind::Mount,
+                &vol,
+                format!("staged and mounted for {}", consumer.key()),
+            );
+            self.persist(Txn::new(), &name, Some(&vol), None, Some(ev))?;
+            return Ok(vol);
+        }
         let intent = Intent {
             op: IntentOp::Stage {
                 consumer: consumer.clone(),
@@ -1693,8 +1716,14 @@ impl VolumeService {
         }
         // The driver knows what "mounted" is for its volumes (a btrfs or
         // dir volume is a directory on its pool, not a mount of its own).
-        let staged = match self.get_pool(&vol.pool).and_then(|p| self.driver(p.driver).cloned()) {
-            Ok(d) => d.node().is_mounted(vol, &staging.mountpoint).unwrap_or(false),
+        let staged = match self
+            .get_pool(&vol.pool)
+            .and_then(|p| self.driver(p.driver).cloned())
+        {
+            Ok(d) => d
+                .node()
+                .is_mounted(vol, &staging.mountpoint)
+                .unwrap_or(false),
             Err(_) => mounts.iter().any(|m| m.target == staging.mountpoint),
         };
         if !vol.block && !staged {

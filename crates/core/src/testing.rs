@@ -301,7 +301,10 @@ impl Host for FakeHost {
         let mut s = self.enter("btrfs_mkfs", devices.first().map_or(Path::new(""), |d| d))?;
         for d in devices {
             if !s.block_devices.contains_key(d) && !s.loops.contains_key(d) {
-                return Err(HostError::failed("mkfs.btrfs", format!("{}: no such device", d.display())));
+                return Err(HostError::failed(
+                    "mkfs.btrfs",
+                    format!("{}: no such device", d.display()),
+                ));
             }
         }
         s.btrfs.retain(|fs| !fs.iter().any(|d| devices.contains(d)));
@@ -315,7 +318,10 @@ impl Host for FakeHost {
         };
         let made = s.btrfs.iter().any(|fs| fs.contains(first));
         if !made {
-            return Err(HostError::failed("mount btrfs", "wrong fs type, bad superblock"));
+            return Err(HostError::failed(
+                "mount btrfs",
+                "wrong fs type, bad superblock",
+            ));
         }
         s.mounts.push(MountEntry {
             source: first.display().to_string(),
@@ -339,11 +345,17 @@ impl Host for FakeHost {
     }
     fn btrfs_subvolume_delete(&self, path: &Path) -> Result<(), HostError> {
         let mut s = self.enter("btrfs_subvolume_delete", path)?;
-        std::fs::remove_dir_all(path).map_err(|e| HostError::failed("btrfs subvolume delete", e))?;
+        std::fs::remove_dir_all(path)
+            .map_err(|e| HostError::failed("btrfs subvolume delete", e))?;
         s.subvolumes.remove(path);
         Ok(())
     }
-    fn btrfs_snapshot(&self, source: &Path, dest: &Path, _read_only: bool) -> Result<(), HostError> {
+    fn btrfs_snapshot(
+        &self,
+        source: &Path,
+        dest: &Path,
+        _read_only: bool,
+    ) -> Result<(), HostError> {
         let mut s = self.enter("btrfs_snapshot", dest)?;
         copy_dir(source, dest).map_err(|e| HostError::failed("btrfs subvolume snapshot", e))?;
         let limit = s.subvolumes.get(source).copied().unwrap_or(0);
@@ -367,7 +379,10 @@ impl Host for FakeHost {
     fn btrfs_device_add(&self, device: &Path, mountpoint: &Path) -> Result<(), HostError> {
         let mut s = self.enter("btrfs_device_add", device)?;
         if s.btrfs.iter().any(|fs| fs.iter().any(|d| d == device)) {
-            return Err(HostError::failed("btrfs device add", "device is already in a filesystem"));
+            return Err(HostError::failed(
+                "btrfs device add",
+                "device is already in a filesystem",
+            ));
         }
         let Some(first) = s
             .mounts
@@ -394,9 +409,17 @@ impl Host for FakeHost {
             .find(|m| m.target == mountpoint && m.fstype == "btrfs")
             .map(|m| PathBuf::from(&m.source))
         else {
-            return Err(HostError::failed("btrfs filesystem show", "not a mounted btrfs"));
+            return Err(HostError::failed(
+                "btrfs filesystem show",
+                "not a mounted btrfs",
+            ));
         };
-        let fs = s.btrfs.iter().find(|fs| fs.contains(&first)).cloned().unwrap_or_default();
+        let fs = s
+            .btrfs
+            .iter()
+            .find(|fs| fs.contains(&first))
+            .cloned()
+            .unwrap_or_default();
         Ok(fs
             .into_iter()
             .zip(1..)

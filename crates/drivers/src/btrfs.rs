@@ -97,7 +97,6 @@ pub fn snapshot_path(pool: &Pool, snap: &Snapshot) -> PathBuf {
     snapshots_dir(pool).join(&snap.id)
 }
 
-
 /// Make a sparse disk file of `size` bytes; one of that size already there
 /// is fine (a repeated add after a crash).
 fn make_disk_file(path: &Path, size: u64) -> Result<(), DriverError> {
@@ -477,5 +476,9 @@ impl NodeOps for BtrfsNode {
 
     fn is_mounted(&self, _vol: &Volume, mountpoint: &Path) -> Result<bool, DriverError> {
         Ok(self.is_subvolume(mountpoint)? == Some(true))
+    }
+
+    fn serves_in_place(&self) -> bool {
+        true
     }
 }

@@ -181,4 +181,8 @@ impl NodeOps for DirNode {
     fn is_mounted(&self, _vol: &Volume, mountpoint: &Path) -> Result<bool, DriverError> {
         Ok(mountpoint.is_dir())
     }
+
+    fn serves_in_place(&self) -> bool {
+        true
+    }
 }

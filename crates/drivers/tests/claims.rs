@@ -59,13 +59,8 @@ impl Env {
 
     fn start(&self) -> VolumeService {
         let svc = self.open();
-        svc.ensure_pool(Pool::new(
-            "default",
-            DriverKind::Loop,
-            self.pool_dir(),
-            1.0,
-        ))
-        .expect("default pool");
+        svc.ensure_pool(Pool::new("default", DriverKind::Loop, self.pool_dir(), 1.0))
+            .expect("default pool");
         svc
     }
 

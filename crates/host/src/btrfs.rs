@@ -321,14 +321,14 @@ pub(crate) fn block_device(path: &Path) -> Result<BlockDevice, HostError> {
     if let Ok(rd) = std::fs::read_dir(&sys) {
         for e in rd.flatten() {
             if e.path().join("partition").is_file() {
-                dev.partitions
-                    .push(Path::new("/dev").join(e.file_name()));
+                dev.partitions.push(Path::new("/dev").join(e.file_name()));
             }
         }
     }
     if let Ok(rd) = std::fs::read_dir(sys.join("holders")) {
         for e in rd.flatten() {
-            dev.holders.push(e.file_name().to_string_lossy().into_owned());
+            dev.holders
+                .push(e.file_name().to_string_lossy().into_owned());
         }
     }
     dev.partitions.sort();

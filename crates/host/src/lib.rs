@@ -307,7 +307,11 @@ impl Host for LinuxHost {
     }
 
     fn btrfs_mount(&self, devices: &[PathBuf], target: &Path) -> Result<(), HostError> {
-        let op = format!("mount btrfs {} on {}", display_all(devices), target.display());
+        let op = format!(
+            "mount btrfs {} on {}",
+            display_all(devices),
+            target.display()
+        );
         let first = devices
             .first()
             .ok_or_else(|| HostError::failed(&op, "no devices"))?;
@@ -328,7 +332,11 @@ impl Host for LinuxHost {
         self.tool(
             &format!("btrfs quota enable {}", mountpoint.display()),
             "btrfs",
-            &[OsStr::new("quota"), OsStr::new("enable"), mountpoint.as_os_str()],
+            &[
+                OsStr::new("quota"),
+                OsStr::new("enable"),
+                mountpoint.as_os_str(),
+            ],
         )
     }
 
@@ -344,12 +352,7 @@ impl Host for LinuxHost {
         btrfs::subvolume_delete(path)
     }
 
-    fn btrfs_snapshot(
-        &self,
-        source: &Path,
-        dest: &Path,
-        read_only: bool,
-    ) -> Result<(), HostError> {
+    fn btrfs_snapshot(&self, source: &Path, dest: &Path, read_only: bool) -> Result<(), HostError> {
         btrfs::snapshot(source, dest, read_only)
     }
 
@@ -364,7 +367,11 @@ impl Host for LinuxHost {
     fn btrfs_device_add(&self, device: &Path, mountpoint: &Path) -> Result<(), HostError> {
         // -K: no discard of the new device (see btrfs_mkfs).
         self.tool(
-            &format!("btrfs device add {} {}", device.display(), mountpoint.display()),
+            &format!(
+                "btrfs device add {} {}",
+                device.display(),
+                mountpoint.display()
+            ),
             "btrfs",
             &[
                 OsStr::new("device"),

@@ -237,7 +237,8 @@ impl CreatePoolBody {
         };
         let size_of = |what: &str, v: Option<String>| -> Result<Option<u64>, InvalidInput> {
             v.map(|s| {
-                parse_size(&s).map_err(|e| InvalidInput::new(format!("{what}: {}", e.what), e.reason))
+                parse_size(&s)
+                    .map_err(|e| InvalidInput::new(format!("{what}: {}", e.what), e.reason))
             })
             .transpose()
         };

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod csi;
+pub mod dashboard;
 pub mod docker;
 pub mod listen;
 pub mod metrics;

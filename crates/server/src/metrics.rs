@@ -34,8 +34,13 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// dashboard's series do not come and go.
 const STATES: [&str; 5] = ["creating", "available", "mounted", "resizing", "deleting"];
 
-/// The `/metrics` handler: the exposition is built on the blocking pool
-/// (it may statvfs mounted volumes).
+/// Prometheus metrics of pools, volumes and operations, in the OpenMetrics
+/// text format.
+///
+/// Built on the blocking pool (it may statvfs mounted volumes).
+#[utoipa::path(get, path = "/metrics", tag = "metrics",
+    responses((status = 200, description = "Prometheus metrics in the OpenMetrics text format",
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)))]
 pub async fn serve_metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let text = crate::run_blocking(&state.service, |s| Ok(render(s))).await?;
     Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
@@ -65,6 +70,7 @@ pub struct PoolFigures {
 pub struct VolumeFigures {
     pub name: String,
     pub pool: String,
+    pub state: &'static str,
     pub size_bytes: u64,
     /// Used bytes of its own filesystem (mounted, not block, not dir).
     pub used_bytes: Option<u64>,
@@ -86,52 +92,26 @@ impl ServiceCollector {
     /// Read the service's figures: records from memory, live usage and I/O
     /// for mounted volumes only.
     pub fn read(service: &VolumeService) -> ServiceCollector {
-        let volumes = service.list_volumes();
-        let mut pools: Vec<PoolFigures> = service
-            .list_pools()
-            .into_iter()
-            .map(|p| {
-                let cap = service.pool_capacity(&p);
-                if let Err(e) = &cap {
-                    tracing::debug!(pool = %p.name, error = %e, "metrics: cannot measure the pool");
-                }
-                let cap = cap.ok();
-                PoolFigures {
-                    driver: p.driver.as_str(),
-                    capacity_bytes: cap.map(|c| c.capacity_bytes),
-                    used_bytes: cap.map(|c| c.used_bytes),
-                    provisioned_bytes: cap.map(|c| c.provisioned_bytes),
-                    available_bytes: cap.map(|c| c.available_bytes),
-                    volumes: STATES.iter().map(|s| (*s, 0)).collect(),
-                    name: p.name,
-                }
-            })
-            .collect();
+        // Measuring a loop pool walks its images (tens of ms at 10,000
+        // volumes); it runs beside the per-volume reads.
+        let (mut pools, volumes) = std::thread::scope(|scope| {
+            let pools = scope.spawn(|| read_pools(service));
+            let volumes = read_volumes(service);
+            // The thread only formats numbers from the service; a panic
+            // there is a bug to surface, not to hide.
+            let pools = pools.join().expect("the pool measure does not panic");
+            (pools, volumes)
+        });
         let index: BTreeMap<String, usize> = pools
             .iter()
             .enumerate()
             .map(|(i, p)| (p.name.clone(), i))
             .collect();
-        let volumes = volumes
-            .into_iter()
-            .map(|v| {
-                if let Some(&i) = index.get(&v.pool) {
-                    *pools[i].volumes.entry(v.state.as_str()).or_default() += 1;
-                }
-                let staged = v.staging.is_some();
-                let used_bytes = (staged && v.fs.is_some())
-                    .then(|| service.volume_usage(&v).map(|u| u.used_bytes))
-                    .flatten();
-                let io = staged.then(|| service.volume_io(&v)).flatten();
-                VolumeFigures {
-                    size_bytes: v.size_bytes,
-                    used_bytes,
-                    io,
-                    name: v.name,
-                    pool: v.pool,
-                }
-            })
-            .collect();
+        for (pool, state) in volumes.iter().map(|v| (&v.pool, v.state)) {
+            if let Some(&i) = index.get(pool) {
+                *pools[i].volumes.entry(state).or_default() += 1;
+            }
+        }
         ServiceCollector {
             version: env!("CARGO_PKG_VERSION"),
             pools,
@@ -318,6 +298,52 @@ impl ServiceCollector {
     }
 }
 
+fn read_pools(service: &VolumeService) -> Vec<PoolFigures> {
+    service
+        .list_pools()
+        .into_iter()
+        .map(|p| {
+            let cap = service.pool_capacity(&p);
+            if let Err(e) = &cap {
+                tracing::debug!(pool = %p.name, error = %e, "metrics: cannot measure the pool");
+            }
+            let cap = cap.ok();
+            PoolFigures {
+                driver: p.driver.as_str(),
+                capacity_bytes: cap.map(|c| c.capacity_bytes),
+                used_bytes: cap.map(|c| c.used_bytes),
+                provisioned_bytes: cap.map(|c| c.provisioned_bytes),
+                available_bytes: cap.map(|c| c.available_bytes),
+                volumes: STATES.iter().map(|s| (*s, 0)).collect(),
+                name: p.name,
+            }
+        })
+        .collect()
+}
+
+/// Sizes from memory; usage and I/O only for volumes mounted here.
+fn read_volumes(service: &VolumeService) -> Vec<VolumeFigures> {
+    service
+        .list_volumes()
+        .into_iter()
+        .map(|v| {
+            let staged = v.staging.is_some();
+            let used_bytes = (staged && v.fs.is_some())
+                .then(|| service.volume_usage(&v).map(|u| u.used_bytes))
+                .flatten();
+            let io = staged.then(|| service.volume_io(&v)).flatten();
+            VolumeFigures {
+                state: v.state.as_str(),
+                size_bytes: v.size_bytes,
+                used_bytes,
+                io,
+                name: v.name,
+                pool: v.pool,
+            }
+        })
+        .collect()
+}
+
 fn labels(v: &VolumeFigures) -> [(&'static str, &str); 2] {
     [("pool", v.pool.as_str()), ("volume", v.name.as_str())]
 }
@@ -390,6 +416,7 @@ mod tests {
                 VolumeFigures {
                     name: "idle".into(),
                     pool: "fast".into(),
+                    state: "available",
                     size_bytes: 1 << 20,
                     used_bytes: None,
                     io: None,
@@ -397,6 +424,7 @@ mod tests {
                 VolumeFigures {
                     name: "busy".into(),
                     pool: "fast".into(),
+                    state: "mounted",
                     size_bytes: 2 << 20,
                     used_bytes: Some(4096),
                     io: Some(IoStats {

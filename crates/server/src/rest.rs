@@ -158,6 +158,7 @@ where
         stream_events,
         version,
         openapi_document,
+        crate::metrics::serve_metrics,
         create_snapshot,
         list_snapshots,
         get_snapshot,
@@ -237,6 +238,9 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             require_token,
         ))
+        // The dashboard's static assets, outside the token layer: they hold
+        // no data, and the page reads the API under its token rule.
+        .merge(crate::dashboard::router())
         .with_state(state)
 }
 
