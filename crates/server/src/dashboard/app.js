@@ -80,7 +80,7 @@
 
   // One formatter each: toLocaleString() builds a new one per call, which a
   // thousand rows feel.
-  const DATE_TIME = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'medium' });
+  const DATE_TIME = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'short' });
   const TIME = new Intl.DateTimeFormat(undefined, { timeStyle: 'medium' });
 
   function time(iso) {
@@ -219,7 +219,7 @@
           el('td', null, el('span', { class: 'state ' + v.state }, v.state)),
           el('td', { class: 'consumers', title: consumersText(v) },
             n ? consumersText(v) : el('span', { class: 'muted' }, 'none')),
-          el('td', { class: 'muted' }, time(v.created_at))));
+          el('td', { class: 'muted', title: v.created_at }, time(v.created_at))));
       }
       body.replaceChildren(frag);
     }
