@@ -251,7 +251,7 @@ impl Config {
             addr => Some(addr.to_string()),
         };
         if tls.is_some() && listen.is_none() {
-            anyhow::bail!("tls is configured but there is no --listen address to use it on");
+            anyhow::bail!("tls is configured but the tcp listener is off (--listen none)");
         }
         Ok(Config {
             state_dir: args

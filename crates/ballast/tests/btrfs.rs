@@ -160,6 +160,16 @@ fn mount(d: &Daemon, name: &str) -> PathBuf {
     PathBuf::from(d.ok(&["volume", "mount", name]).trim())
 }
 
+/// Put 100 MiB in a new volume of `pool`: a fresh btrfs is about 1% full
+/// (as `df` counts), so this takes a small pool past a 5% watermark.
+fn put_data(d: &Daemon, pool: &str) -> PathBuf {
+    let name = format!("{pool}-data");
+    d.ok(&["volume", "create", &name, "--pool", pool, "--size", "200M"]);
+    let mp = mount(d, &name);
+    common::write_file(&mp.join("fill"), 100 * MIB_USIZE).unwrap();
+    mp
+}
+
 /// A loop device the test attached itself (not autoclear), detached when
 /// dropped.
 struct LoopGuard {
@@ -336,7 +346,7 @@ fn pools_that_cannot_grow_warn_once() {
         "--high-watermark",
         "1%",
     ]);
-    // A fresh btrfs is above 5% (metadata and reserves); it may not grow.
+    // A btrfs pool past its watermark that may not grow.
     let file = disk_dir(&d).join("m.img");
     d.ok(&[
         "pool",
@@ -355,6 +365,7 @@ fn pools_that_cannot_grow_warn_once() {
         "--max-size",
         "512M",
     ]);
+    put_data(&d, "m");
     wait_for(
         &d,
         "the warning and the critical event",
@@ -401,6 +412,7 @@ fn spare_disks_and_an_adopted_filesystem() {
         "--max-size",
         "1G",
     ]);
+    put_data(&d, "s");
     wait_for(&d, "the spare to join", Duration::from_secs(10), || {
         recorded_disks(&pool(&d, "s")).len() == 2
     });
@@ -571,11 +583,10 @@ fn the_pool_is_mounted_again_at_start() {
         "1G",
     ]);
     // Two disk files, so the mount needs both attached.
+    let mp = put_data(&d, "p");
     wait_for(&d, "a second disk", Duration::from_secs(10), || {
         recorded_disks(&pool(&d, "p")).len() == 2
     });
-    d.ok(&["volume", "create", "v", "--pool", "p", "--size", "64M"]);
-    let mp = mount(&d, "v");
     std::fs::write(mp.join("f"), b"kept").unwrap();
     let mnt = PathBuf::from(pool(&d, "p")["path"].as_str().unwrap());
     d.stop();
@@ -595,7 +606,7 @@ fn the_pool_is_mounted_again_at_start() {
     d.restart();
     assert!(common::mount_targets().contains(&mnt), "{}", d.log());
     assert_eq!(fs_members(&mnt).len(), 2);
-    let v = d.json(&["volume", "inspect", "v"]);
+    let v = d.json(&["volume", "inspect", "p-data"]);
     assert_eq!(v["state"], "mounted", "{v}");
     assert_eq!(std::fs::read(mp.join("f")).unwrap(), b"kept");
     teardown(&d);

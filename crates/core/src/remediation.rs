@@ -11,8 +11,8 @@
 //! An add follows the intent rule: the disk is recorded as the pool's
 //! `adding` before the disk file is made, and moved to its disks with the
 //! result; `crate::pools::reconcile_pools` settles one a crash interrupted.
-//! Used space is statvfs of the pool's path (for btrfs, its mount): one
-//! syscall per pool per pass.
+//! Used space is statvfs of the pool's path (for btrfs, its mount), as
+//! `df` reports it: one syscall per pool per pass.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -124,13 +124,16 @@ fn next_disk_file(pool: &Pool, dir: &Path) -> PathBuf {
         .unwrap_or_else(|| dir.join(format!("{}-new.img", pool.name)))
 }
 
-/// Used percent of statvfs figures, rounded down.
-fn used_percent(total: u64, avail: u64) -> u64 {
-    if total == 0 {
+/// Used percent of statvfs figures as `df` shows it, rounded down: used
+/// (total - free) of what is used or available to users, so space reserved
+/// for root or the filesystem itself counts for neither.
+fn used_percent(total: u64, free: u64, avail: u64) -> u64 {
+    let used = u128::from(total.saturating_sub(free));
+    let base = used + u128::from(avail);
+    if base == 0 {
         return 0;
     }
-    let used = u128::from(total.saturating_sub(avail));
-    u64::try_from(used * 100 / u128::from(total)).unwrap_or(100)
+    u64::try_from(used * 100 / base).unwrap_or(100)
 }
 
 impl VolumeService {
@@ -165,7 +168,7 @@ impl VolumeService {
                 return None;
             }
         };
-        let pct = used_percent(st.total_bytes, st.avail_bytes);
+        let pct = used_percent(st.total_bytes, st.free_bytes, st.avail_bytes);
         let watermark = u64::from(pool.growth.high_watermark);
         if pct < watermark {
             self.pool_watch.0.lock().remove(name);
@@ -411,8 +414,10 @@ mod tests {
 
     #[test]
     fn percent() {
-        assert_eq!(used_percent(100, 40), 60);
-        assert_eq!(used_percent(0, 0), 0);
-        assert_eq!(used_percent(u64::MAX, 0), 100);
+        assert_eq!(used_percent(100, 40, 40), 60);
+        assert_eq!(used_percent(0, 0, 0), 0);
+        assert_eq!(used_percent(u64::MAX, 0, 0), 100);
+        // Reserved space is neither used nor available (df's Use%).
+        assert_eq!(used_percent(100, 60, 40), 50);
     }
 }

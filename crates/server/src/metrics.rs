@@ -97,7 +97,7 @@ impl ServiceCollector {
         let (mut pools, volumes) = std::thread::scope(|scope| {
             let pools = scope.spawn(|| read_pools(service));
             let volumes = read_volumes(service);
-            // The thread only formats numbers from the service; a panic
+            // The measure only reads (a driver's usage, statvfs); a panic
             // there is a bug to surface, not to hide.
             let pools = pools.join().expect("the pool measure does not panic");
             (pools, volumes)
