@@ -131,7 +131,14 @@ fn ext4_resize_grows_the_filesystem() {
     let mp = mountpoint(&d, "g");
     write_file(&mp.join("f"), 4 << 20).unwrap();
     let data = std::fs::read(mp.join("f")).unwrap();
-    d.ok(&["volume", "resize", "g", "--size", "256M"]);
+    let out = d.cli(&["volume", "resize", "g", "--size", "256M"]);
+    assert!(out.status.success());
+    // Off a terminal, a long operation ends with one quiet line on stderr
+    // and no spinner control characters.
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.starts_with("growing g to 256M: done in "), "{err:?}");
+    assert_eq!(err.lines().count(), 1, "{err:?}");
+    assert!(!err.contains('\u{1b}'), "{err:?}");
     assert_eq!(d.json(&["volume", "inspect", "g"])["size_bytes"], 256 << 20);
     // Online when the host allows it (CAP_SYS_RESOURCE), else at the next
     // mount: either way, after a remount the filesystem has the new size.

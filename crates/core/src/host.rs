@@ -177,8 +177,8 @@ pub trait Host: Send + Sync {
     /// Limit the bytes the subvolume at `path` may reference (its qgroup's
     /// max_rfer): a hard limit on what it holds.
     fn btrfs_qgroup_limit(&self, path: &Path, bytes: u64) -> Result<(), HostError>;
-    /// Bytes the subvolume at `path` references (its qgroup's rfer, as of
-    /// the last transaction commit).
+    /// Bytes the subvolume at `path` holds as its qgroup limit counts them
+    /// (referenced, plus data written since the last commit).
     fn btrfs_qgroup_usage(&self, path: &Path) -> Result<u64, HostError>;
     /// Add `device` to the btrfs mounted at `mountpoint`, online.
     fn btrfs_device_add(&self, device: &Path, mountpoint: &Path) -> Result<(), HostError>;

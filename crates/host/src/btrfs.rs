@@ -242,27 +242,41 @@ fn format_uuid(b: &[u8; 16]) -> String {
     )
 }
 
-/// Referenced bytes of the subvolume at `path`, from
-/// /sys/fs/btrfs/<fsid>/qgroups/0_<id>/referenced (no process, no sync).
+/// Bytes the subvolume at `path` holds as its qgroup limit counts them:
+/// referenced (accounted at each transaction commit) plus data reserved
+/// since (written, even fsynced, but not yet committed), from
+/// /sys/fs/btrfs/<fsid>/qgroups/0_<id>/ (no process, no sync). Without the
+/// reserve, a writer could reach its limit seconds before `referenced` moved.
 pub(crate) fn qgroup_usage(path: &Path) -> Result<u64, HostError> {
     let op = format!("btrfs qgroup usage of {}", path.display());
     let dir = open_dir(&op, path)?;
     let id = subvolume_id(&op, &dir)?;
     let fsid = fsid(&op, &dir)?;
-    let file = PathBuf::from(format!("/sys/fs/btrfs/{fsid}/qgroups/0_{id}/referenced"));
-    let text = std::fs::read_to_string(&file).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => failed(
+    let qgroup = PathBuf::from(format!("/sys/fs/btrfs/{fsid}/qgroups/0_{id}"));
+    let read = |name: &str| -> Result<Option<u64>, HostError> {
+        let file = qgroup.join(name);
+        match std::fs::read_to_string(&file) {
+            Ok(text) => text
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| failed(&op, format!("{}: unexpected {text:?}", file.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(failed(&op, format!("{}: {e}", file.display()))),
+        }
+    };
+    let referenced = read("referenced")?.ok_or_else(|| {
+        failed(
             &op,
             format!(
                 "{} is missing: quotas are not enabled on this filesystem",
-                file.display()
+                qgroup.display()
             ),
-        ),
-        _ => failed(&op, format!("{}: {e}", file.display())),
+        )
     })?;
-    text.trim()
-        .parse()
-        .map_err(|_| failed(&op, format!("{}: unexpected {text:?}", file.display())))
+    // Kernels before 5.9's sysfs qgroups have no reserve to read.
+    let reserved = read("rsv_data")?.unwrap_or(0);
+    Ok(referenced.saturating_add(reserved))
 }
 
 /// Parse `btrfs filesystem show --raw`: one `devid N size S used U path P`
