@@ -407,7 +407,8 @@ fn every_route_is_in_the_document_and_every_documented_call_is_served() {
                 let mut s = std::os::unix::net::UnixStream::connect(d.socket()).unwrap();
                 s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
                     .unwrap();
-                s.write_all(&request_bytes("GET", &concrete, &[], b"")).unwrap();
+                s.write_all(&request_bytes("GET", &concrete, &[], b""))
+                    .unwrap();
                 let mut head = [0u8; 512];
                 let n = s.read(&mut head).unwrap();
                 let head = String::from_utf8_lossy(&head[..n]).to_ascii_lowercase();

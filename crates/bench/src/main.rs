@@ -95,13 +95,6 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
-    /// /metrics: scrape time and size at many volumes, some mounted
-    Metrics {
-        #[arg(long, default_value_t = 10_000)]
-        volumes: usize,
-        #[arg(long, default_value_t = 100)]
-        mounted: usize,
-    },
     /// Everything, with the defaults
     All,
 }

@@ -593,7 +593,12 @@ impl Autogrow {
 impl fmt::Display for Autogrow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.step {
-            GrowStep::Percent(p) => write!(f, "{}%:+{p}%:max={}", self.threshold_pct, format_size(self.max_bytes)),
+            GrowStep::Percent(p) => write!(
+                f,
+                "{}%:+{p}%:max={}",
+                self.threshold_pct,
+                format_size(self.max_bytes)
+            ),
             GrowStep::Bytes(b) => write!(
                 f,
                 "{}%:+{}:max={}",
@@ -611,7 +616,9 @@ pub fn parse_autogrow(s: &str) -> Result<Autogrow, InvalidInput> {
     let bad = |reason: &str| InvalidInput::new(format!("autogrow {s:?}"), reason.to_string());
     let parts: Vec<&str> = s.split(':').collect();
     let [threshold, step, max] = parts[..] else {
-        return Err(bad("use THRESHOLD%:+STEP:max=SIZE, for example 90%:+20%:max=10G"));
+        return Err(bad(
+            "use THRESHOLD%:+STEP:max=SIZE, for example 90%:+20%:max=10G",
+        ));
     };
     let threshold: u8 = threshold
         .strip_suffix('%')
@@ -741,8 +748,17 @@ mod tests {
         assert_eq!(b.next_size(1 << 30), 2 << 30);
         assert_eq!(parse_autogrow(&b.to_string()).unwrap(), b);
         for bad in [
-            "", "80%", "80:+1G:max=2G", "0%:+1G:max=2G", "100%:+1G:max=2G", "80%:1G:max=2G",
-            "80%:+0:max=2G", "80%:+1G:2G", "80%:+1G:max=", "80%:+1Q:max=2G", "80%:+0%:max=1G",
+            "",
+            "80%",
+            "80:+1G:max=2G",
+            "0%:+1G:max=2G",
+            "100%:+1G:max=2G",
+            "80%:1G:max=2G",
+            "80%:+0:max=2G",
+            "80%:+1G:2G",
+            "80%:+1G:max=",
+            "80%:+1Q:max=2G",
+            "80%:+0%:max=1G",
             "80%:+1G:max=2G:x",
         ] {
             assert!(parse_autogrow(bad).is_err(), "{bad:?} accepted");

@@ -30,9 +30,8 @@ use crate::failpoint::Failpoints;
 use crate::host::{Host, LoopDevice, MountOptions};
 use crate::model::{
     validate_consumer_id, validate_label, validate_name, Autogrow, Consumer, ConsumerRef,
-    CreateSource,
-    DriverKind, FsType, InvalidInput, Pool, PoolCapacity, PublishTarget, Snapshot, Staging, Volume,
-    VolumeState,
+    CreateSource, DriverKind, FsType, InvalidInput, Pool, PoolCapacity, PublishTarget, Snapshot,
+    Staging, Volume, VolumeState,
 };
 use crate::stats::Operation;
 use crate::store::{Store, Txn};
@@ -1638,7 +1637,10 @@ impl VolumeService {
             let pct = usage.used_bytes * 100 / usage.total_bytes;
             let can_grow = self
                 .get_pool(&vol.pool)
-                .and_then(|p| self.driver(p.driver).map(|d| d.node().can_grow_online(&vol)))
+                .and_then(|p| {
+                    self.driver(p.driver)
+                        .map(|d| d.node().can_grow_online(&vol))
+                })
                 .unwrap_or(false);
             if !can_grow {
                 // Growing the image alone would only inflate the size.
@@ -1953,7 +1955,9 @@ fn check_same(existing: &Volume, req: &CreateVolume) -> Result<()> {
     if req.autogrow.is_some() && req.autogrow != existing.autogrow {
         diffs.push(format!(
             "autogrow is {}",
-            existing.autogrow.map_or("off".to_string(), |a| a.to_string())
+            existing
+                .autogrow
+                .map_or("off".to_string(), |a| a.to_string())
         ));
     }
     if req.block != existing.block {
