@@ -34,6 +34,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("ballast_operation_errors", "counter"),
     ("ballast_pool_remediations", "counter"),
     ("ballast_volume_autogrows", "counter"),
+    ("ballast_claims", "gauge"),
 ];
 
 fn scrape(d: &Daemon) -> Exposition {
@@ -401,4 +402,27 @@ fn prometheus_scrapes_ballast_and_answers_promql() {
     // The scrape itself is healthy.
     let up = prom.wait_for(r#"up{job="ballast"}"#, |r| r.len() == 1);
     assert_eq!(sample_value(&up[0]), 1.0, "{}", prom.log());
+}
+
+#[test]
+fn claims_are_counted_by_group() {
+    let d = Daemon::start_with(&["--default-driver", "dir"], &[]);
+    d.ok(&["claim", "acquire", "mg", "--volumes", "data"]);
+    d.ok(&["claim", "acquire", "mg", "--volumes", "data"]);
+    d.ok(&["claim", "acquire", "other", "--volumes", "data"]);
+    let m = scrape(&d);
+    assert_eq!(
+        m.value("ballast_claims", &[("group", "mg"), ("state", "held")]),
+        2.0
+    );
+    assert_eq!(
+        m.value("ballast_claims", &[("group", "other"), ("state", "held")]),
+        1.0
+    );
+    d.ok(&["claim", "release", "mg", "2"]);
+    let m = scrape(&d);
+    assert_eq!(
+        m.value("ballast_claims", &[("group", "mg"), ("state", "held")]),
+        1.0
+    );
 }

@@ -86,6 +86,8 @@ pub struct ServiceCollector {
     pub pools: Vec<PoolFigures>,
     pub volumes: Vec<VolumeFigures>,
     pub stats: StatsSnapshot,
+    /// (group, "held" | "expired") → claims.
+    pub claims: BTreeMap<(String, &'static str), u64>,
 }
 
 impl ServiceCollector {
@@ -112,11 +114,17 @@ impl ServiceCollector {
                 *pools[i].volumes.entry(state).or_default() += 1;
             }
         }
+        let mut claims = BTreeMap::new();
+        for c in service.list_claims(None).unwrap_or_default() {
+            let state = if c.expired { "expired" } else { "held" };
+            *claims.entry((c.claim.group.clone(), state)).or_default() += 1;
+        }
         ServiceCollector {
             version: env!("CARGO_PKG_VERSION"),
             pools,
             volumes,
             stats: service.stats().snapshot(),
+            claims,
         }
     }
 
@@ -364,7 +372,18 @@ impl Collector for ServiceCollector {
             .encode_gauge(&1u64)?;
         self.encode_pools(&mut enc)?;
         self.encode_volumes(&mut enc)?;
-        self.encode_operations(&mut enc)
+        self.encode_operations(&mut enc)?;
+        let mut m = enc.encode_descriptor(
+            "ballast_claims",
+            "Stateful identity claims, by group and state (held, expired).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for ((group, state), n) in &self.claims {
+            m.encode_family(&[("group", group.as_str()), ("state", *state)])?
+                .encode_gauge(n)?;
+        }
+        Ok(())
     }
 }
 
