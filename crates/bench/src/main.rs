@@ -473,9 +473,7 @@ fn fio_command(target: &Path, rw: &str, bs: &str) -> Command {
 }
 
 fn fio_output(mut cmd: Command) -> Result<serde_json::Value> {
-    let out = cmd
-        .output()
-        .context("running fio (apt-get install fio)")?;
+    let out = cmd.output().context("running fio (apt-get install fio)")?;
     if !out.status.success() {
         bail!("fio: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -553,7 +551,11 @@ fn fio(dir: &Path, seconds: u32, reps: usize) -> Result<()> {
         let mut runs_v = Vec::new();
         for rep in 0..reps {
             for volume_side in [rep % 2 == 1, rep % 2 == 0] {
-                let target = if volume_side { &volume_file } else { &backing_file };
+                let target = if volume_side {
+                    &volume_file
+                } else {
+                    &backing_file
+                };
                 fio_layout(target)?;
                 let run = fio_run(target, rw, bs, seconds)?;
                 std::fs::remove_file(target)?;

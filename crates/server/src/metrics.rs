@@ -455,6 +455,7 @@ mod tests {
                 },
             ],
             stats: stats.snapshot(),
+            claims: BTreeMap::from([(("es".to_string(), "held"), 2)]),
         }
     }
 
@@ -506,6 +507,7 @@ mod tests {
         assert_eq!(get(r#"ballast_pool_remediations_total{pool="fast"}"#), "1");
         assert_eq!(get(r#"ballast_pool_remediations_total{pool="gone"}"#), "0");
         assert_eq!(get(r#"ballast_volume_autogrows_total{pool="fast"}"#), "0");
+        assert_eq!(get(r#"ballast_claims{group="es",state="held"}"#), "2");
         // Histogram buckets are cumulative and end with +Inf = count.
         let op = r#"operation="create",driver="loop""#;
         assert_eq!(
