@@ -99,6 +99,9 @@ fn open_store_quietly(path: &Path) -> Result<RedbStore, ballast_core::store::Sto
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    // Watch the stop signals before anything answers: a SIGTERM that comes
+    // as soon as the sockets serve must still get a clean exit.
+    let stop = ShutdownSignal::watch()?;
     let state_dir = make_dir(&config.state_dir, 0o700)?;
     let run_dir = make_dir(&config.run_dir, 0o755)?;
     let store =
@@ -208,7 +211,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         service.clone(),
         config.watch_interval,
     )));
-    shutdown_signal().await;
+    stop.wait().await;
     tracing::info!("shutting down");
     for t in tasks {
         t.abort();
@@ -243,18 +246,25 @@ async fn watchers(service: Arc<VolumeService>, every: std::time::Duration) {
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// SIGTERM and SIGINT, registered up front.
+struct ShutdownSignal {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    fn watch() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("watching SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("watching SIGINT")?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }
