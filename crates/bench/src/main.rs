@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 mod btrfs;
 mod dashboard;
+mod loopcopy;
 mod metrics;
 
 use anyhow::{bail, Context, Result};
@@ -101,6 +102,11 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Loop volume copies: reflink clone on xfs, sparse copy vs cp
+    Loopcopy {
+        #[arg(long, default_value_t = 5)]
+        n: usize,
+    },
     /// Everything, with the defaults
     All,
 }
@@ -120,6 +126,7 @@ fn main() -> Result<()> {
         Cmd::Claims { n, held } => claims_bench(&args.dir, n, held),
         Cmd::Btrfs { n } => btrfs::btrfs_bench(&args.dir, n),
         Cmd::Dashboard { volumes, runs } => dashboard::dashboard(&args.dir, volumes, runs),
+        Cmd::Loopcopy { n } => loopcopy::loopcopy(&args.dir, n),
         Cmd::All => {
             lifecycle(&args.dir, 30)?;
             scale(&args.dir, 10_000)?;
