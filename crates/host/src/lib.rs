@@ -96,6 +96,11 @@ impl Host for LinuxHost {
 
     fn mkfs(&self, device: &Path, fs: FsType) -> Result<(), HostError> {
         let (program, flags): (&str, &[&str]) = match fs {
+            // Lazy init costs a loop volume nothing worth avoiding: the kernel
+            // never zeroes the journal, and its background inode-table zeroing
+            // reaches the image as hole punches (write-zeroes), not data.
+            // Non-lazy would instead allocate the tables and journal in the
+            // image at mkfs (about 50 MiB for 1 GiB) for no measured gain.
             FsType::Ext4 => (
                 "mkfs.ext4",
                 &[

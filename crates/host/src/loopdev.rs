@@ -81,7 +81,11 @@ impl LoopConfig {
         Ok(LoopConfig {
             fd,
             // 0: the kernel picks the backing device's logical block size when
-            // direct I/O is on (512 otherwise), which is what dio needs.
+            // direct I/O is on (512 otherwise), which is what dio needs. Not
+            // 4096: ext4 writes 4 KiB blocks either way (measured: no change
+            // in 4 KiB random-write throughput), and a 4096-byte device would
+            // refuse existing 1 KiB-block ext4 and 512-byte-sector xfs volumes
+            // and 512-byte direct I/O on raw block volumes.
             block_size: 0,
             info: LoopInfo64 {
                 lo_device: 0,
