@@ -622,17 +622,12 @@ impl VolumeService {
         {
             let _admit = self.admission.lock();
             self.admit(&pool, size)?;
-            let intent = Intent {
-                op: IntentOp::Create,
-                before: vol.clone(),
-                started: Utc::now(),
-            };
-            self.persist(
+            self.begin(
                 Txn::new().require_absent(vol_key(&vol.name)),
                 &vol.name,
-                Some(&vol),
-                Some(IntentWrite::Set(Box::new(intent))),
-                None,
+                &vol,
+                IntentOp::Create,
+                &vol,
             )?;
         }
         self.failpoints.hit("create.after_intent");
@@ -1030,20 +1025,15 @@ impl VolumeService {
             self.persist(Txn::new(), name, Some(&vol), None, Some(ev))?;
             return Ok(vol);
         };
-        let intent = Intent {
-            op: IntentOp::Publish {
+        self.begin(
+            Txn::new(),
+            name,
+            &vol,
+            IntentOp::Publish {
                 consumer: consumer.clone(),
                 target: target.clone(),
             },
-            before: vol.clone(),
-            started: Utc::now(),
-        };
-        self.persist(
-            Txn::new(),
-            name,
-            Some(&vol),
-            Some(IntentWrite::Set(Box::new(intent))),
-            None,
+            &vol,
         )?;
         if let Err(e) = self.bind_target(&vol, &target) {
             let _ = node;
@@ -1130,20 +1120,15 @@ impl VolumeService {
             self.persist(Txn::new(), &name, Some(&vol), None, Some(ev))?;
             return Ok(vol);
         }
-        let intent = Intent {
-            op: IntentOp::Stage {
+        self.begin(
+            Txn::new(),
+            &name,
+            &vol,
+            IntentOp::Stage {
                 consumer: consumer.clone(),
                 target: target.clone(),
             },
-            before: vol.clone(),
-            started: Utc::now(),
-        };
-        self.persist(
-            Txn::new(),
-            &name,
-            Some(&vol),
-            Some(IntentWrite::Set(Box::new(intent))),
-            None,
+            &vol,
         )?;
         self.failpoints.hit("stage.after_intent");
         let mountpoint = self.mountpoint_for(&name);
@@ -1287,19 +1272,14 @@ impl VolumeService {
         vol.consumers.remove(&key);
         if !vol.consumers.is_empty() || vol.staging.is_none() {
             if let Some(t) = &target {
-                let intent = Intent {
-                    op: IntentOp::Unpublish {
-                        consumer: consumer.clone(),
-                    },
-                    before: before.clone(),
-                    started: Utc::now(),
-                };
-                self.persist(
+                self.begin(
                     Txn::new(),
                     name,
-                    Some(&before),
-                    Some(IntentWrite::Set(Box::new(intent))),
-                    None,
+                    &before,
+                    IntentOp::Unpublish {
+                        consumer: consumer.clone(),
+                    },
+                    &before,
                 )?;
                 if let Err(e) = self.unbind(&before, t) {
                     let _ = self.persist(
@@ -1322,19 +1302,14 @@ impl VolumeService {
             )?;
             return Ok(vol);
         }
-        let intent = Intent {
-            op: IntentOp::Unstage {
-                consumer: consumer.clone(),
-            },
-            before: before.clone(),
-            started: Utc::now(),
-        };
-        self.persist(
+        self.begin(
             Txn::new(),
             name,
-            Some(&before),
-            Some(IntentWrite::Set(Box::new(intent))),
-            None,
+            &before,
+            IntentOp::Unstage {
+                consumer: consumer.clone(),
+            },
+            &before,
         )?;
         self.failpoints.hit("unstage.after_intent");
         match self.unstage_steps(&before) {
@@ -1463,20 +1438,15 @@ impl VolumeService {
         {
             let _admit = self.admission.lock();
             self.admit(&pool, new_size - vol.size_bytes)?;
-            let intent = Intent {
-                op: IntentOp::Resize {
+            self.begin(
+                Txn::new(),
+                name,
+                &growing,
+                IntentOp::Resize {
                     from: vol.size_bytes,
                     to: new_size,
                 },
-                before: vol.clone(),
-                started: Utc::now(),
-            };
-            self.persist(
-                Txn::new(),
-                name,
-                Some(&growing),
-                Some(IntentWrite::Set(Box::new(intent))),
-                None,
+                &vol,
             )?;
         }
         self.failpoints.hit("resize.after_intent");
@@ -1575,18 +1545,7 @@ impl VolumeService {
         }
         let mut deleting = vol.clone();
         deleting.state = VolumeState::Deleting;
-        let intent = Intent {
-            op: IntentOp::Delete,
-            before: vol.clone(),
-            started: Utc::now(),
-        };
-        self.persist(
-            Txn::new(),
-            name,
-            Some(&deleting),
-            Some(IntentWrite::Set(Box::new(intent))),
-            None,
-        )?;
+        self.begin(Txn::new(), name, &deleting, IntentOp::Delete, &vol)?;
         self.failpoints.hit("delete.after_intent");
         if let Err(e) = self.delete_steps(&vol) {
             let _ = self.persist(Txn::new(), name, Some(&vol), Some(IntentWrite::Clear), None);
@@ -1820,6 +1779,30 @@ impl VolumeService {
         self.drivers.get(&kind).ok_or_else(|| {
             DriverError::Unsupported(format!("driver {kind} is not available in this build")).into()
         })
+    }
+
+    /// Record an operation's intent before its first side effect, with the
+    /// volume's record as it should read meanwhile, in one transaction.
+    fn begin(
+        &self,
+        txn: Txn,
+        name: &str,
+        record: &Volume,
+        op: IntentOp,
+        before: &Volume,
+    ) -> Result<()> {
+        let intent = Intent {
+            op,
+            before: before.clone(),
+            started: Utc::now(),
+        };
+        self.persist(
+            txn,
+            name,
+            Some(record),
+            Some(IntentWrite::Set(Box::new(intent))),
+            None,
+        )
     }
 
     /// Take the volume's lock, waiting or not.
