@@ -14,6 +14,7 @@ use serde_json::json;
 
 use crate::client::{Client, Endpoint};
 use crate::config::ServeArgs;
+use crate::progress::with_progress;
 
 #[derive(Debug, Parser)]
 #[command(name = "ballast", version, about = "Persistent volumes for containers")]
@@ -265,9 +266,11 @@ fn volume(c: &Client, output: Output, cmd: &VolumeCmd) -> anyhow::Result<()> {
                 "from_snapshot": from_snapshot, "from_volume": from_volume,
                 "autogrow": autogrow});
             let v: VolumeView = match from_snapshot.as_ref().or(from_volume.as_ref()) {
-                Some(src) => with_progress(&format!("copying {src} into {name}"), || {
-                    c.post("/v1/volumes", body)
-                })?,
+                Some(src) => {
+                    with_progress(c, &format!("copying {src} into {name}"), Some(name), || {
+                        c.post("/v1/volumes", body)
+                    })?
+                }
                 None => c.post("/v1/volumes", body)?,
             };
             print_one(output, &v, || println!("{}", v.name))
@@ -326,16 +329,18 @@ fn volume(c: &Client, output: Output, cmd: &VolumeCmd) -> anyhow::Result<()> {
         }
         VolumeCmd::Snapshot { volume, snapshot } => {
             let path = format!("/v1/volumes/{}/snapshots", seg("volume", volume)?);
-            let s: SnapshotView = with_progress(&format!("snapshotting {volume}"), || {
-                c.post(&path, json!({ "name": snapshot }))
-            })?;
+            let s: SnapshotView =
+                with_progress(c, &format!("snapshotting {volume}"), Some(snapshot), || {
+                    c.post(&path, json!({ "name": snapshot }))
+                })?;
             print_one(output, &s, || println!("{}", s.name))
         }
         VolumeCmd::Resize { name, size } => {
             let path = format!("/v1/volumes/{}/resize", seg("volume", name)?);
-            let v: VolumeView = with_progress(&format!("growing {name} to {size}"), || {
-                c.post(&path, json!({ "size": size }))
-            })?;
+            let v: VolumeView =
+                with_progress(c, &format!("growing {name} to {size}"), None, || {
+                    c.post(&path, json!({ "size": size }))
+                })?;
             print_one(output, &v, || println!("{} {}", v.name, v.size))
         }
     }
@@ -500,32 +505,6 @@ fn pool(c: &Client, output: Output, cmd: &PoolCmd) -> anyhow::Result<()> {
         PoolCmd::Create(args) => crate::pool_cli::create(c, output, args),
         PoolCmd::Rm { name } => crate::pool_cli::delete(c, output, name, &seg("pool", name)?),
     }
-}
-
-/// Run a long call (a copy, a grow) with a spinner on a terminal, and a
-/// plain line when done otherwise, on stderr so stdout stays the command's
-/// output.
-pub(crate) fn with_progress<T>(
-    what: &str,
-    f: impl FnOnce() -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    use std::io::IsTerminal;
-    let start = std::time::Instant::now();
-    if std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_message(format!("{what}..."));
-        bar.enable_steady_tick(std::time::Duration::from_millis(100));
-        let result = f();
-        bar.finish_and_clear();
-        return result;
-    }
-    // Off a terminal one quiet line, on success only: an error is already
-    // the one line the caller prints.
-    let result = f();
-    if result.is_ok() {
-        eprintln!("{what}: done in {:.1}s", start.elapsed().as_secs_f64());
-    }
-    result
 }
 
 pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod dvdcli;
 pub mod pool_cli;
+mod progress;
 
 use std::process::ExitCode;
 

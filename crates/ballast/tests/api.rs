@@ -91,9 +91,12 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
 
 fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
     let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str("Host: localhost\r\n");
+    }
     if !body.is_empty() {
         head.push_str("Content-Type: application/json\r\n");
     }
@@ -481,6 +484,34 @@ fn tcp_reads_from_loopback_are_open_and_everything_else_needs_the_token() {
             String::from_utf8_lossy(&r.body)
         );
         r.json();
+    }
+    let port = addr.port();
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+        "LocalHost".into(),
+    ] {
+        let r = tcp_request(addr, "GET", "/v1/volumes", &[("Host", &host)], b"");
+        assert_eq!(r.status, 200, "Host: {host}");
+    }
+    // A page on another name rebound to 127.0.0.1 (DNS rebinding) sends its
+    // own name as Host: it needs the token like any remote caller.
+    for host in [
+        "attacker.example",
+        "attacker.example:7420",
+        "127.0.0.1.nip.io",
+        "localhost.evil",
+    ] {
+        let r = tcp_request(addr, "GET", "/v1/volumes", &[("Host", host)], b"");
+        error_message(&r, 401, "unauthorized");
+        let r = tcp_request(
+            addr,
+            "GET",
+            "/v1/volumes",
+            &[("Host", host), ("Authorization", &bearer)],
+            b"",
+        );
+        assert_eq!(r.status, 200, "Host: {host} with the token");
     }
     // Writes without a token, or with a wrong one, are refused.
     let create = br#"{"name":"tcp","size":"16M"}"#;

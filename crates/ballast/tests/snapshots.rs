@@ -1083,6 +1083,7 @@ fn every_snapshot_failpoint_has_a_crash_test() {
 /// same name replaces it, keeps holes, and leaves no `.partial`.
 #[test]
 fn copy_replaces_a_stale_partial_and_keeps_holes() {
+    use ballast_core::progress::Progress;
     use ballast_drivers::copy::{copy_image, partial_name};
     use std::io::{Seek, SeekFrom};
 
@@ -1103,7 +1104,7 @@ fn copy_replaces_a_stale_partial_and_keeps_holes() {
     let dst = dir.path().join("snapshots").join("s.img");
     std::fs::create_dir(dst.parent().unwrap()).unwrap();
     std::fs::write(partial_name(&dst), b"half a copy from before a crash").unwrap();
-    copy_image(&src, &dst, 0).unwrap();
+    copy_image(&src, &dst, 0, &Progress::none()).unwrap();
 
     assert!(!partial_name(&dst).exists());
     let got = std::fs::read(&dst).unwrap();
@@ -1116,10 +1117,105 @@ fn copy_replaces_a_stale_partial_and_keeps_holes() {
         md.blocks() * 512
     );
     // A copy onto an existing name replaces it (a repeated restore).
-    copy_image(&src, &dst, 48 * MIB).unwrap();
+    copy_image(&src, &dst, 48 * MIB, &Progress::none()).unwrap();
     assert_eq!(std::fs::metadata(&dst).unwrap().len(), 48 * MIB);
     let got = std::fs::read(&dst).unwrap();
     assert_eq!(&got[..1 << 20], &head[..]);
     let at = usize::try_from(20 * MIB).unwrap();
     assert_eq!(&got[at..at + (1 << 20)], &mid[..]);
+}
+
+// ----- progress of a full copy ------------------------------------------------
+
+/// A full copy (ext4 under /var/tmp has no reflink) is listed at
+/// /v1/operations with its byte counts while it runs, the CLI draws a bar
+/// from it on a terminal, and off a terminal it prints quiet lines only.
+#[test]
+fn a_full_copy_reports_its_progress() {
+    if !require_root_loop("full copy progress") || !require_tool("full copy progress", "script") {
+        return;
+    }
+    const WRITTEN: usize = 768 << 20;
+    let d = Daemon::start();
+    d.ok(&["volume", "create", "big", "--size", "2G"]);
+    let mp = mount(&d, "big");
+    common::write_file(&mp.join(DATA), WRITTEN).unwrap();
+
+    // The CLI on a pseudo-terminal (script(1)), while this thread watches
+    // the operation through REST.
+    let command = format!(
+        "{} --socket {} volume snapshot big s1",
+        common::BIN,
+        d.socket().display()
+    );
+    let cli = std::thread::spawn(move || {
+        std::process::Command::new("script")
+            .args(["-qfec", &command, "/dev/null"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run script")
+    });
+    let mut seen: Vec<Value> = Vec::new();
+    while !cli.is_finished() {
+        let (status, ops) = d.http("GET", "/v1/operations", b"");
+        assert_eq!(status, 200, "{ops}");
+        seen.extend(
+            ops.as_array()
+                .expect("a list")
+                .iter()
+                .filter(|o| o["target"] == "s1" && o["total_bytes"].as_u64() > Some(0))
+                .cloned(),
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = cli.join().unwrap();
+    let tty = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{tty}");
+    assert!(!seen.is_empty(), "the copy was never listed as in flight");
+    let total = seen[0]["total_bytes"].as_u64().unwrap();
+    // The data extents of the image: what was written plus ext4's metadata,
+    // and far less than the 2 GiB image.
+    assert!(
+        total >= WRITTEN as u64 && total < 2 << 30,
+        "total {total} for {WRITTEN} written"
+    );
+    let mut last = 0;
+    for op in &seen {
+        assert_eq!(
+            (&op["kind"], &op["source"]),
+            (&json!("snapshot"), &json!("big")),
+            "{op}"
+        );
+        assert_eq!(op["total_bytes"], total, "{op}");
+        let done = op["done_bytes"].as_u64().unwrap();
+        assert!(done >= last && done <= total, "{op} after {last}");
+        last = done;
+    }
+    // Done means no longer listed.
+    assert_eq!(d.http("GET", "/v1/operations", b""), (200, json!([])));
+    // The bar: the message and the total in binary units.
+    assert!(tty.contains("snapshotting big"), "{tty:?}");
+    assert!(
+        tty.contains("MiB") || tty.contains("GiB"),
+        "no byte counts drawn: {tty:?}"
+    );
+    assert!(tty.trim_end().ends_with("s1"), "{tty:?}");
+
+    // Off a terminal: no control characters, and the last line says done.
+    let out = d.cli(&["volume", "create", "c1", "--from-snapshot", "s1"]);
+    assert!(out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+    let last_line = err.lines().last().unwrap_or_default();
+    assert!(
+        last_line.starts_with("copying s1 into c1: done in "),
+        "{err:?}"
+    );
+    for line in err.lines() {
+        assert!(line.starts_with("copying s1 into c1: "), "{err:?}");
+    }
+    d.ok(&["volume", "rm", "c1", "--force"]);
+    d.ok(&["snapshot", "rm", "s1"]);
+    d.ok(&["volume", "rm", "big", "--force"]);
+    d.assert_no_leftovers();
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::host::{HostError, LoopDevice};
 use crate::model::{DriverKind, Pool, PoolDisk, Snapshot, Volume};
+use crate::progress::Progress;
 
 /// A driver failure: a host operation, or the driver's own file work.
 #[derive(Debug, thiserror::Error)]
@@ -60,17 +61,26 @@ pub trait Driver: Send + Sync {
     /// Grow the volume's storage to `new_size` bytes.
     fn resize(&self, pool: &Pool, vol: &Volume, new_size: u64) -> Result<(), DriverError>;
     /// Copy the volume's storage into the snapshot's. The core keeps the
-    /// source still (frozen or unmounted) meanwhile.
-    fn snapshot(&self, pool: &Pool, vol: &Volume, snap: &Snapshot) -> Result<(), DriverError>;
+    /// source still (frozen or unmounted) meanwhile. A copy that moves data
+    /// counts it into `progress`.
+    fn snapshot(
+        &self,
+        pool: &Pool,
+        vol: &Volume,
+        snap: &Snapshot,
+        progress: &Progress,
+    ) -> Result<(), DriverError>;
     /// Remove a snapshot's storage. Already gone is fine.
     fn delete_snapshot(&self, pool: &Pool, snap: &Snapshot) -> Result<(), DriverError>;
     /// Make `vol`'s storage as a copy of a snapshot's or another volume's,
-    /// at `vol.size_bytes` (at least the source's size).
+    /// at `vol.size_bytes` (at least the source's size), counting the bytes
+    /// it moves into `progress`.
     fn create_from(
         &self,
         pool: &Pool,
         vol: &Volume,
         source: SourceRef<'_>,
+        progress: &Progress,
     ) -> Result<(), DriverError>;
     /// The file that backs the volume (a loop image), if any.
     fn backing_file(&self, pool: &Pool, vol: &Volume) -> Option<PathBuf>;

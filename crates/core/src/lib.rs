@@ -14,6 +14,7 @@ pub mod host;
 pub(crate) mod locks;
 pub mod model;
 pub mod pools;
+pub mod progress;
 pub mod reconcile;
 pub mod remediation;
 pub mod service;

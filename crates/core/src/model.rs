@@ -656,6 +656,15 @@ pub enum CreateSource {
     Volume(String),
 }
 
+impl CreateSource {
+    /// The snapshot's or volume's name.
+    pub fn name(&self) -> &str {
+        match self {
+            CreateSource::Snapshot(n) | CreateSource::Volume(n) => n,
+        }
+    }
+}
+
 /// Labels given as `K=V`: the key is non-empty and has no control characters.
 pub fn parse_label(s: &str) -> Result<(String, String), InvalidInput> {
     let Some((k, v)) = s.split_once('=') else {

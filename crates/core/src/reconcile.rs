@@ -110,6 +110,7 @@ impl VolumeService {
             stats: Default::default(),
             autogrow_at_max: Mutex::new(Default::default()),
             pool_watch: Default::default(),
+            operations: Default::default(),
         };
         std::fs::create_dir_all(&svc.config.mounts_dir)
             .map_err(|e| crate::driver::DriverError::io(&svc.config.mounts_dir, e))?;

@@ -215,6 +215,8 @@ pub struct VolumeService {
     pub(crate) autogrow_at_max: Mutex<std::collections::HashSet<String>>,
     /// What the pool watcher remembers between passes.
     pub(crate) pool_watch: crate::remediation::PoolWatches,
+    /// Copies in flight and how far they have got.
+    pub(crate) operations: Arc<crate::progress::Operations>,
 }
 
 impl VolumeService {
@@ -347,6 +349,11 @@ impl VolumeService {
             provisioned_bytes: provisioned,
             available_bytes: limit.saturating_sub(provisioned),
         })
+    }
+
+    /// Long operations in flight (full copies), with their progress.
+    pub fn operations(&self) -> Vec<crate::progress::Operation> {
+        self.operations.list()
     }
 
     pub fn recent_events(&self, limit: usize) -> Vec<Event> {
@@ -631,12 +638,13 @@ impl VolumeService {
             )?;
         }
         self.failpoints.hit("create.after_intent");
+        let op = self.operations.start("copy", &vol.name, source.name());
         let copied = match (&src_vol, &src_snap) {
-            (Some(v), _) => {
-                self.with_still(v, || driver.create_from(&pool, &vol, SourceRef::Volume(v)))
-            }
+            (Some(v), _) => self.with_still(v, || {
+                driver.create_from(&pool, &vol, SourceRef::Volume(v), op.progress())
+            }),
             (None, Some(s)) => driver
-                .create_from(&pool, &vol, SourceRef::Snapshot(s))
+                .create_from(&pool, &vol, SourceRef::Snapshot(s), op.progress())
                 .map_err(Error::from),
             (None, None) => unreachable!("one source is set"),
         };
@@ -767,8 +775,9 @@ impl VolumeService {
                 .write()
                 .insert(name.to_string(), snap.clone());
         }
+        let op = self.operations.start("snapshot", name, volume);
         let copied = self.with_still(&vol, || {
-            let r = driver.snapshot(&pool, &vol, &snap);
+            let r = driver.snapshot(&pool, &vol, &snap, op.progress());
             self.failpoints.hit("snapshot.after_copy");
             r
         });

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use ballast_core::driver::{NodeOps, PoolUsage, SourceRef};
 use ballast_core::host::{Host, LoopDevice};
 use ballast_core::model::{DiskKind, DriverKind, Pool, PoolDisk, Snapshot, Volume};
+use ballast_core::progress::Progress;
 use ballast_core::{Driver, DriverError};
 
 use crate::sync_dir;
@@ -365,7 +366,14 @@ impl Driver for BtrfsDriver {
             .btrfs_qgroup_limit(&subvolume(pool, vol), new_size)?)
     }
 
-    fn snapshot(&self, pool: &Pool, vol: &Volume, snap: &Snapshot) -> Result<(), DriverError> {
+    // O(1) snapshots and clones: nothing to count in `progress`.
+    fn snapshot(
+        &self,
+        pool: &Pool,
+        vol: &Volume,
+        snap: &Snapshot,
+        _progress: &Progress,
+    ) -> Result<(), DriverError> {
         let dst = snapshot_path(pool, snap);
         if self.node.is_subvolume(&dst)? == Some(true) {
             return Ok(());
@@ -385,6 +393,7 @@ impl Driver for BtrfsDriver {
         pool: &Pool,
         vol: &Volume,
         source: SourceRef<'_>,
+        _progress: &Progress,
     ) -> Result<(), DriverError> {
         let src = match source {
             SourceRef::Snapshot(s) => snapshot_path(pool, s),

@@ -8,6 +8,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use ballast_core::progress::Progress;
 use ballast_core::DriverError;
 use nix::errno::Errno;
 use nix::unistd::{lseek, Whence};
@@ -32,8 +33,14 @@ pub fn partial_name(dst: &Path) -> PathBuf {
 }
 
 /// Copy `src` to `dst` (replacing it) and make it `len` bytes long if that
-/// is more than `src`'s length.
-pub fn copy_image(src: &Path, dst: &Path, len: u64) -> Result<CopyKind, DriverError> {
+/// is more than `src`'s length. A full copy counts its data bytes into
+/// `progress`; a reflink moves none.
+pub fn copy_image(
+    src: &Path,
+    dst: &Path,
+    len: u64,
+    progress: &Progress,
+) -> Result<CopyKind, DriverError> {
     let tmp = partial_name(dst);
     match std::fs::remove_file(&tmp) {
         Ok(()) => {}
@@ -53,7 +60,7 @@ pub fn copy_image(src: &Path, dst: &Path, len: u64) -> Result<CopyKind, DriverEr
     let kind = if ret == 0 {
         CopyKind::Reflink
     } else {
-        sparse_copy(&from, &to, src_len).map_err(|e| DriverError::io(&tmp, e))?;
+        sparse_copy(&from, &to, src_len, progress).map_err(|e| DriverError::io(&tmp, e))?;
         CopyKind::Sparse
     };
     to.set_len(len.max(src_len))
@@ -66,39 +73,80 @@ pub fn copy_image(src: &Path, dst: &Path, len: u64) -> Result<CopyKind, DriverEr
     Ok(kind)
 }
 
-/// Copy only the data extents of `from` into `to` at the same offsets.
-fn sparse_copy(from: &File, to: &File, len: u64) -> std::io::Result<()> {
-    to.set_len(len)?;
+/// The (start, end) byte ranges of `file` that hold data, up to `end`.
+fn data_extents(file: &File, end: i64) -> std::io::Result<Vec<(i64, i64)>> {
+    let mut extents = Vec::new();
     let mut pos: i64 = 0;
-    let end = i64::try_from(len).map_err(|_| std::io::Error::other("file too large"))?;
     while pos < end {
-        let data = match lseek(from.as_raw_fd(), pos, Whence::SeekData) {
+        let data = match lseek(file.as_raw_fd(), pos, Whence::SeekData) {
             Ok(d) => d,
             // No data after pos: the rest is a hole.
             Err(Errno::ENXIO) => break,
             Err(e) => return Err(e.into()),
         };
-        let hole = lseek(from.as_raw_fd(), data, Whence::SeekHole)?.min(end);
+        let hole = lseek(file.as_raw_fd(), data, Whence::SeekHole)?.min(end);
+        if data >= hole {
+            break;
+        }
+        extents.push((data, hole));
+        pos = hole;
+    }
+    Ok(extents)
+}
+
+/// How much one copy_file_range call moves: small enough for a progress
+/// bar to move smoothly, large enough that the calls cost nothing.
+const COPY_CHUNK: usize = 32 << 20;
+
+/// Copy only the data extents of `from` into `to` at the same offsets. The
+/// extents are listed first, so the progress total is known from the start.
+fn sparse_copy(from: &File, to: &File, len: u64, progress: &Progress) -> std::io::Result<()> {
+    to.set_len(len)?;
+    let end = i64::try_from(len).map_err(|_| std::io::Error::other("file too large"))?;
+    let extents = data_extents(from, end)?;
+    progress.set_total(extents.iter().map(|(a, b)| (b - a) as u64).sum());
+    for (data, hole) in extents {
         let mut off_in = data;
         let mut off_out = data;
         while off_in < hole {
             let want = usize::try_from(hole - off_in)
                 .unwrap_or(usize::MAX)
-                .min(1 << 30);
+                .min(COPY_CHUNK);
             let n =
                 nix::fcntl::copy_file_range(from, Some(&mut off_in), to, Some(&mut off_out), want)?;
             if n == 0 {
                 return Err(std::io::Error::other("source shrank during the copy"));
             }
+            progress.advance(n as u64);
         }
-        pos = hole;
     }
     Ok(())
 }
 
 /// Copy a directory tree (files, directories, symlinks, permissions) from
-/// `src` to `dst`, which must not exist. Symlinks are copied, not followed.
-pub fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
+/// `src` to `dst`, which must not exist, counting file bytes into
+/// `progress`. Symlinks are copied, not followed.
+pub fn copy_tree(src: &Path, dst: &Path, progress: &Progress) -> std::io::Result<()> {
+    progress.set_total(tree_bytes(src)?);
+    copy_tree_counted(src, dst, progress)
+}
+
+/// Bytes in the regular files under `dir` (symlinks not followed).
+fn tree_bytes(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            total += tree_bytes(&entry.path())?;
+        } else if ft.is_file() {
+            total += entry.metadata()?.len();
+        }
+    }
+    Ok(total)
+}
+
+fn copy_tree_counted(src: &Path, dst: &Path, progress: &Progress) -> std::io::Result<()> {
     let md = std::fs::symlink_metadata(src)?;
     std::fs::create_dir(dst)?;
     std::fs::set_permissions(dst, md.permissions())?;
@@ -108,11 +156,11 @@ pub fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
         let to = dst.join(entry.file_name());
         let ft = entry.file_type()?;
         if ft.is_dir() {
-            copy_tree(&from, &to)?;
+            copy_tree_counted(&from, &to, progress)?;
         } else if ft.is_symlink() {
             std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
         } else if ft.is_file() {
-            std::fs::copy(&from, &to)?;
+            progress.advance(std::fs::copy(&from, &to)?);
         }
         // Sockets, fifos and devices are not data: skipped.
     }
@@ -138,7 +186,13 @@ mod tests {
         f.write_all(b"tail").unwrap();
         f.sync_all().unwrap();
         let dst = dir.path().join("b.img");
-        copy_image(&src, &dst, 80 << 20).unwrap();
+        let progress = Progress::none();
+        let kind = copy_image(&src, &dst, 80 << 20, &progress).unwrap();
+        if kind == CopyKind::Sparse {
+            // Two data extents, whole blocks: 8 KiB and the block with "tail".
+            let block = std::fs::metadata(&src).unwrap().blksize();
+            assert_eq!(progress.get(), (8192 + block, 8192 + block));
+        }
         let a = std::fs::read(&src).unwrap();
         let b = std::fs::read(&dst).unwrap();
         assert_eq!(b.len(), 80 << 20);
@@ -155,8 +209,11 @@ mod tests {
         let src = dir.path().join("s");
         std::fs::create_dir_all(src.join("d")).unwrap();
         std::fs::write(src.join("d/f"), b"x").unwrap();
+        std::fs::write(src.join("g"), [1u8; 1000]).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", src.join("l")).unwrap();
-        copy_tree(&src, &dir.path().join("t")).unwrap();
+        let progress = Progress::none();
+        copy_tree(&src, &dir.path().join("t"), &progress).unwrap();
+        assert_eq!(progress.get(), (1001, 1001));
         assert_eq!(std::fs::read(dir.path().join("t/d/f")).unwrap(), b"x");
         assert_eq!(
             std::fs::read_link(dir.path().join("t/l")).unwrap(),

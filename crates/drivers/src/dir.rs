@@ -8,6 +8,7 @@ use std::sync::Arc;
 use ballast_core::driver::{NodeOps, PoolUsage, SourceRef};
 use ballast_core::host::{Host, LoopDevice};
 use ballast_core::model::{DriverKind, Pool, Snapshot, Volume};
+use ballast_core::progress::Progress;
 use ballast_core::{Driver, DriverError};
 
 use crate::sync_dir;
@@ -79,12 +80,18 @@ impl Driver for DirDriver {
         Ok(())
     }
 
-    fn snapshot(&self, pool: &Pool, vol: &Volume, snap: &Snapshot) -> Result<(), DriverError> {
+    fn snapshot(
+        &self,
+        pool: &Pool,
+        vol: &Volume,
+        snap: &Snapshot,
+        progress: &Progress,
+    ) -> Result<(), DriverError> {
         let dst = snapshot_dir(pool, snap);
         self.delete_snapshot(pool, snap)?;
         let parent = pool.path.join("snapshots");
         std::fs::create_dir_all(&parent).map_err(|e| DriverError::io(&parent, e))?;
-        crate::copy::copy_tree(&volume_dir(pool, vol), &dst)
+        crate::copy::copy_tree(&volume_dir(pool, vol), &dst, progress)
             .map_err(|e| DriverError::io(&dst, e))?;
         sync_dir(&parent)
     }
@@ -103,6 +110,7 @@ impl Driver for DirDriver {
         pool: &Pool,
         vol: &Volume,
         source: SourceRef<'_>,
+        progress: &Progress,
     ) -> Result<(), DriverError> {
         let src = match source {
             SourceRef::Snapshot(s) => snapshot_dir(pool, s),
@@ -110,7 +118,7 @@ impl Driver for DirDriver {
         };
         let dst = volume_dir(pool, vol);
         self.delete(pool, vol)?;
-        crate::copy::copy_tree(&src, &dst).map_err(|e| DriverError::io(&dst, e))?;
+        crate::copy::copy_tree(&src, &dst, progress).map_err(|e| DriverError::io(&dst, e))?;
         sync_dir(&pool.path)
     }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use ballast_core::driver::{NodeOps, PoolUsage, SourceRef};
 use ballast_core::host::{Host, LoopDevice, MountOptions};
 use ballast_core::model::{DriverKind, FsType, Pool, Snapshot, Volume};
+use ballast_core::progress::Progress;
 use ballast_core::{Driver, DriverError};
 
 use crate::sync_dir;
@@ -122,10 +123,21 @@ impl Driver for LoopDriver {
         Ok(())
     }
 
-    fn snapshot(&self, pool: &Pool, vol: &Volume, snap: &Snapshot) -> Result<(), DriverError> {
+    fn snapshot(
+        &self,
+        pool: &Pool,
+        vol: &Volume,
+        snap: &Snapshot,
+        progress: &Progress,
+    ) -> Result<(), DriverError> {
         let dir = pool.path.join("snapshots");
         std::fs::create_dir_all(&dir).map_err(|e| DriverError::io(&dir, e))?;
-        let kind = crate::copy::copy_image(&image_path(pool, vol), &snapshot_path(pool, snap), 0)?;
+        let kind = crate::copy::copy_image(
+            &image_path(pool, vol),
+            &snapshot_path(pool, snap),
+            0,
+            progress,
+        )?;
         tracing::info!(volume = %vol.name, snapshot = %snap.name, ?kind, "snapshot copied");
         Ok(())
     }
@@ -147,12 +159,13 @@ impl Driver for LoopDriver {
         pool: &Pool,
         vol: &Volume,
         source: SourceRef<'_>,
+        progress: &Progress,
     ) -> Result<(), DriverError> {
         let src = match source {
             SourceRef::Snapshot(s) => snapshot_path(pool, s),
             SourceRef::Volume(v) => image_path(pool, v),
         };
-        let kind = crate::copy::copy_image(&src, &image_path(pool, vol), vol.size_bytes)?;
+        let kind = crate::copy::copy_image(&src, &image_path(pool, vol), vol.size_bytes, progress)?;
         tracing::info!(volume = %vol.name, source = %src.display(), ?kind, "volume copied");
         Ok(())
     }

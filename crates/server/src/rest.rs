@@ -140,7 +140,7 @@ where
 #[openapi(
     info(
         title = "ballast",
-        description = "Persistent volumes for containers: the REST API. Over the unix socket no token is needed; over TCP every call needs `Authorization: Bearer <token>` (the token is in <state-dir>/token), except read-only calls from loopback."
+        description = "Persistent volumes for containers: the REST API. Over the unix socket no token is needed; over TCP every call needs `Authorization: Bearer <token>` (the token is in <state-dir>/token), except read-only calls from loopback that name a loopback host (localhost, 127.0.0.1, [::1]) in their Host header."
     ),
     paths(
         list_volumes,
@@ -156,6 +156,7 @@ where
         delete_pool,
         list_events,
         stream_events,
+        list_operations,
         version,
         openapi_document,
         crate::metrics::serve_metrics,
@@ -186,7 +187,8 @@ where
         ReleaseClaimBody,
         ClaimView,
         ClaimStatusView,
-        ballast_core::events::Event
+        ballast_core::events::Event,
+        ballast_core::progress::Operation
     ))
 )]
 pub struct ApiDoc;
@@ -220,6 +222,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/pools/{name}", get(get_pool).delete(delete_pool))
         .route("/v1/events", get(list_events))
         .route("/v1/events/stream", get(stream_events))
+        .route("/v1/operations", get(list_operations))
         .route("/v1/version", get(version))
         .route("/openapi.json", get(openapi_document))
         .route("/metrics", get(crate::metrics::serve_metrics))
@@ -244,7 +247,29 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// TCP callers need the bearer token, except read-only calls from loopback.
+/// Whether the request's Host names a loopback address (or has none). A
+/// web page that an attacker's name rebinds to 127.0.0.1 still sends the
+/// attacker's name, so a loopback peer alone does not prove a local caller.
+fn names_loopback(req: &Request) -> bool {
+    let Some(host) = req.headers().get(header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    // Drop the port: `[::1]:7420`, `127.0.0.1:7420`, `localhost`.
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// TCP callers need the bearer token, except read-only calls from loopback
+/// that name a loopback host.
 async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let peer = req
         .extensions()
@@ -254,7 +279,7 @@ async fn require_token(State(state): State<ApiState>, req: Request, next: Next) 
     let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
     let allowed = match peer {
         Peer::Unix => true,
-        Peer::Tcp { loopback } if loopback && read_only => true,
+        Peer::Tcp { loopback } if loopback && read_only && names_loopback(&req) => true,
         Peer::Tcp { .. } => {
             let presented = req
                 .headers()
@@ -553,6 +578,17 @@ async fn create_snapshot(
 struct SnapshotsQuery {
     /// Only snapshots of this volume.
     volume: Option<String>,
+}
+
+/// Long operations in flight (full copies for snapshots and clones) and
+/// how many bytes each has moved: what the CLI draws its progress bar from.
+/// An operation is listed from its start until its own call returns.
+#[utoipa::path(get, path = "/v1/operations",
+    responses((status = 200, body = [ballast_core::progress::Operation])))]
+async fn list_operations(
+    State(state): State<ApiState>,
+) -> Json<Vec<ballast_core::progress::Operation>> {
+    Json(state.service.operations())
 }
 
 #[utoipa::path(get, path = "/v1/snapshots", params(SnapshotsQuery),
