@@ -440,3 +440,61 @@ fn bad_claim_input_is_refused_clearly_and_changes_nothing() {
     d.ok(&["claim", "release", "es", "1", "--holder", "node-a"]);
     assert!(claims(&d, None).is_empty());
 }
+
+/// A crash in the middle of an acquire (`claim.*` failpoints): the caller
+/// never heard of the claim, so the next start takes it back: the volumes
+/// it made are gone, volumes that existed before stay with their data, the
+/// ordinal is free, and nothing is left on the host.
+#[test]
+fn a_crash_mid_acquire_is_taken_back_at_start() {
+    use std::os::unix::process::ExitStatusExt;
+
+    if !require_root_loop("claims crash") {
+        return;
+    }
+    let failpoints: Vec<&str> = ballast_core::failpoint::ALL
+        .iter()
+        .copied()
+        .filter(|f| f.starts_with("claim."))
+        .collect();
+    assert_eq!(failpoints, ["claim.after_record", "claim.after_volumes"]);
+    for fp in failpoints {
+        let mut d = Daemon::start();
+        // Ordinal 1 once held and released: its data volume exists, its
+        // config volume does not (made by the acquire that crashes).
+        acquire(&d, &["db", "--volumes", "data", "--size", "32M"]);
+        let mp = PathBuf::from(d.ok(&["volume", "mount", "db-1-data"]).trim());
+        std::fs::write(mp.join("kept"), b"one").unwrap();
+        d.ok(&["volume", "unmount", "db-1-data"]);
+        d.ok(&["claim", "release", "db", "1"]);
+        let images_before = d.images();
+
+        d.restart_with(&[("BALLAST_FAILPOINTS", fp)]);
+        let out = d.cli(&["claim", "acquire", "db", "--volumes", "data,config,logs"]);
+        assert!(!out.status.success(), "{fp}: the acquire should not answer");
+        let status = d.wait_exit();
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "{fp}: {status}\n{}",
+            d.log()
+        );
+        assert!(d.log().contains(fp), "{fp}: died elsewhere:\n{}", d.log());
+        d.restart();
+
+        assert_eq!(claims(&d, Some("db")), Vec::<Value>::new(), "{fp}");
+        assert_eq!(
+            volume_names(&d),
+            BTreeSet::from(["db-1-data".to_string()]),
+            "{fp}: only the volume from before stays"
+        );
+        assert_eq!(d.images(), images_before, "{fp}: image files");
+        // The ordinal is free again and its data is still there.
+        let again = acquire(&d, &["db", "--volumes", "data,config"]);
+        assert_eq!(ordinal(&again), 1, "{fp}");
+        let mp = PathBuf::from(d.ok(&["volume", "mount", "db-1-data"]).trim());
+        assert_eq!(std::fs::read(mp.join("kept")).unwrap(), b"one", "{fp}");
+        d.ok(&["volume", "unmount", "db-1-data"]);
+        d.assert_no_leftovers();
+    }
+}

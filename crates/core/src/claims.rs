@@ -68,6 +68,12 @@ pub struct Claim {
     /// The TTL a renew extends the claim by, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_ms: Option<u64>,
+    /// Set while the acquire that wrote this record is still making the
+    /// claim's missing volumes (these names). The record is the acquire's
+    /// intent: a start that finds it set takes the acquire back, volumes
+    /// and record, since its caller never heard of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acquiring: Option<Vec<String>>,
 }
 
 impl Claim {
@@ -335,23 +341,67 @@ impl VolumeService {
             validate_name("pool", p)?;
             self.get_pool(p)?;
         }
-        let claim = {
+        let pending = {
             let _g = self.locks.lock(&group_lock(&req.group));
             self.take_lowest_free(&req, ttl_ms)?
         };
+        let Some(missing) = pending.acquiring.clone() else {
+            // Every volume existed: the record is final already.
+            return Ok(pending);
+        };
+        self.failpoints.hit("claim.after_record");
         // The ordinal is ours alone from here: nobody else makes its volumes.
         let mut created: Vec<String> = Vec::new();
-        for name in &claim.volumes {
-            match self.ensure_claim_volume(&claim, name, &req) {
+        for name in &missing {
+            match self.ensure_claim_volume(&pending, name, &req) {
                 Ok(true) => created.push(name.clone()),
                 Ok(false) => {}
                 Err(e) => {
-                    self.undo_acquire(&claim, &created);
+                    self.undo_acquire(&pending, &created);
                     return Err(e);
                 }
             }
         }
+        self.failpoints.hit("claim.after_volumes");
+        let mut claim = pending.clone();
+        claim.acquiring = None;
+        let key = claim_key(&claim.group, claim.ordinal);
+        let txn = Txn::new()
+            .require_equals(key.clone(), to_json(&pending))
+            .put(key, to_json(&claim));
+        if let Err(e) = self.store.commit(txn) {
+            self.undo_acquire(&pending, &created);
+            return Err(e.into());
+        }
         Ok(claim)
+    }
+
+    /// Take back every acquire a crash interrupted (see
+    /// [`Claim::acquiring`]): delete the volumes it made, then its record.
+    /// Runs at start, after the volume intents, so a volume half made is
+    /// already gone. Returns what was taken back.
+    pub(crate) fn reconcile_claims(&self) -> Result<Vec<String>> {
+        let mut undone = Vec::new();
+        for (k, v) in self.store.scan(CLAIM_PREFIX)? {
+            let claim: Claim = decode(&k, &v)?;
+            let Some(missing) = &claim.acquiring else {
+                continue;
+            };
+            // Only the volumes this claim's acquire made carry its labels.
+            let made: Vec<String> = missing
+                .iter()
+                .filter(|n| {
+                    self.volumes.read().get(*n).is_some_and(|vol| {
+                        vol.labels.get(LABEL_GROUP) == Some(&claim.group)
+                            && vol.labels.get(LABEL_ORDINAL) == Some(&claim.ordinal.to_string())
+                    })
+                })
+                .cloned()
+                .collect();
+            self.undo_acquire(&claim, &made);
+            undone.push(claim_name(&claim.group, claim.ordinal));
+        }
+        Ok(undone)
     }
 
     /// Read the group, pick the lowest free ordinal and swap the claim in.
@@ -374,18 +424,28 @@ impl VolumeService {
                     detail: format!("all {MAX_ORDINAL} ordinals are held"),
                 });
             }
+            let volumes: Vec<String> = req
+                .volumes
+                .iter()
+                .map(|v| claim_volume_name(&req.group, ordinal, v))
+                .collect();
+            let missing: Vec<String> = {
+                let existing = self.volumes.read();
+                volumes
+                    .iter()
+                    .filter(|n| !existing.contains_key(*n))
+                    .cloned()
+                    .collect()
+            };
             let claim = Claim {
                 group: req.group.clone(),
                 ordinal,
                 holder: req.holder.clone(),
-                volumes: req
-                    .volumes
-                    .iter()
-                    .map(|v| claim_volume_name(&req.group, ordinal, v))
-                    .collect(),
+                volumes,
                 acquired_at: now,
                 expires_at: expiry(now, ttl_ms),
                 ttl_ms,
+                acquiring: (!missing.is_empty()).then_some(missing),
             };
             let key = claim_key(&req.group, ordinal);
             // The expired record in the slot, which the swap must still find.

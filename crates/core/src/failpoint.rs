@@ -31,6 +31,8 @@ pub const ALL: &[&str] = &[
     "pooladd.after_intent",
     "pooladd.after_file",
     "pooladd.after_device_add",
+    "claim.after_record",
+    "claim.after_volumes",
 ];
 
 #[derive(Debug, Default, Clone)]

@@ -125,6 +125,11 @@ impl VolumeService {
         self.reconcile_pools(&mut report)?;
         self.thaw_all();
         self.reconcile_intents(&mut report)?;
+        report.rolled_back.extend(
+            self.reconcile_claims()?
+                .into_iter()
+                .map(|c| format!("acquire {c}")),
+        );
         self.reconcile_mounts(&mut report)?;
         self.reconcile_orphans(&mut report)?;
         Ok(report)
