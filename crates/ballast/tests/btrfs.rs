@@ -10,7 +10,6 @@
 //! their pools and check that nothing of theirs is left on the host.
 mod common;
 
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -626,18 +625,7 @@ fn every_pool_failpoint_has_a_scenario() {
 
 /// Insist the daemon died by SIGKILL at `failpoint`, then start it again.
 fn died_at(d: &mut Daemon, failpoint: &str, env: &[(&str, &str)]) {
-    let status = d.wait_exit();
-    assert_eq!(
-        status.signal(),
-        Some(libc::SIGKILL),
-        "{failpoint}: the daemon should die by SIGKILL, got {status}\n{}",
-        d.log()
-    );
-    let log = std::fs::read_to_string(d.log_path()).unwrap();
-    assert!(
-        log.contains("failpoint reached") && log.contains(failpoint),
-        "{failpoint}: the daemon died elsewhere:\n{log}"
-    );
+    d.wait_killed_at(failpoint);
     d.restart_with(env);
 }
 

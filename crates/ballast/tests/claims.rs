@@ -447,8 +447,6 @@ fn bad_claim_input_is_refused_clearly_and_changes_nothing() {
 /// ordinal is free, and nothing is left on the host.
 #[test]
 fn a_crash_mid_acquire_is_taken_back_at_start() {
-    use std::os::unix::process::ExitStatusExt;
-
     if !require_root_loop("claims crash") {
         return;
     }
@@ -469,18 +467,10 @@ fn a_crash_mid_acquire_is_taken_back_at_start() {
         d.ok(&["claim", "release", "db", "1"]);
         let images_before = d.images();
 
-        d.restart_with(&[("BALLAST_FAILPOINTS", fp)]);
-        let out = d.cli(&["claim", "acquire", "db", "--volumes", "data,config,logs"]);
-        assert!(!out.status.success(), "{fp}: the acquire should not answer");
-        let status = d.wait_exit();
-        assert_eq!(
-            status.signal(),
-            Some(libc::SIGKILL),
-            "{fp}: {status}\n{}",
-            d.log()
+        d.crash_at(
+            fp,
+            &["claim", "acquire", "db", "--volumes", "data,config,logs"],
         );
-        assert!(d.log().contains(fp), "{fp}: died elsewhere:\n{}", d.log());
-        d.restart();
 
         assert_eq!(claims(&d, Some("db")), Vec::<Value>::new(), "{fp}");
         assert_eq!(

@@ -13,7 +13,6 @@ mod common;
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -927,31 +926,6 @@ fn snapshots_outlive_their_volume_and_deleting_all_leaves_nothing() {
 
 // ----- crashes ---------------------------------------------------------------
 
-/// Restart with `failpoint` armed, run `args`, and insist the daemon died
-/// there by SIGKILL; then start it again without failpoints.
-fn crash_at(d: &mut Daemon, failpoint: &str, args: &[&str]) {
-    d.restart_with(&[("BALLAST_FAILPOINTS", failpoint)]);
-    let out = d.cli(args);
-    assert!(
-        !out.status.success(),
-        "{failpoint}: ballast {args:?} succeeded, so the failpoint was not reached: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let status = d.wait_exit();
-    assert_eq!(
-        status.signal(),
-        Some(libc::SIGKILL),
-        "{failpoint}: the daemon should die by SIGKILL, got {status}\n{}",
-        d.log()
-    );
-    let log = std::fs::read_to_string(d.log_path()).unwrap();
-    assert!(
-        log.contains("failpoint reached") && log.contains(failpoint),
-        "{failpoint}: the daemon died elsewhere:\n{log}"
-    );
-    d.restart();
-}
-
 /// A mounted source with data: crash in a snapshot of it at `failpoint`;
 /// the next start must thaw it and take the snapshot back.
 fn crash_in_snapshot(failpoint: &str) {
@@ -961,7 +935,7 @@ fn crash_in_snapshot(failpoint: &str) {
     let data = write_pattern(&mp.join(DATA), 71, DATA_LEN);
     let image = format!("{}.img", volume_id(&d, "src"));
 
-    crash_at(&mut d, failpoint, &["volume", "snapshot", "src", "s"]);
+    d.crash_at(failpoint, &["volume", "snapshot", "src", "s"]);
 
     assert_eq!(
         snapshot_names(&d, None),
@@ -1040,8 +1014,7 @@ fn crash_while_cloning_a_mounted_volume_thaws_it_and_drops_the_clone() {
     let data = write_pattern(&mp.join(DATA), 81, DATA_LEN);
     let images = d.images();
 
-    crash_at(
-        &mut d,
+    d.crash_at(
         "snapshot.after_freeze",
         &["volume", "create", "c", "--from-volume", "src"],
     );

@@ -211,6 +211,38 @@ impl Daemon {
         }
     }
 
+    /// Wait for the daemon to die at `failpoint`: by SIGKILL, with the
+    /// failpoint named in its log (so it died there, not elsewhere).
+    pub fn wait_killed_at(&mut self, failpoint: &str) {
+        use std::os::unix::process::ExitStatusExt;
+        let status = self.wait_exit();
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "{failpoint}: the daemon should die by SIGKILL, got {status}\n{}",
+            self.log()
+        );
+        let log = std::fs::read_to_string(self.log_path()).unwrap();
+        assert!(
+            log.contains("failpoint reached") && log.contains(failpoint),
+            "{failpoint}: the daemon died elsewhere:\n{log}"
+        );
+    }
+
+    /// Restart with `failpoint` armed, run the CLI with `args`, and insist
+    /// the daemon died there; then start it again without failpoints.
+    pub fn crash_at(&mut self, failpoint: &str, args: &[&str]) {
+        self.restart_with(&[("BALLAST_FAILPOINTS", failpoint)]);
+        let out = self.cli(args);
+        assert!(
+            !out.status.success(),
+            "{failpoint}: ballast {args:?} succeeded, so the failpoint was not reached: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        self.wait_killed_at(failpoint);
+        self.restart();
+    }
+
     /// SIGTERM and wait: a clean stop.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
