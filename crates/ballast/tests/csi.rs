@@ -346,6 +346,17 @@ fn mount(fs: &str) -> csi::VolumeCapability {
     cap(mount_type(fs), Mode::SingleNodeWriter)
 }
 
+/// A SINGLE_NODE_WRITER mount capability with `mount_flags`.
+fn with_flags(flags: &[&str]) -> csi::VolumeCapability {
+    cap(
+        AccessType::Mount(MountVolume {
+            mount_flags: flags.iter().map(|f| f.to_string()).collect(),
+            ..Default::default()
+        }),
+        Mode::SingleNodeWriter,
+    )
+}
+
 fn block() -> csi::VolumeCapability {
     cap(AccessType::Block(BlockVolume {}), Mode::SingleNodeWriter)
 }
@@ -502,16 +513,16 @@ fn bad_caps() -> Vec<(&'static str, csi::VolumeCapability)> {
             },
         ),
         ("fs_type ntfs", mount("ntfs")),
+        ("filesystem mount flag discard", with_flags(&["discard"])),
         (
-            "mount flags",
-            cap(
-                AccessType::Mount(MountVolume {
-                    mount_flags: vec!["noatime".into()],
-                    ..Default::default()
-                }),
-                Mode::SingleNodeWriter,
-            ),
+            "mount flag data=journal",
+            with_flags(&["noatime", "data=journal"]),
         ),
+        (
+            "mount flags noatime and strictatime",
+            with_flags(&["noatime", "strictatime"]),
+        ),
+        ("mount flags ro and rw", with_flags(&["ro", "rw"])),
     ];
     for (what, mode) in [
         ("MULTI_NODE_READER_ONLY", Mode::MultiNodeReaderOnly),
@@ -1781,6 +1792,124 @@ async fn read_only_publishes_refuse_writes_and_writers_share_one_filesystem() {
     }
     f.unstage("ro", &staging).await;
     f.delete("ro").await;
+    f.d.assert_no_leftovers();
+}
+
+/// `mount_flags` (a StorageClass's mountOptions) apply to each published
+/// target's own mount and to no other; `ro` among them makes it read-only;
+/// a repeat with the same flags is fine and with others ALREADY_EXISTS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_flags_apply_to_each_target_alone() {
+    use nix::sys::statvfs::{statvfs, FsFlags};
+    if !require_root_loop("csi mount flags") {
+        return;
+    }
+    let mut f = Fixture::start(&[]).await;
+    let staging = f.co.staging("mf");
+    let (hard, plain, ro) = (f.co.target("hard"), f.co.target("plain"), f.co.target("ro"));
+    let flags = ["noexec", "nosuid", "nodev", "noatime"];
+    f.create("mf", 64 * MIB, with_flags(&flags)).await;
+    f.stage("mf", &staging, with_flags(&flags)).await;
+    f.publish("mf", &staging, &hard, with_flags(&flags), false)
+        .await;
+    f.publish("mf", &staging, &plain, mount(""), false).await;
+    f.publish(
+        "mf",
+        &staging,
+        &ro,
+        with_flags(&["ro", "nodiratime"]),
+        false,
+    )
+    .await;
+
+    let on = |p: &Path| statvfs(p).unwrap().flags();
+    for flag in [
+        FsFlags::ST_NOEXEC,
+        FsFlags::ST_NOSUID,
+        FsFlags::ST_NODEV,
+        FsFlags::ST_NOATIME,
+    ] {
+        assert!(
+            on(&hard).contains(flag),
+            "{flag:?} missing: {:?}",
+            on(&hard)
+        );
+        assert!(
+            !on(&plain).contains(flag),
+            "{flag:?} leaked: {:?}",
+            on(&plain)
+        );
+    }
+    std::fs::write(hard.join("f"), b"written").expect("the flagged target is writable");
+    assert_eq!(std::fs::read(plain.join("f")).unwrap(), b"written");
+    assert!(on(&ro).contains(FsFlags::ST_RDONLY), "{:?}", on(&ro));
+    assert!(on(&ro).contains(FsFlags::ST_NODIRATIME), "{:?}", on(&ro));
+    let err = std::fs::write(ro.join("x"), b"x").expect_err("ro flag");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+
+    // The same flags again (any order): fine. Other flags: ALREADY_EXISTS,
+    // and the mount keeps its flags.
+    f.publish(
+        "mf",
+        &staging,
+        &hard,
+        with_flags(&["noatime", "nodev", "nosuid", "noexec"]),
+        false,
+    )
+    .await;
+    expect_code(
+        f.csi
+            .node
+            .node_publish_volume(publish_req(
+                "mf",
+                &staging,
+                &hard,
+                Some(with_flags(&["noexec"])),
+                false,
+            ))
+            .await,
+        Code::AlreadyExists,
+        "publish again with other flags",
+    );
+    assert!(on(&hard).contains(FsFlags::ST_NOSUID));
+    // An unsupported flag publishes nothing.
+    let bad = f.co.target("bad");
+    expect_code(
+        f.csi
+            .node
+            .node_publish_volume(publish_req(
+                "mf",
+                &staging,
+                &bad,
+                Some(with_flags(&["discard"])),
+                false,
+            ))
+            .await,
+        Code::InvalidArgument,
+        "publish with a filesystem flag",
+    );
+    assert_eq!(mounts_at(&bad), 0);
+
+    // The flags are on the record, by name.
+    let v = f.d.json(&["volume", "inspect", "mf"]);
+    let recorded: Vec<serde_json::Value> = v["consumers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("consumers in {v}"))
+        .iter()
+        .filter(|c| c["target"] == path_str(&hard))
+        .map(|c| c["flags"].clone())
+        .collect();
+    assert_eq!(
+        recorded,
+        [serde_json::json!(["nodev", "nosuid", "noexec", "noatime"])],
+        "{v}"
+    );
+
+    for t in [&hard, &plain, &ro] {
+        f.unpublish("mf", t).await;
+    }
+    f.unstage("mf", &staging).await;
+    f.delete("mf").await;
     f.d.assert_no_leftovers();
 }
 

@@ -64,6 +64,8 @@ pub struct IoStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MountOptions {
     pub read_only: bool,
+    /// Per-mount flags (applied to bind mounts).
+    pub flags: crate::model::MountFlags,
 }
 
 /// A block device as the kernel reports it.

@@ -445,6 +445,10 @@ pub struct Consumer {
     pub target: Option<PathBuf>,
     #[serde(default)]
     pub read_only: bool,
+    /// Per-mount flags of the consumer's own mount.
+    #[serde(default, skip_serializing_if = "MountFlags::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub flags: MountFlags,
 }
 
 /// A consumer's own mount of the volume: a bind mount of the staging path
@@ -453,6 +457,136 @@ pub struct Consumer {
 pub struct PublishTarget {
     pub path: PathBuf,
     pub read_only: bool,
+    #[serde(default)]
+    pub flags: MountFlags,
+}
+
+/// Flags of one mount point that a consumer may ask for on its own bind
+/// mount (CSI `mount_flags`, a StorageClass's `mountOptions`). They are
+/// per-mount in the kernel, so one consumer's flags never change another's
+/// view of the volume; filesystem options (`discard`, `data=...`) would,
+/// and are refused. Recorded as their names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "Vec<String>", into = "Vec<String>")]
+pub struct MountFlags {
+    pub nodev: bool,
+    pub nosuid: bool,
+    pub noexec: bool,
+    pub atime: Option<AtimeFlag>,
+    pub nodiratime: bool,
+}
+
+/// How a mount updates access times (one at most).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtimeFlag {
+    Noatime,
+    Relatime,
+    Strictatime,
+}
+
+impl MountFlags {
+    /// The flags ballast applies, as `mount_flags` names them.
+    pub const SUPPORTED: &'static [&'static str] = &[
+        "nodev",
+        "nosuid",
+        "noexec",
+        "noatime",
+        "relatime",
+        "strictatime",
+        "nodiratime",
+        "ro",
+        "rw",
+        "defaults",
+    ];
+
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Parse `mount_flags`; also returns whether `ro` was among them. `rw`
+    /// and `defaults` ask for nothing. Unknown, repeated-conflicting or
+    /// filesystem-level flags are refused by name.
+    pub fn parse<S: AsRef<str>>(flags: &[S]) -> Result<(MountFlags, bool), InvalidInput> {
+        let mut out = MountFlags::default();
+        let mut read_only = false;
+        for flag in flags {
+            let flag = flag.as_ref();
+            let atime = |out: &mut MountFlags, a: AtimeFlag| match out.atime {
+                Some(prev) if prev != a => Err(InvalidInput::new(
+                    format!("mount flag {flag:?}"),
+                    "conflicts with another access-time flag",
+                )),
+                _ => {
+                    out.atime = Some(a);
+                    Ok(())
+                }
+            };
+            match flag {
+                "nodev" => out.nodev = true,
+                "nosuid" => out.nosuid = true,
+                "noexec" => out.noexec = true,
+                "nodiratime" => out.nodiratime = true,
+                "noatime" => atime(&mut out, AtimeFlag::Noatime)?,
+                "relatime" => atime(&mut out, AtimeFlag::Relatime)?,
+                "strictatime" => atime(&mut out, AtimeFlag::Strictatime)?,
+                "ro" => read_only = true,
+                "rw" | "defaults" => {}
+                other => {
+                    return Err(InvalidInput::new(
+                        format!("mount flag {other:?}"),
+                        format!(
+                            "is not supported: ballast applies per-mount flags only ({})",
+                            Self::SUPPORTED.join(", ")
+                        ),
+                    ))
+                }
+            }
+        }
+        if read_only && flags.iter().any(|f| f.as_ref() == "rw") {
+            return Err(InvalidInput::new(
+                "mount flags \"ro\" and \"rw\"",
+                "ask for opposite things",
+            ));
+        }
+        Ok((out, read_only))
+    }
+
+    /// The flags' names, in a fixed order.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.nodev {
+            v.push("nodev");
+        }
+        if self.nosuid {
+            v.push("nosuid");
+        }
+        if self.noexec {
+            v.push("noexec");
+        }
+        match self.atime {
+            Some(AtimeFlag::Noatime) => v.push("noatime"),
+            Some(AtimeFlag::Relatime) => v.push("relatime"),
+            Some(AtimeFlag::Strictatime) => v.push("strictatime"),
+            None => {}
+        }
+        if self.nodiratime {
+            v.push("nodiratime");
+        }
+        v
+    }
+}
+
+impl TryFrom<Vec<String>> for MountFlags {
+    type Error = InvalidInput;
+    fn try_from(v: Vec<String>) -> Result<Self, Self::Error> {
+        Ok(MountFlags::parse(&v)?.0)
+    }
+}
+
+impl From<MountFlags> for Vec<String> {
+    fn from(f: MountFlags) -> Self {
+        f.names().into_iter().map(String::from).collect()
+    }
 }
 
 /// Where a volume is in its lifecycle.

@@ -1011,6 +1011,7 @@ impl VolumeService {
                 let same = target.as_ref().is_some_and(|t| {
                     existing.target.as_deref() == Some(t.path.as_path())
                         && existing.read_only == t.read_only
+                        && existing.flags == t.flags
                 });
                 if same {
                     return Ok(vol);
@@ -1094,6 +1095,7 @@ impl VolumeService {
                     &target.path,
                     MountOptions {
                         read_only: target.read_only,
+                        flags: target.flags,
                     },
                 )
                 .map_err(DriverError::from)?;
@@ -1906,6 +1908,7 @@ fn add_consumer(vol: &mut Volume, consumer: &ConsumerRef, target: Option<&Publis
             since: Utc::now(),
             target: target.map(|t| t.path.clone()),
             read_only: target.is_some_and(|t| t.read_only),
+            flags: target.map(|t| t.flags).unwrap_or_default(),
         });
     entry.count = if consumer.kind.counted() && !consumer.id.is_empty() {
         entry.count.saturating_add(1)

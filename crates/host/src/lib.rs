@@ -65,6 +65,31 @@ impl Default for LinuxHost {
     }
 }
 
+/// The kernel flags of a bind mount's remount step for `opts`.
+fn per_mount_flags(opts: MountOptions) -> MsFlags {
+    use ballast_core::model::AtimeFlag;
+    let f = opts.flags;
+    let mut out = MsFlags::empty();
+    for (on, flag) in [
+        (opts.read_only, MsFlags::MS_RDONLY),
+        (f.nodev, MsFlags::MS_NODEV),
+        (f.nosuid, MsFlags::MS_NOSUID),
+        (f.noexec, MsFlags::MS_NOEXEC),
+        (f.nodiratime, MsFlags::MS_NODIRATIME),
+        (f.atime == Some(AtimeFlag::Noatime), MsFlags::MS_NOATIME),
+        (f.atime == Some(AtimeFlag::Relatime), MsFlags::MS_RELATIME),
+        (
+            f.atime == Some(AtimeFlag::Strictatime),
+            MsFlags::MS_STRICTATIME,
+        ),
+    ] {
+        if on {
+            out |= flag;
+        }
+    }
+    out
+}
+
 fn errno_failed(op: String, e: Errno) -> HostError {
     HostError::failed(op, e.desc())
 }
@@ -230,24 +255,31 @@ impl Host for LinuxHost {
             None::<&str>,
         )
         .map_err(|e| errno_failed(op.clone(), e))?;
-        if opts.read_only {
-            // A bind ignores MS_RDONLY; read-only takes a second, remount step.
+        let flags = per_mount_flags(opts);
+        if !flags.is_empty() {
+            // A bind ignores per-mount flags; they take a second, remount step.
             let remount = nix::mount::mount(
                 None::<&str>,
                 target,
                 None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
                 None::<&str>,
             );
             if let Err(e) = remount {
-                // Never leave a writable bind behind where read-only was asked.
+                // Never leave a bind without the read-only or no-exec that
+                // was asked for.
                 if let Err(undo) = nix::mount::umount2(target, MntFlags::empty()) {
-                    tracing::error!(target = %target.display(), error = %undo, "cannot undo writable bind mount");
+                    tracing::error!(target = %target.display(), error = %undo, "cannot undo bind mount");
                 }
-                return Err(errno_failed(format!("{op} read-only"), e));
+                let names = opts.flags.names().join(",");
+                return Err(errno_failed(
+                    format!("{op} (read-only: {}, flags: {names})", opts.read_only),
+                    e,
+                ));
             }
         }
-        tracing::info!(source = %source.display(), target = %target.display(), read_only = opts.read_only, "bind-mounted");
+        tracing::info!(source = %source.display(), target = %target.display(),
+            read_only = opts.read_only, flags = ?opts.flags.names(), "bind-mounted");
         Ok(())
     }
 

@@ -204,14 +204,56 @@ fn lifecycle(fs: FsType, initial: u64, grown: u64) {
     // Read-only bind of a subdirectory.
     fs::create_dir(mnt.join("sub")).unwrap();
     let bind = g.mkdir("bind");
-    host.bind_mount(&mnt.join("sub"), &bind, MountOptions { read_only: true })
-        .unwrap();
+    host.bind_mount(
+        &mnt.join("sub"),
+        &bind,
+        MountOptions {
+            read_only: true,
+            ..MountOptions::default()
+        },
+    )
+    .unwrap();
     g.mounts.push(bind.clone());
     let err = File::create(bind.join("x")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
     let bound = host.mounts().unwrap();
     let bound = bound.iter().find(|m| m.target == bind).unwrap();
     assert_eq!(bound.root, "/sub");
+    host.unmount(&bind).unwrap();
+
+    // Per-mount flags on a writable bind: they hold on the bind only.
+    let (flags, ro) =
+        ballast_core::model::MountFlags::parse(&["noexec", "nosuid", "nodev", "noatime"]).unwrap();
+    assert!(!ro);
+    host.bind_mount(
+        &mnt.join("sub"),
+        &bind,
+        MountOptions {
+            read_only: false,
+            flags,
+        },
+    )
+    .unwrap();
+    use nix::sys::statvfs::{statvfs, FsFlags};
+    let on_bind = statvfs(&bind).unwrap().flags();
+    for f in [
+        FsFlags::ST_NOEXEC,
+        FsFlags::ST_NOSUID,
+        FsFlags::ST_NODEV,
+        FsFlags::ST_NOATIME,
+    ] {
+        assert!(
+            on_bind.contains(f),
+            "{f:?} missing on the bind: {on_bind:?}"
+        );
+    }
+    assert!(!on_bind.contains(FsFlags::ST_RDONLY), "{on_bind:?}");
+    File::create(bind.join("w")).expect("the bind is writable");
+    let on_source = statvfs(&mnt).unwrap().flags();
+    assert!(
+        !on_source.contains(FsFlags::ST_NOEXEC),
+        "the source changed: {on_source:?}"
+    );
     host.unmount(&bind).unwrap();
 
     // Grow online.

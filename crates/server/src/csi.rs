@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ballast_core::model::{
-    ConsumerKind, ConsumerRef, CreateSource, FsType, PublishTarget, Snapshot, Volume,
+    ConsumerKind, ConsumerRef, CreateSource, FsType, MountFlags, PublishTarget, Snapshot, Volume,
 };
 use ballast_core::{CreateVolume, Error, VolumeService, Wait};
 use ballast_csi_proto::v1 as csi;
@@ -101,7 +101,9 @@ enum Access {
     Block,
 }
 
-fn access(cap: &csi::VolumeCapability) -> Result<(Access, bool), Status> {
+/// What a capability asks for: the access kind, read-only (by mode or an
+/// `ro` mount flag), and the per-mount flags of a mount capability.
+fn access(cap: &csi::VolumeCapability) -> Result<(Access, bool, MountFlags), Status> {
     let mode = cap
         .access_mode
         .as_ref()
@@ -129,14 +131,10 @@ fn access(cap: &csi::VolumeCapability) -> Result<(Access, bool), Status> {
         None => Err(Status::invalid_argument(
             "volume_capability.access_type (mount or block) is required",
         )),
-        Some(AccessType::Block(_)) => Ok((Access::Block, read_only)),
+        Some(AccessType::Block(_)) => Ok((Access::Block, read_only, MountFlags::default())),
         Some(AccessType::Mount(m)) => {
-            if !m.mount_flags.is_empty() {
-                return Err(Status::invalid_argument(format!(
-                    "mount flags {:?} are not supported",
-                    m.mount_flags
-                )));
-            }
+            let (flags, flag_ro) = MountFlags::parse(&m.mount_flags)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
             if !m.volume_mount_group.is_empty() {
                 return Err(Status::invalid_argument(
                     "volume_mount_group is not supported",
@@ -150,7 +148,7 @@ fn access(cap: &csi::VolumeCapability) -> Result<(Access, bool), Status> {
                         .map_err(|e| Status::invalid_argument(e.to_string()))?,
                 ),
             };
-            Ok((Access::Mount { fs }, read_only))
+            Ok((Access::Mount { fs }, read_only || flag_ro, flags))
         }
     }
 }
@@ -162,7 +160,7 @@ fn common_access(caps: &[csi::VolumeCapability]) -> Result<Access, Status> {
     }
     let mut found: Option<Access> = None;
     for cap in caps {
-        let (a, _) = access(cap)?;
+        let (a, _, _) = access(cap)?;
         match (&found, &a) {
             (None, _) => found = Some(a),
             (Some(Access::Block), Access::Block) => {}
@@ -839,7 +837,7 @@ impl csi::node_server::Node for CsiPlugin {
             .volume_capability
             .as_ref()
             .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
-        let (access, _) = access(cap)?;
+        let (access, _, flags) = access(cap)?;
         let vol = self.service.get_volume(&r.volume_id).map_err(status)?;
         if !fits(&vol, &access) {
             // The spec's "exceeds capabilities" of the volume.
@@ -855,9 +853,12 @@ impl csi::node_server::Node for CsiPlugin {
             } else {
                 std::fs::create_dir_all(&staging)
                     .map_err(|e| ballast_core::DriverError::io(&staging, e))?;
+                // The staging path is kubelet's own; the flags matter on
+                // each published target, which gets them again.
                 Some(PublishTarget {
                     path: staging.clone(),
                     read_only: false,
+                    flags,
                 })
             };
             s.publish(&id, stage_consumer(&staging), target, Wait::Fail)
@@ -890,7 +891,7 @@ impl csi::node_server::Node for CsiPlugin {
             .volume_capability
             .as_ref()
             .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
-        let (access, mode_ro) = access(cap)?;
+        let (access, mode_ro, flags) = access(cap)?;
         // The spec's own code for a plugin with STAGE_UNSTAGE_VOLUME.
         if r.staging_target_path.is_empty() {
             return Err(Status::failed_precondition(
@@ -934,6 +935,7 @@ impl csi::node_server::Node for CsiPlugin {
                 Some(PublishTarget {
                     path: target.clone(),
                     read_only,
+                    flags,
                 }),
                 Wait::Fail,
             )
