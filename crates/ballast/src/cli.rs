@@ -266,11 +266,12 @@ fn volume(c: &Client, output: Output, cmd: &VolumeCmd) -> anyhow::Result<()> {
                 "from_snapshot": from_snapshot, "from_volume": from_volume,
                 "autogrow": autogrow});
             let v: VolumeView = match from_snapshot.as_ref().or(from_volume.as_ref()) {
-                Some(src) => {
-                    with_progress(c, &format!("copying {src} into {name}"), Some(name), || {
-                        c.post("/v1/volumes", body)
-                    })?
-                }
+                Some(src) => with_progress(
+                    c,
+                    &format!("copying {src} into {name}"),
+                    Some(("copy", name)),
+                    || c.post("/v1/volumes", body),
+                )?,
                 None => c.post("/v1/volumes", body)?,
             };
             print_one(output, &v, || println!("{}", v.name))
@@ -329,10 +330,12 @@ fn volume(c: &Client, output: Output, cmd: &VolumeCmd) -> anyhow::Result<()> {
         }
         VolumeCmd::Snapshot { volume, snapshot } => {
             let path = format!("/v1/volumes/{}/snapshots", seg("volume", volume)?);
-            let s: SnapshotView =
-                with_progress(c, &format!("snapshotting {volume}"), Some(snapshot), || {
-                    c.post(&path, json!({ "name": snapshot }))
-                })?;
+            let s: SnapshotView = with_progress(
+                c,
+                &format!("snapshotting {volume}"),
+                Some(("snapshot", snapshot)),
+                || c.post(&path, json!({ "name": snapshot })),
+            )?;
             print_one(output, &s, || println!("{}", s.name))
         }
         VolumeCmd::Resize { name, size } => {

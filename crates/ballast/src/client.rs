@@ -258,6 +258,8 @@ impl Client {
         let conn = tokio::spawn(conn);
         let host = match &self.endpoint {
             Endpoint::Unix(_) => "localhost".to_string(),
+            // An IPv6 address goes in brackets, as in a URL.
+            Endpoint::Tcp { host, port, .. } if host.contains(':') => format!("[{host}]:{port}"),
             Endpoint::Tcp { host, port, .. } => format!("{host}:{port}"),
         };
         let mut req = Request::builder()

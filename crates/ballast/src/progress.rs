@@ -18,13 +18,14 @@ const POLL: Duration = Duration::from_millis(100);
 /// Off a terminal, at most one progress line this often.
 const QUIET_EVERY: Duration = Duration::from_secs(5);
 
-/// Run `call` while showing progress. `target` names the snapshot or volume
-/// being made, whose copy the daemon lists as an operation; None draws a
-/// spinner only (a grow is not counted in bytes).
+/// Run `call` while showing progress. `target` is the operation's kind
+/// (`snapshot`, `copy`) and the name of the snapshot or volume being made,
+/// as the daemon lists it; None draws a spinner only (a grow is not counted
+/// in bytes).
 pub(crate) fn with_progress<T>(
     client: &Client,
     what: &str,
-    target: Option<&str>,
+    target: Option<(&str, &str)>,
     call: impl FnOnce() -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     let start = Instant::now();
@@ -45,7 +46,13 @@ pub(crate) fn with_progress<T>(
 }
 
 /// Until `finished`, poll the daemon for the operation and draw it.
-fn watch(client: &Client, what: &str, target: Option<&str>, terminal: bool, finished: &AtomicBool) {
+fn watch(
+    client: &Client,
+    what: &str,
+    target: Option<(&str, &str)>,
+    terminal: bool,
+    finished: &AtomicBool,
+) {
     let bar = terminal.then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_message(format!("{what}..."));
@@ -56,18 +63,25 @@ fn watch(client: &Client, what: &str, target: Option<&str>, terminal: bool, fini
     let mut sized = false;
     while !finished.load(Ordering::Relaxed) {
         std::thread::sleep(POLL);
-        let Some(target) = target else { continue };
+        let Some((kind, target)) = target else {
+            continue;
+        };
         // A failed poll only costs the bar an update; the call itself
         // reports what went wrong.
         let Ok(ops) = client.get::<Vec<Operation>>("/v1/operations") else {
             continue;
         };
-        let Some(op) = ops.into_iter().find(|o| o.target == target) else {
+        let Some(mut op) = ops
+            .into_iter()
+            .find(|o| o.kind == kind && o.target == target)
+        else {
             continue;
         };
         if op.total_bytes == 0 {
             continue;
         }
+        // A tree copy's files may grow after they were measured.
+        op.done_bytes = op.done_bytes.min(op.total_bytes);
         match &bar {
             Some(bar) => {
                 if !sized {

@@ -259,6 +259,15 @@ pub struct Slot {
     pub ordinal: u64,
     #[serde(default)]
     pub expires_at: Option<DateTime<Utc>>,
+    /// An acquire is still making this claim's volumes: held whatever its
+    /// expiry says, so nobody takes the ordinal over mid-acquire.
+    #[serde(default, deserialize_with = "is_some")]
+    pub acquiring: bool,
+}
+
+/// Whether a field is present and not null, without decoding its value.
+fn is_some<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<bool, D::Error> {
+    Ok(Option::<serde::de::IgnoredAny>::deserialize(d)?.is_some())
 }
 
 /// The lowest ordinal free at `now` among a group's slots (in ordinal
@@ -272,7 +281,7 @@ pub fn lowest_free(slots: impl IntoIterator<Item = Slot>, now: DateTime<Utc>) ->
         if s.ordinal > next {
             break;
         }
-        if s.expires_at.is_some_and(|e| e <= now) {
+        if !s.acquiring && s.expires_at.is_some_and(|e| e <= now) {
             return (next, true);
         }
         next += 1;
@@ -321,7 +330,8 @@ impl VolumeService {
         for (k, v) in self.store.scan(&prefix)? {
             let claim: Claim = decode(&k, &v)?;
             out.push(ClaimStatus {
-                expired: claim.expired_at(now),
+                // Mid-acquire a claim is held whatever its expiry says.
+                expired: claim.acquiring.is_none() && claim.expired_at(now),
                 claim,
             });
         }
@@ -532,6 +542,13 @@ impl VolumeService {
             return Err(Error::not_found("claim", &claim_name(group, ordinal)));
         };
         let claim: Claim = decode(&key, &bytes)?;
+        if claim.acquiring.is_some() {
+            return Err(Error::Busy {
+                kind: "claim",
+                name: claim_name(group, ordinal),
+                detail: "its acquire is still making its volumes; retry".into(),
+            });
+        }
         if claim.holder != holder {
             return Err(Error::Busy {
                 kind: "claim",
@@ -600,6 +617,7 @@ mod tests {
         Slot {
             ordinal,
             expires_at,
+            acquiring: false,
         }
     }
 
@@ -616,6 +634,17 @@ mod tests {
         // An expired claim frees its ordinal; an unexpired one does not.
         let lapsed = [slot(1, future), slot(2, past), slot(3, None)];
         assert_eq!(lowest_free(lapsed, now), (2, true));
+        // Nor does one whose acquire is still making volumes, expired or not.
+        let mut pending = slot(2, past);
+        pending.acquiring = true;
+        assert_eq!(lowest_free([slot(1, None), pending], now), (3, false));
+        let decoded: Slot = serde_json::from_str(
+            r#"{"ordinal":2,"expires_at":null,"acquiring":["g-2-data"],"holder":"h"}"#,
+        )
+        .unwrap();
+        assert!(decoded.acquiring);
+        let decoded: Slot = serde_json::from_str(r#"{"ordinal":2}"#).unwrap();
+        assert!(!decoded.acquiring);
         assert_eq!(
             lowest_free([slot(1, future), slot(2, future)], now),
             (3, false)

@@ -467,7 +467,7 @@ pub struct PublishTarget {
 /// view of the volume; filesystem options (`discard`, `data=...`) would,
 /// and are refused. Recorded as their names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(try_from = "Vec<String>", into = "Vec<String>")]
+#[serde(from = "Vec<String>", into = "Vec<String>")]
 pub struct MountFlags {
     pub nodev: bool,
     pub nosuid: bool,
@@ -576,10 +576,17 @@ impl MountFlags {
     }
 }
 
-impl TryFrom<Vec<String>> for MountFlags {
-    type Error = InvalidInput;
-    fn try_from(v: Vec<String>) -> Result<Self, Self::Error> {
-        Ok(MountFlags::parse(&v)?.0)
+/// From a stored record: names this version does not know (a newer one
+/// wrote them) are skipped rather than making the record unreadable.
+impl From<Vec<String>> for MountFlags {
+    fn from(v: Vec<String>) -> Self {
+        let known: Vec<&String> = v
+            .iter()
+            .filter(|n| Self::SUPPORTED.contains(&n.as_str()))
+            .collect();
+        MountFlags::parse(&known)
+            .map(|(f, _)| f)
+            .unwrap_or_default()
     }
 }
 

@@ -375,3 +375,73 @@ fn claims_survive_a_restart() {
     svc.release_claim("es", 3, "c").unwrap();
     assert_eq!(ordinals(&svc, "es"), [1, 2]);
 }
+
+/// A claim whose acquire is still making volumes (`acquiring` set, as a
+/// crash or a slow create leaves it) is held even past its expiry: no other
+/// acquire takes it over, its holder cannot renew or release it yet, and
+/// the next start takes the acquire back (its labelled volumes and record)
+/// while other claims stay.
+#[test]
+fn a_claim_mid_acquire_is_held_and_taken_back_at_start() {
+    use ballast_core::claims::{claim_key, LABEL_GROUP, LABEL_ORDINAL};
+    use ballast_core::store::Txn;
+    use ballast_core::CreateVolume;
+
+    let env = Env::new();
+    let svc = env.start();
+    let now = chrono::Utc::now();
+    let pending = Claim {
+        group: "es".into(),
+        ordinal: 1,
+        holder: "node-a".into(),
+        volumes: vec!["es-1-data".into(), "es-1-logs".into()],
+        acquired_at: now,
+        expires_at: Some(now - chrono::TimeDelta::seconds(10)),
+        ttl_ms: Some(1000),
+        acquiring: Some(vec!["es-1-data".into(), "es-1-logs".into()]),
+    };
+    env.store
+        .commit(Txn::new().put(claim_key("es", 1), serde_json::to_vec(&pending).unwrap()))
+        .unwrap();
+    // The acquire had made one of its two volumes.
+    svc.create_volume(CreateVolume {
+        name: "es-1-data".into(),
+        labels: [
+            (LABEL_GROUP.to_string(), "es".to_string()),
+            (LABEL_ORDINAL.to_string(), "1".to_string()),
+        ]
+        .into(),
+        ..CreateVolume::default()
+    })
+    .unwrap();
+    // A volume of the name list that predates the acquire (no labels of
+    // the claim) is not the acquire's to take back.
+    svc.create_volume(CreateVolume {
+        name: "es-1-logs".into(),
+        ..CreateVolume::default()
+    })
+    .unwrap();
+
+    let listed = svc.list_claims(Some("es")).unwrap();
+    assert!(!listed[0].expired, "mid-acquire is held, expiry or not");
+    let next = svc.acquire_claim(req("es", &["data"], "node-b")).unwrap();
+    assert_eq!(next.ordinal, 2, "the pending ordinal is not taken over");
+    for err in [
+        svc.renew_claim("es", 1, "node-a", None).unwrap_err(),
+        svc.release_claim("es", 1, "node-a").unwrap_err(),
+    ] {
+        assert!(
+            matches!(err, Error::Busy { .. }) && err.to_string().contains("still making"),
+            "{err}"
+        );
+    }
+
+    drop(svc);
+    let svc = env.open();
+    assert_eq!(ordinals(&svc, "es"), [2]);
+    let names: BTreeSet<String> = svc.list_volumes().into_iter().map(|v| v.name).collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["es-1-logs".to_string(), "es-2-data".to_string()])
+    );
+}

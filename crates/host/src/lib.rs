@@ -22,6 +22,7 @@ use ballast_core::host::{
 use ballast_core::model::FsType;
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
+use nix::sys::statvfs::FsFlags;
 
 pub use tool::run_tool;
 
@@ -65,23 +66,38 @@ impl Default for LinuxHost {
     }
 }
 
-/// The kernel flags of a bind mount's remount step for `opts`.
-fn per_mount_flags(opts: MountOptions) -> MsFlags {
+/// The kernel flags of a bind mount's remount step for `opts`. A bind
+/// remount sets exactly the flags it is given,
+/// so the ones the bind inherited (`inherited`, from statvfs) are kept: a
+/// flag asked for only ever adds a restriction. The access-time mode is the
+/// inherited one unless `opts` names one.
+fn per_mount_flags(opts: MountOptions, inherited: FsFlags) -> MsFlags {
     use ballast_core::model::AtimeFlag;
     let f = opts.flags;
+    let has = |x: FsFlags| inherited.contains(x);
+    let atime = f.atime.unwrap_or(if has(FsFlags::ST_NOATIME) {
+        AtimeFlag::Noatime
+    } else if has(FsFlags::ST_RELATIME) {
+        AtimeFlag::Relatime
+    } else {
+        AtimeFlag::Strictatime
+    });
     let mut out = MsFlags::empty();
     for (on, flag) in [
-        (opts.read_only, MsFlags::MS_RDONLY),
-        (f.nodev, MsFlags::MS_NODEV),
-        (f.nosuid, MsFlags::MS_NOSUID),
-        (f.noexec, MsFlags::MS_NOEXEC),
-        (f.nodiratime, MsFlags::MS_NODIRATIME),
-        (f.atime == Some(AtimeFlag::Noatime), MsFlags::MS_NOATIME),
-        (f.atime == Some(AtimeFlag::Relatime), MsFlags::MS_RELATIME),
         (
-            f.atime == Some(AtimeFlag::Strictatime),
-            MsFlags::MS_STRICTATIME,
+            opts.read_only || has(FsFlags::ST_RDONLY),
+            MsFlags::MS_RDONLY,
         ),
+        (f.nodev || has(FsFlags::ST_NODEV), MsFlags::MS_NODEV),
+        (f.nosuid || has(FsFlags::ST_NOSUID), MsFlags::MS_NOSUID),
+        (f.noexec || has(FsFlags::ST_NOEXEC), MsFlags::MS_NOEXEC),
+        (
+            f.nodiratime || has(FsFlags::ST_NODIRATIME),
+            MsFlags::MS_NODIRATIME,
+        ),
+        (atime == AtimeFlag::Noatime, MsFlags::MS_NOATIME),
+        (atime == AtimeFlag::Relatime, MsFlags::MS_RELATIME),
+        (atime == AtimeFlag::Strictatime, MsFlags::MS_STRICTATIME),
     ] {
         if on {
             out |= flag;
@@ -255,16 +271,18 @@ impl Host for LinuxHost {
             None::<&str>,
         )
         .map_err(|e| errno_failed(op.clone(), e))?;
-        let flags = per_mount_flags(opts);
-        if !flags.is_empty() {
-            // A bind ignores per-mount flags; they take a second, remount step.
-            let remount = nix::mount::mount(
-                None::<&str>,
-                target,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
-                None::<&str>,
-            );
+        if opts.read_only || !opts.flags.is_empty() {
+            // A bind ignores per-mount flags; they take a second, remount
+            // step, on top of what the bind inherited.
+            let remount = nix::sys::statvfs::statvfs(target).and_then(|st| {
+                nix::mount::mount(
+                    None::<&str>,
+                    target,
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | per_mount_flags(opts, st.flags()),
+                    None::<&str>,
+                )
+            });
             if let Err(e) = remount {
                 // Never leave a bind without the read-only or no-exec that
                 // was asked for.
@@ -539,6 +557,36 @@ fn fs_ioctl(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bind_flags_add_to_what_the_bind_inherited() {
+        let flags = |names: &[&str]| ballast_core::model::MountFlags::parse(names).unwrap().0;
+        let opts = |read_only, names: &[&str]| MountOptions {
+            read_only,
+            flags: flags(names),
+        };
+        let inherited = FsFlags::ST_NOSUID | FsFlags::ST_NODEV | FsFlags::ST_RELATIME;
+        // noatime replaces the access-time mode and keeps nosuid, nodev.
+        assert_eq!(
+            per_mount_flags(opts(false, &["noatime"]), inherited),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME
+        );
+        // nodiratime alone keeps the inherited access-time mode.
+        assert_eq!(
+            per_mount_flags(opts(false, &["nodiratime"]), FsFlags::ST_NOATIME),
+            MsFlags::MS_NODIRATIME | MsFlags::MS_NOATIME
+        );
+        // Read-only over a plain mount: strictatime is what it had.
+        assert_eq!(
+            per_mount_flags(opts(true, &[]), FsFlags::empty()),
+            MsFlags::MS_RDONLY | MsFlags::MS_STRICTATIME
+        );
+        // An inherited read-only stays.
+        assert!(
+            per_mount_flags(opts(false, &["noexec"]), FsFlags::ST_RDONLY)
+                .contains(MsFlags::MS_RDONLY | MsFlags::MS_NOEXEC)
+        );
+    }
 
     #[test]
     fn block_stat_fields() {

@@ -221,9 +221,20 @@ fn lifecycle(fs: FsType, initial: u64, grown: u64) {
     assert_eq!(bound.root, "/sub");
     host.unmount(&bind).unwrap();
 
-    // Per-mount flags on a writable bind: they hold on the bind only.
+    // Per-mount flags on a writable bind: they hold on the bind only, and
+    // add to what the bind inherits (nosuid on the source mount here).
+    nix::mount::mount(
+        None::<&str>,
+        &mnt,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND
+            | nix::mount::MsFlags::MS_REMOUNT
+            | nix::mount::MsFlags::MS_NOSUID,
+        None::<&str>,
+    )
+    .unwrap();
     let (flags, ro) =
-        ballast_core::model::MountFlags::parse(&["noexec", "nosuid", "nodev", "noatime"]).unwrap();
+        ballast_core::model::MountFlags::parse(&["noexec", "nodev", "noatime"]).unwrap();
     assert!(!ro);
     host.bind_mount(
         &mnt.join("sub"),

@@ -837,7 +837,7 @@ impl csi::node_server::Node for CsiPlugin {
             .volume_capability
             .as_ref()
             .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
-        let (access, _, flags) = access(cap)?;
+        let (access, _, _) = access(cap)?;
         let vol = self.service.get_volume(&r.volume_id).map_err(status)?;
         if !fits(&vol, &access) {
             // The spec's "exceeds capabilities" of the volume.
@@ -853,12 +853,14 @@ impl csi::node_server::Node for CsiPlugin {
             } else {
                 std::fs::create_dir_all(&staging)
                     .map_err(|e| ballast_core::DriverError::io(&staging, e))?;
-                // The staging path is kubelet's own; the flags matter on
-                // each published target, which gets them again.
+                // The flags are checked above but applied only where pods
+                // see the volume: each published target gets them again.
+                // Kubelet's staging path keeps plain flags, so a stage
+                // repeated after a class's mountOptions changed still fits.
                 Some(PublishTarget {
                     path: staging.clone(),
                     read_only: false,
-                    flags,
+                    flags: MountFlags::default(),
                 })
             };
             s.publish(&id, stage_consumer(&staging), target, Wait::Fail)

@@ -251,21 +251,35 @@ pub fn router(state: ApiState) -> Router {
 /// web page that an attacker's name rebinds to 127.0.0.1 still sends the
 /// attacker's name, so a loopback peer alone does not prove a local caller.
 fn names_loopback(req: &Request) -> bool {
-    let Some(host) = req.headers().get(header::HOST) else {
+    // HTTP/1.1 names the host in Host; HTTP/2 in the URI's authority.
+    let host = match req.headers().get(header::HOST) {
+        Some(h) => match h.to_str() {
+            Ok(h) => h.to_string(),
+            Err(_) => return false,
+        },
+        None => match req.uri().authority() {
+            Some(a) => a.as_str().to_string(),
+            // Neither (an HTTP/1.0 client): nothing a browser would send.
+            None => return true,
+        },
+    };
+    is_loopback_host(&host)
+}
+
+/// `localhost`, `127.0.0.1`, `[::1]`, `::1`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let ip_loopback = |s: &str| {
+        s.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+    };
+    if ip_loopback(host) {
         return true;
-    };
-    let Ok(host) = host.to_str() else {
-        return false;
-    };
-    // Drop the port: `[::1]:7420`, `127.0.0.1:7420`, `localhost`.
+    }
     let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        Some(rest) => rest.split_once(']').map(|(ip, _)| ip).unwrap_or_default(),
         None => host.split(':').next().unwrap_or_default(),
     };
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    name.eq_ignore_ascii_case("localhost") || ip_loopback(name)
 }
 
 /// TCP callers need the bearer token, except read-only calls from loopback
@@ -715,4 +729,37 @@ async fn release_claim(
     })
     .await?;
     Ok(Json(claim.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "localhost",
+            "LocalHost:7420",
+            "127.0.0.1",
+            "127.0.0.1:7420",
+            "127.9.9.9:1",
+            "[::1]",
+            "[::1]:7420",
+            "::1",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in [
+            "",
+            "attacker.example",
+            "attacker.example:7420",
+            "localhost.attacker.example",
+            "127.0.0.1.nip.io",
+            "10.0.0.1:7420",
+            "[::2]:7420",
+            "[::1",
+        ] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+    }
 }
