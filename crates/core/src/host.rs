@@ -140,9 +140,13 @@ pub trait Host: Send + Sync {
         fs: FsType,
         opts: MountOptions,
     ) -> Result<(), HostError>;
-    /// Bind-mount `source` onto `target`.
+    /// Bind-mount `source` onto `target`, with `opts` applied.
     fn bind_mount(&self, source: &Path, target: &Path, opts: MountOptions)
         -> Result<(), HostError>;
+    /// Apply `opts` (read-only, per-mount flags) to the bind mount at
+    /// `target`, on top of what it has; plain options change nothing.
+    /// Idempotent: a retry after a half-done publish uses it.
+    fn set_bind_flags(&self, target: &Path, opts: MountOptions) -> Result<(), HostError>;
     /// Unmount `target`. Not mounted is not an error; busy is [`HostError::Busy`].
     fn unmount(&self, target: &Path) -> Result<(), HostError>;
     /// The current mount table.

@@ -1088,16 +1088,19 @@ impl VolumeService {
             .map_err(DriverError::from)?
             .iter()
             .any(|m| m.target == target.path);
-        if !mounted {
+        let opts = MountOptions {
+            read_only: target.read_only,
+            flags: target.flags,
+        };
+        if mounted {
+            // A retry after a crash or a failed undo: the bind is there,
+            // maybe without its flags.
             self.host
-                .bind_mount(
-                    &source,
-                    &target.path,
-                    MountOptions {
-                        read_only: target.read_only,
-                        flags: target.flags,
-                    },
-                )
+                .set_bind_flags(&target.path, opts)
+                .map_err(DriverError::from)?;
+        } else {
+            self.host
+                .bind_mount(&source, &target.path, opts)
                 .map_err(DriverError::from)?;
         }
         Ok(())

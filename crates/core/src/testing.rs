@@ -226,6 +226,10 @@ impl Host for FakeHost {
         });
         Ok(())
     }
+    fn set_bind_flags(&self, target: &Path, _opts: MountOptions) -> Result<(), HostError> {
+        let _state = self.enter("set_bind_flags", target)?;
+        Ok(())
+    }
     fn unmount(&self, target: &Path) -> Result<(), HostError> {
         let mut s = self.enter("unmount", target)?;
         if s.busy.contains(target) {

@@ -518,6 +518,41 @@ fn different_consumers_share_one_staging() {
     env.assert_no_intents(&svc);
 }
 
+/// A publish whose target is already a mount (a retry after a crash, or
+/// after a bind whose flags could not be set nor the bind undone) applies
+/// the flags to it rather than stacking a second bind.
+#[test]
+fn a_publish_onto_an_existing_bind_sets_its_flags() {
+    use ballast_core::model::{MountFlags, PublishTarget};
+    use ballast_core::Wait;
+
+    let env = Env::new();
+    let svc = env.start();
+    svc.create_volume(req("v", 64 * MIB)).unwrap();
+    let staged = svc.mount("v", cli("me")).unwrap();
+    let target = env.root().join("target");
+    std::fs::create_dir(&target).unwrap();
+    env.host
+        .bind_mount(
+            &staged.staging.unwrap().mountpoint,
+            &target,
+            MountOptions::default(),
+        )
+        .unwrap();
+    let flags = MountFlags::parse(&["noexec"]).unwrap().0;
+    let t = PublishTarget {
+        path: target.clone(),
+        read_only: false,
+        flags,
+    };
+    let consumer = ConsumerRef::new(ConsumerKind::Csi, target.display().to_string());
+    let v = svc.publish("v", consumer, Some(t), Wait::Block).unwrap();
+    assert_eq!(env.calls("bind_mount"), 1, "no second bind");
+    assert_eq!(env.calls("set_bind_flags"), 1);
+    assert!(v.consumers.values().any(|c| c.flags == flags));
+    env.assert_no_intents(&svc);
+}
+
 // ----- 4. delete of a mounted volume -------------------------------------
 
 #[test]

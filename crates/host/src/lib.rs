@@ -271,10 +271,27 @@ impl Host for LinuxHost {
             None::<&str>,
         )
         .map_err(|e| errno_failed(op.clone(), e))?;
-        if opts.read_only || !opts.flags.is_empty() {
-            // A bind ignores per-mount flags; they take a second, remount
-            // step, on top of what the bind inherited.
-            let remount = nix::sys::statvfs::statvfs(target).and_then(|st| {
+        // A bind ignores per-mount flags; they take a second, remount step.
+        if let Err(e) = self.set_bind_flags(target, opts) {
+            // Never leave a bind without the read-only or no-exec that was
+            // asked for.
+            if let Err(undo) = nix::mount::umount2(target, MntFlags::empty()) {
+                tracing::error!(target = %target.display(), error = %undo, "cannot undo bind mount");
+            }
+            return Err(e);
+        }
+        tracing::info!(source = %source.display(), target = %target.display(),
+            read_only = opts.read_only, flags = ?opts.flags.names(), "bind-mounted");
+        Ok(())
+    }
+
+    fn set_bind_flags(&self, target: &Path, opts: MountOptions) -> Result<(), HostError> {
+        if !opts.read_only && opts.flags.is_empty() {
+            return Ok(());
+        }
+        // On top of what the bind has now (inherited, or set before).
+        nix::sys::statvfs::statvfs(target)
+            .and_then(|st| {
                 nix::mount::mount(
                     None::<&str>,
                     target,
@@ -282,23 +299,18 @@ impl Host for LinuxHost {
                     MsFlags::MS_BIND | MsFlags::MS_REMOUNT | per_mount_flags(opts, st.flags()),
                     None::<&str>,
                 )
-            });
-            if let Err(e) = remount {
-                // Never leave a bind without the read-only or no-exec that
-                // was asked for.
-                if let Err(undo) = nix::mount::umount2(target, MntFlags::empty()) {
-                    tracing::error!(target = %target.display(), error = %undo, "cannot undo bind mount");
-                }
-                let names = opts.flags.names().join(",");
-                return Err(errno_failed(
-                    format!("{op} (read-only: {}, flags: {names})", opts.read_only),
+            })
+            .map_err(|e| {
+                errno_failed(
+                    format!(
+                        "set flags on bind mount {} (read-only: {}, flags: {})",
+                        target.display(),
+                        opts.read_only,
+                        opts.flags.names().join(",")
+                    ),
                     e,
-                ));
-            }
-        }
-        tracing::info!(source = %source.display(), target = %target.display(),
-            read_only = opts.read_only, flags = ?opts.flags.names(), "bind-mounted");
-        Ok(())
+                )
+            })
     }
 
     fn unmount(&self, target: &Path) -> Result<(), HostError> {
