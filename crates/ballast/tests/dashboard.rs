@@ -4,8 +4,9 @@
 //! in the HTML served); it picks up a new volume and its event without a
 //! reload; it keeps to its Content-Security-Policy. It is read-only: state
 //! changes need the token, from loopback and from elsewhere, and off loopback
-//! the page shows nothing until given the token. A screenshot is kept in
-//! target/test-artifacts/dashboard.png.
+//! the page shows nothing until given the token. A full copy in flight
+//! shows with its progress. Screenshots are kept in
+//! target/test-artifacts/dashboard.png and dashboard-copy.png.
 
 #[path = "common/chromium.rs"]
 mod chromium;
@@ -449,4 +450,90 @@ fn names(d: &Daemon) -> Vec<String> {
         .iter()
         .map(|v| v["name"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// A full copy in flight shows in its own panel, with a progress bar that
+/// knows the copy's size, and the panel goes away when the copy is done.
+#[test]
+fn chromium_shows_a_copy_in_flight_with_its_progress() {
+    if !common::require_tool("dashboard copies", chromium::CHROMIUM)
+        || !common::require_root_loop("dashboard copies")
+    {
+        return;
+    }
+    const OPS: &str =
+        "Array.from(document.querySelectorAll('#operations li.op'), li => li.dataset.op)";
+    let d = Daemon::start();
+    let addr = d.listen_addr();
+    d.ok(&["volume", "create", "bulk", "--size", "3G"]);
+    let mp = PathBuf::from(d.ok(&["volume", "mount", "bulk"]).trim());
+    common::write_file(&mp.join("data"), 1 << 30).unwrap();
+
+    let profile = tempfile::tempdir().unwrap();
+    let mut b = Browser::launch(profile.path()).expect("start chromium");
+    let page = b.new_page(1400, 900).expect("a tab");
+    b.navigate(&page, &format!("http://{addr}/")).unwrap();
+    let (_, shown) = b
+        .wait_for(&page, TABLE_NAMES, SHOWS_WITHIN, has("bulk"))
+        .unwrap();
+    assert!(shown, "the page did not load");
+    assert_eq!(
+        b.eval(&page, "document.getElementById('operations-panel').hidden")
+            .unwrap(),
+        json!(true),
+        "no copy, no panel"
+    );
+
+    let command = std::process::Command::new(common::BIN)
+        .arg("--socket")
+        .arg(d.socket())
+        .args(["volume", "snapshot", "bulk", "bulk-snap"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run the CLI");
+    let (ops, shown) = b
+        .wait_for(
+            &page,
+            OPS,
+            Duration::from_secs(60),
+            has("snapshot:bulk-snap"),
+        )
+        .unwrap();
+    assert!(shown, "the copy never showed: {ops}");
+    let bar = b
+        .eval(
+            &page,
+            "(() => { const p = document.querySelector('#operations li.op progress'); \
+             return [p.max, p.value, document.querySelector('#operations .subject').textContent]; })()",
+        )
+        .unwrap();
+    assert_eq!(bar[2], "snapshot bulk-snap of bulk", "{bar}");
+    // The bar's max is the copy's total: at least the data written. (Its
+    // value may be anywhere up to that.)
+    let max = bar[0].as_f64().unwrap_or_default();
+    assert!(max >= f64::from(1u32 << 30), "{bar}");
+    assert!(bar[1].as_f64().unwrap_or(-1.0) <= max, "{bar}");
+    let path = artifacts_dir().join("dashboard-copy.png");
+    std::fs::write(&path, b.screenshot(&page).unwrap()).unwrap();
+    eprintln!("screenshot: {}", path.display());
+
+    let status = command.wait_with_output().unwrap().status;
+    assert!(status.success(), "the snapshot failed");
+    let (_, gone) = b
+        .wait_for(
+            &page,
+            "document.getElementById('operations-panel').hidden",
+            Duration::from_secs(10),
+            |v| v == &json!(true),
+        )
+        .unwrap();
+    assert!(gone, "the panel stayed after the copy");
+    let errors = b.page_errors();
+    assert!(errors.is_empty(), "page errors: {errors:#?}");
+    drop(b);
+    d.ok(&["snapshot", "rm", "bulk-snap"]);
+    d.ok(&["volume", "rm", "bulk", "--force"]);
+    d.assert_no_leftovers();
 }

@@ -1,5 +1,6 @@
 // The ballast dashboard. Reads the REST API every 2 s (pools, volumes,
-// claims, /metrics) and follows /v1/events/stream; draws with plain DOM and
+// claims, /metrics), copies in flight every 0.5 s, and follows
+// /v1/events/stream; draws with plain DOM and
 // SVG. Read-only: it sends nothing but GETs.
 //
 // Safety: every value from the API reaches the page through textContent or
@@ -8,6 +9,8 @@
 
 (() => {
   const POLL_MS = 2000;
+  /** Copies in flight are polled faster: the list is tiny and a copy short. */
+  const OPS_POLL_MS = 500;
   /** Samples kept for the charts: 5 minutes at one per poll. */
   const WINDOW = 150;
   const MAX_EVENTS = 60;
@@ -164,6 +167,34 @@
           el('div', null, el('dt', null, 'capacity'), el('dd', null, bytes(cap))),
           el('div', null, el('dt', null, 'available'), el('dd', null, bytes(p.available_bytes)))));
     }));
+  }
+
+  // ---- copies in flight --------------------------------------------------
+
+  function renderOperations(ops) {
+    $('operations-panel').hidden = !ops.length;
+    $('operations').replaceChildren(...ops.map((o) => {
+      const total = o.total_bytes;
+      const done = Math.min(o.done_bytes, total);
+      // No value: an indeterminate bar until the copy knows its size.
+      const bar = el('progress', total ? { max: total, value: done } : {});
+      const what = o.kind === 'snapshot'
+        ? `snapshot ${o.target} of ${o.source}`
+        : `${o.target} from ${o.source}`;
+      return el('li', { class: 'op', 'data-op': `${o.kind}:${o.target}` },
+        el('span', { class: 'subject', title: what }, what),
+        bar,
+        el('span', { class: 'figures' },
+          total ? `${pctText(done, total)} · ${bytes(done)} of ${bytes(total)}` : 'measuring…'));
+    }));
+  }
+
+  function opsLoop() {
+    // Errors (a 401 off loopback, a restart) show through the main poll.
+    get('/v1/operations')
+      .then(renderOperations)
+      .catch(() => {})
+      .finally(() => setTimeout(opsLoop, OPS_POLL_MS));
   }
 
   // ---- volumes -----------------------------------------------------------
@@ -594,6 +625,7 @@
       .then((v) => { $('version').textContent = 'v' + v.version; })
       .catch(() => {});
     loop();
+    opsLoop();
   }
 
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);
