@@ -5,7 +5,7 @@
 //! goes to stderr, so stdout stays the command's output.
 
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ballast_core::model::format_size;
@@ -30,11 +30,13 @@ pub(crate) fn with_progress<T>(
 ) -> anyhow::Result<T> {
     let start = Instant::now();
     let terminal = std::io::stderr().is_terminal();
-    let finished = AtomicBool::new(false);
+    // Dropping the sender ends the watcher at once, not at its next poll:
+    // a fast call (a btrfs snapshot) must not wait out a poll interval.
+    let (done, finished) = mpsc::channel::<()>();
     let result = std::thread::scope(|scope| {
-        let watcher = scope.spawn(|| watch(client, what, target, terminal, &finished));
+        let watcher = scope.spawn(|| watch(client, what, target, terminal, finished));
         let result = call();
-        finished.store(true, Ordering::Relaxed);
+        drop(done);
         let _ = watcher.join();
         result
     });
@@ -45,13 +47,14 @@ pub(crate) fn with_progress<T>(
     result
 }
 
-/// Until `finished`, poll the daemon for the operation and draw it.
+/// Until `finished` disconnects, poll the daemon for the operation and
+/// draw it.
 fn watch(
     client: &Client,
     what: &str,
     target: Option<(&str, &str)>,
     terminal: bool,
-    finished: &AtomicBool,
+    finished: mpsc::Receiver<()>,
 ) {
     let bar = terminal.then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
@@ -61,8 +64,7 @@ fn watch(
     });
     let mut last_line = Instant::now();
     let mut sized = false;
-    while !finished.load(Ordering::Relaxed) {
-        std::thread::sleep(POLL);
+    while let Err(mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(POLL) {
         let Some((kind, target)) = target else {
             continue;
         };

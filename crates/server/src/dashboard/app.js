@@ -190,11 +190,15 @@
   }
 
   function opsLoop() {
-    // Errors (a 401 off loopback, a restart) show through the main poll.
-    get('/v1/operations')
-      .then(renderOperations)
-      .catch(() => {})
-      .finally(() => setTimeout(opsLoop, OPS_POLL_MS));
+    const next = () => setTimeout(opsLoop, OPS_POLL_MS);
+    // Without the token it needs, the main poll asks for it; no point in
+    // being refused twice a second meanwhile.
+    if (state.unauthorized) {
+      next();
+      return;
+    }
+    // Errors (a restart) show through the main poll.
+    get('/v1/operations').then(renderOperations).catch(() => {}).finally(next);
   }
 
   // ---- volumes -----------------------------------------------------------
@@ -572,6 +576,7 @@
     drawCharts();
     const failed = results.filter((r) => r.status === 'rejected').map((r) => r.reason);
     const unauthorized = failed.some((e) => e && e.status === 401);
+    state.unauthorized = unauthorized;
     if (unauthorized) {
       banner(state.token
         ? 'The API refused the token: check it against <state-dir>/token.'
