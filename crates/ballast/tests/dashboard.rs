@@ -420,10 +420,18 @@ fn state_changes_need_the_token_and_off_loopback_the_page_asks_for_it() {
         json!(token),
         "the token is kept for the tab"
     );
-    let banner = b
-        .eval(&page, "document.getElementById('banner').hidden")
+    // The table fills as its own fetch lands; the banner goes when the
+    // whole poll has (and a poll begun before the token may show it once
+    // more): wait for it.
+    let (_, gone) = b
+        .wait_for(
+            &page,
+            "document.getElementById('banner').hidden",
+            SHOWS_WITHIN,
+            |v| v == &json!(true),
+        )
         .unwrap();
-    assert_eq!(banner, json!(true), "the banner goes once the token works");
+    assert!(gone, "the banner goes once the token works");
     // The refused fetches before the token are logged as failed loads;
     // nothing else may have gone wrong.
     let errors: Vec<String> = b
@@ -461,8 +469,6 @@ fn chromium_shows_a_copy_in_flight_with_its_progress() {
     {
         return;
     }
-    const OPS: &str =
-        "Array.from(document.querySelectorAll('#operations li.op'), li => li.dataset.op)";
     let d = Daemon::start();
     let addr = d.listen_addr();
     d.ok(&["volume", "create", "bulk", "--size", "3G"]);
@@ -493,28 +499,27 @@ fn chromium_shows_a_copy_in_flight_with_its_progress() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("run the CLI");
-    let (ops, shown) = b
+    // One read of the panel, waiting for the copy with its size known
+    // (until then its bar is indeterminate).
+    let (bar, shown) = b
         .wait_for(
             &page,
-            OPS,
+            "(() => { const li = document.querySelector('#operations li.op'); \
+             const p = li && li.querySelector('progress'); \
+             return p && p.max > 1 ? [li.dataset.op, p.max, p.value, \
+             li.querySelector('.subject').textContent] : null; })()",
             Duration::from_secs(60),
-            has("snapshot:bulk-snap"),
+            |v| v.is_array(),
         )
         .unwrap();
-    assert!(shown, "the copy never showed: {ops}");
-    let bar = b
-        .eval(
-            &page,
-            "(() => { const p = document.querySelector('#operations li.op progress'); \
-             return [p.max, p.value, document.querySelector('#operations .subject').textContent]; })()",
-        )
-        .unwrap();
-    assert_eq!(bar[2], "snapshot bulk-snap of bulk", "{bar}");
+    assert!(shown, "the copy never showed with its size: {bar}");
+    assert_eq!(bar[0], "snapshot:bulk-snap", "{bar}");
+    assert_eq!(bar[3], "snapshot bulk-snap of bulk", "{bar}");
     // The bar's max is the copy's total: at least the data written. (Its
     // value may be anywhere up to that.)
-    let max = bar[0].as_f64().unwrap_or_default();
+    let max = bar[1].as_f64().unwrap_or_default();
     assert!(max >= f64::from(1u32 << 30), "{bar}");
-    assert!(bar[1].as_f64().unwrap_or(-1.0) <= max, "{bar}");
+    assert!(bar[2].as_f64().unwrap_or(-1.0) <= max, "{bar}");
     let path = artifacts_dir().join("dashboard-copy.png");
     std::fs::write(&path, b.screenshot(&page).unwrap()).unwrap();
     eprintln!("screenshot: {}", path.display());

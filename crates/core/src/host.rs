@@ -143,10 +143,18 @@ pub trait Host: Send + Sync {
     /// Bind-mount `source` onto `target`, with `opts` applied.
     fn bind_mount(&self, source: &Path, target: &Path, opts: MountOptions)
         -> Result<(), HostError>;
-    /// Apply `opts` (read-only, per-mount flags) to the bind mount at
-    /// `target`, on top of what it has; plain options change nothing.
-    /// Idempotent: a retry after a half-done publish uses it.
-    fn set_bind_flags(&self, target: &Path, opts: MountOptions) -> Result<(), HostError>;
+    /// Whether the mount at `target` is a bind of `source` (the same file
+    /// seen through it).
+    fn is_bind_of(&self, source: &Path, target: &Path) -> Result<bool, HostError>;
+    /// Set the bind of `source` at `target` to `opts` (read-only, per-mount
+    /// flags) on top of what `source`'s own mount has, replacing whatever
+    /// the bind had. Idempotent: a retry after a half-done publish uses it.
+    fn set_bind_flags(
+        &self,
+        source: &Path,
+        target: &Path,
+        opts: MountOptions,
+    ) -> Result<(), HostError>;
     /// Unmount `target`. Not mounted is not an error; busy is [`HostError::Busy`].
     fn unmount(&self, target: &Path) -> Result<(), HostError>;
     /// The current mount table.

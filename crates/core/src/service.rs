@@ -1045,9 +1045,10 @@ impl VolumeService {
             },
             &vol,
         )?;
+        // A failed bind_target leaves no bind of its own behind, and must
+        // not take down a mount that was there before it.
         if let Err(e) = self.bind_target(&vol, &target) {
             let _ = node;
-            let _ = self.host.unmount(&target.path);
             let _ = self.persist(Txn::new(), name, Some(&vol), Some(IntentWrite::Clear), None);
             return Err(e);
         }
@@ -1093,10 +1094,22 @@ impl VolumeService {
             flags: target.flags,
         };
         if mounted {
-            // A retry after a crash or a failed undo: the bind is there,
-            // maybe without its flags.
+            // Ours (a retry after an undo that failed): set its flags, which
+            // an earlier attempt may have left otherwise. Anything else
+            // mounted there is not ours to serve through or to change.
+            if !self
+                .host
+                .is_bind_of(&source, &target.path)
+                .map_err(DriverError::from)?
+            {
+                return Err(Error::AlreadyExists {
+                    kind: "target",
+                    name: target.path.display().to_string(),
+                    detail: format!("something other than volume {} is mounted there", vol.name),
+                });
+            }
             self.host
-                .set_bind_flags(&target.path, opts)
+                .set_bind_flags(&source, &target.path, opts)
                 .map_err(DriverError::from)?;
         } else {
             self.host
@@ -1197,8 +1210,10 @@ impl VolumeService {
             mountpoint: data,
         });
         if let Some(t) = &target {
+            // bind_target cleans up after itself; the target is not ours
+            // to unmount.
             if let Err(e) = self.bind_target(&vol, t) {
-                self.undo_stage(pool, &before, Some(t));
+                self.undo_stage(pool, &before, None);
                 return Err(e);
             }
         }

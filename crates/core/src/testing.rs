@@ -35,6 +35,8 @@ struct State {
     subvolumes: BTreeMap<PathBuf, u64>,
     /// statvfs answers by path prefix (the longest match wins).
     fs_stats: BTreeMap<PathBuf, FsStats>,
+    /// The options each bind target was last given.
+    bind_options: BTreeMap<PathBuf, MountOptions>,
 }
 
 /// A fake host that models loop devices and mounts in memory.
@@ -58,6 +60,11 @@ impl FakeHost {
         }
     }
     /// Every call so far, as `op arg`.
+    /// The options the bind at `target` was last given.
+    pub fn bind_options(&self, target: &Path) -> Option<MountOptions> {
+        self.state.lock().bind_options.get(target).copied()
+    }
+
     pub fn calls(&self) -> Vec<String> {
         self.state.lock().calls.clone()
     }
@@ -215,9 +222,10 @@ impl Host for FakeHost {
         &self,
         source: &Path,
         target: &Path,
-        _opts: MountOptions,
+        opts: MountOptions,
     ) -> Result<(), HostError> {
         let mut s = self.enter("bind_mount", target)?;
+        s.bind_options.insert(target.to_path_buf(), opts);
         s.mounts.push(MountEntry {
             source: source.display().to_string(),
             target: target.to_path_buf(),
@@ -226,8 +234,20 @@ impl Host for FakeHost {
         });
         Ok(())
     }
-    fn set_bind_flags(&self, target: &Path, _opts: MountOptions) -> Result<(), HostError> {
-        let _state = self.enter("set_bind_flags", target)?;
+    fn is_bind_of(&self, source: &Path, target: &Path) -> Result<bool, HostError> {
+        let s = self.enter("is_bind_of", target)?;
+        Ok(s.mounts
+            .iter()
+            .any(|m| m.target == target && m.source == source.display().to_string()))
+    }
+    fn set_bind_flags(
+        &self,
+        _source: &Path,
+        target: &Path,
+        opts: MountOptions,
+    ) -> Result<(), HostError> {
+        let mut s = self.enter("set_bind_flags", target)?;
+        s.bind_options.insert(target.to_path_buf(), opts);
         Ok(())
     }
     fn unmount(&self, target: &Path) -> Result<(), HostError> {

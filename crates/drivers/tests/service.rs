@@ -546,10 +546,37 @@ fn a_publish_onto_an_existing_bind_sets_its_flags() {
         flags,
     };
     let consumer = ConsumerRef::new(ConsumerKind::Csi, target.display().to_string());
-    let v = svc.publish("v", consumer, Some(t), Wait::Block).unwrap();
+    let v = svc
+        .publish("v", consumer, Some(t.clone()), Wait::Block)
+        .unwrap();
     assert_eq!(env.calls("bind_mount"), 1, "no second bind");
     assert_eq!(env.calls("set_bind_flags"), 1);
+    assert_eq!(env.host.bind_options(&target).unwrap().flags, flags);
     assert!(v.consumers.values().any(|c| c.flags == flags));
+    env.assert_no_intents(&svc);
+
+    // Something else mounted at a target: refused, and left as it was.
+    let foreign = env.root().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    env.host
+        .bind_mount(Path::new("/elsewhere"), &foreign, MountOptions::default())
+        .unwrap();
+    let before = svc.get_volume("v").unwrap();
+    let consumer = ConsumerRef::new(ConsumerKind::Csi, foreign.display().to_string());
+    let t = PublishTarget {
+        path: foreign.clone(),
+        ..t
+    };
+    let err = svc
+        .publish("v", consumer, Some(t), Wait::Block)
+        .unwrap_err();
+    assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
+    assert_eq!(
+        env.host.bind_options(&foreign),
+        Some(MountOptions::default())
+    );
+    assert_eq!(env.calls("unmount"), 0, "nothing unmounted");
+    assert_eq!(svc.get_volume("v").unwrap(), before);
     env.assert_no_intents(&svc);
 }
 

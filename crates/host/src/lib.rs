@@ -272,7 +272,11 @@ impl Host for LinuxHost {
         )
         .map_err(|e| errno_failed(op.clone(), e))?;
         // A bind ignores per-mount flags; they take a second, remount step.
-        if let Err(e) = self.set_bind_flags(target, opts) {
+        let plain = !opts.read_only && opts.flags.is_empty();
+        if let Err(e) = match plain {
+            true => Ok(()),
+            false => self.set_bind_flags(source, target, opts),
+        } {
             // Never leave a bind without the read-only or no-exec that was
             // asked for.
             if let Err(undo) = nix::mount::umount2(target, MntFlags::empty()) {
@@ -285,12 +289,25 @@ impl Host for LinuxHost {
         Ok(())
     }
 
-    fn set_bind_flags(&self, target: &Path, opts: MountOptions) -> Result<(), HostError> {
-        if !opts.read_only && opts.flags.is_empty() {
-            return Ok(());
-        }
-        // On top of what the bind has now (inherited, or set before).
-        nix::sys::statvfs::statvfs(target)
+    fn is_bind_of(&self, source: &Path, target: &Path) -> Result<bool, HostError> {
+        use std::os::unix::fs::MetadataExt;
+        let stat = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| (m.dev(), m.ino()))
+                .map_err(|e| HostError::failed(format!("stat {}", p.display()), e.to_string()))
+        };
+        Ok(stat(source)? == stat(target)?)
+    }
+
+    fn set_bind_flags(
+        &self,
+        source: &Path,
+        target: &Path,
+        opts: MountOptions,
+    ) -> Result<(), HostError> {
+        // From the source's own mount, not the bind's: a retry must also
+        // take off what an earlier attempt put on.
+        nix::sys::statvfs::statvfs(source)
             .and_then(|st| {
                 nix::mount::mount(
                     None::<&str>,

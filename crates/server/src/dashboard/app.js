@@ -194,11 +194,16 @@
     // Without the token it needs, the main poll asks for it; no point in
     // being refused twice a second meanwhile.
     if (state.unauthorized) {
+      renderOperations([]);
       next();
       return;
     }
-    // Errors (a restart) show through the main poll.
-    get('/v1/operations').then(renderOperations).catch(() => {}).finally(next);
+    // Errors (a restart) show through the main poll; a list that cannot be
+    // read is not shown as if current.
+    get('/v1/operations')
+      .then(renderOperations)
+      .catch(() => renderOperations([]))
+      .finally(next);
   }
 
   // ---- volumes -----------------------------------------------------------
