@@ -9,6 +9,8 @@ command -v mkfs.ext4 >/dev/null || need_pkgs+=(e2fsprogs)
 command -v mkfs.xfs >/dev/null || need_pkgs+=(xfsprogs)
 command -v mkfs.btrfs >/dev/null || need_pkgs+=(btrfs-progs)
 command -v losetup >/dev/null || need_pkgs+=(util-linux)
+# script(1) gives the CLI a terminal in crates/ballast/tests/snapshots.rs.
+command -v script >/dev/null || need_pkgs+=(bsdutils)
 [[ -x /bin/busybox ]] || need_pkgs+=(busybox-static)
 # A real Prometheus server scrapes the daemon in crates/ballast/tests/metrics.rs.
 command -v prometheus >/dev/null || need_pkgs+=(prometheus)

@@ -67,10 +67,10 @@ impl Default for LinuxHost {
 }
 
 /// The kernel flags of a bind mount's remount step for `opts`. A bind
-/// remount sets exactly the flags it is given,
-/// so the ones the bind inherited (`inherited`, from statvfs) are kept: a
-/// flag asked for only ever adds a restriction. The access-time mode is the
-/// inherited one unless `opts` names one.
+/// remount sets exactly the flags it is given, so the ones of the source's
+/// mount (`inherited`, from statvfs) are kept: a flag asked for only ever
+/// adds a restriction. The access-time mode is the inherited one unless
+/// `opts` names one.
 fn per_mount_flags(opts: MountOptions, inherited: FsFlags) -> MsFlags {
     use ballast_core::model::AtimeFlag;
     let f = opts.flags;
@@ -272,17 +272,15 @@ impl Host for LinuxHost {
         )
         .map_err(|e| errno_failed(op.clone(), e))?;
         // A bind ignores per-mount flags; they take a second, remount step.
-        let plain = !opts.read_only && opts.flags.is_empty();
-        if let Err(e) = match plain {
-            true => Ok(()),
-            false => self.set_bind_flags(source, target, opts),
-        } {
-            // Never leave a bind without the read-only or no-exec that was
-            // asked for.
-            if let Err(undo) = nix::mount::umount2(target, MntFlags::empty()) {
-                tracing::error!(target = %target.display(), error = %undo, "cannot undo bind mount");
+        if opts.read_only || !opts.flags.is_empty() {
+            if let Err(e) = self.set_bind_flags(source, target, opts) {
+                // Never leave a bind without the read-only or no-exec that
+                // was asked for.
+                if let Err(undo) = nix::mount::umount2(target, MntFlags::empty()) {
+                    tracing::error!(target = %target.display(), error = %undo, "cannot undo bind mount");
+                }
+                return Err(e);
             }
-            return Err(e);
         }
         tracing::info!(source = %source.display(), target = %target.display(),
             read_only = opts.read_only, flags = ?opts.flags.names(), "bind-mounted");
