@@ -12,6 +12,8 @@ command -v losetup >/dev/null || need_pkgs+=(util-linux)
 # script(1) gives the CLI a terminal in crates/ballast/tests/snapshots.rs.
 command -v script >/dev/null || need_pkgs+=(bsdutils)
 [[ -x /bin/busybox ]] || need_pkgs+=(busybox-static)
+# A FUSE server that the hardening tests stop (SIGSTOP) to make a hung filesystem.
+command -v fuse-overlayfs >/dev/null || need_pkgs+=(fuse-overlayfs)
 # A real Prometheus server scrapes the daemon in crates/ballast/tests/metrics.rs.
 command -v prometheus >/dev/null || need_pkgs+=(prometheus)
 # Headless Chromium renders the web dashboard in crates/ballast/tests/dashboard.rs.

@@ -16,17 +16,16 @@ use crate::client::{Client, Endpoint};
 use crate::config::ServeArgs;
 use crate::progress::with_progress;
 
+/// Where the CLI finds the daemon by default.
+const DEFAULT_SOCKET: &str = "/run/ballast/api.sock";
+
 #[derive(Debug, Parser)]
 #[command(name = "ballast", version, about = "Persistent volumes for containers")]
 pub struct Cli {
-    /// The daemon's API socket
-    #[arg(
-        long,
-        global = true,
-        env = "BALLAST_SOCKET",
-        default_value = "/run/ballast/api.sock"
-    )]
-    pub socket: PathBuf,
+    /// The daemon's API socket [default: /run/ballast/api.sock; for
+    /// `serve`, <run-dir>/api.sock]
+    #[arg(long, global = true, env = "BALLAST_SOCKET")]
+    pub socket: Option<PathBuf>,
     /// Talk to a daemon over TCP instead: http://HOST:PORT or https://HOST:PORT
     #[arg(long, global = true, env = "BALLAST_HOST")]
     pub host: Option<String>,
@@ -208,12 +207,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let client = || -> anyhow::Result<Client> {
         let endpoint = match &cli.host {
             Some(h) => Endpoint::parse_host(h)?,
-            None => Endpoint::Unix(cli.socket.clone()),
+            None => Endpoint::Unix(
+                cli.socket
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
+            ),
         };
         Client::new(endpoint, cli.token.clone(), cli.ca_cert.clone())
     };
     match &cli.command {
-        Command::Serve(args) => crate::daemon::serve(args),
+        Command::Serve(args) => crate::daemon::serve(args, cli.socket.clone()),
         Command::Dvdcli { .. } => unreachable!("handled above"),
         Command::Openapi => {
             print!("{}", ballast_server::rest::openapi_json());

@@ -18,14 +18,25 @@ use ballast_store::RedbStore;
 
 use crate::config::{Config, LogFormat, ServeArgs};
 
-pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+/// How long a stopping daemon waits for blocking work before it leaves it:
+/// a worker stuck in the kernel (a pool on a hung filesystem) must not keep
+/// the process, and its sockets, alive.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// `api_socket`: the global `--socket` (or `BALLAST_SOCKET`), which the
+/// daemon serves instead of `<run-dir>/api.sock`.
+pub fn serve(args: &ServeArgs, api_socket: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::resolve(args)?;
     init_tracing(config.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(run(config))
+    let result = rt.block_on(run(config, api_socket));
+    // Dropping the runtime would wait for every blocking task, forever if
+    // one is stuck; after the grace period they die with the process.
+    rt.shutdown_timeout(SHUTDOWN_GRACE);
+    result
 }
 
 fn init_tracing(format: LogFormat) {
@@ -42,18 +53,111 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// Make `path` and its missing parents with `mode`. A directory that was
+/// already there keeps its mode: `--run-dir /tmp` must not change /tmp.
+/// Returns the canonical path (loop devices report canonical backing paths;
+/// ours must compare equal).
 fn make_dir(path: &Path, mode: u32) -> anyhow::Result<PathBuf> {
-    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting the mode of {}", path.display()))?;
-    // Loop devices report canonical backing paths; ours must compare equal.
+    let mut missing = Vec::new();
+    let mut at = path;
+    while !at.exists() {
+        missing.push(at.to_path_buf());
+        match at.parent() {
+            Some(p) if !p.as_os_str().is_empty() => at = p,
+            _ => break,
+        }
+    }
+    for dir in missing.iter().rev() {
+        match std::fs::create_dir(dir) {
+            Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("setting the mode of {}", dir.display()))?,
+            // Made by someone else meanwhile: theirs, mode and all.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+        }
+    }
     path.canonicalize()
         .with_context(|| format!("resolving {}", path.display()))
+}
+
+/// The state dir holds the token and the store: refuse one that anybody
+/// may write into, warn about one that others may read.
+fn check_state_dir(path: &Path) -> anyhow::Result<()> {
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o002 != 0 {
+        anyhow::bail!(
+            "state dir {} is world-writable (mode {:o}); refusing to keep the store and token there (chmod 700 it)",
+            path.display(),
+            mode & 0o7777
+        );
+    }
+    if mode & 0o077 != 0 {
+        tracing::warn!(dir = %path.display(), mode = format!("{:o}", mode & 0o7777), "the state dir is readable by others; chmod 700 is advised");
+    }
+    Ok(())
+}
+
+/// An exclusive lock on a directory (flock on the directory itself, so
+/// nothing is written into it), held for the daemon's life. Two daemons on
+/// one run or state dir would reconcile, unmount and detach each other's
+/// volumes: the second one stops here, before touching anything.
+fn lock_dir(path: &Path, what: &str) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    let dir = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| match errno {
+            nix::errno::Errno::EWOULDBLOCK => anyhow::anyhow!(
+                "{what} {} is in use by another ballast daemon; this one touches nothing and exits",
+                path.display()
+            ),
+            e => anyhow::anyhow!("locking {what} {}: {}", path.display(), e.desc()),
+        },
+    )
+}
+
+/// Files this start made in shared places (sockets, listen.addr), removed
+/// when the daemon stops and when a start fails half way, so a failed start
+/// leaves nothing behind.
+#[derive(Default)]
+struct MadeFiles(Vec<PathBuf>);
+
+impl MadeFiles {
+    fn add(&mut self, path: &Path) {
+        self.0.push(path.to_path_buf());
+    }
+}
+
+impl Drop for MadeFiles {
+    fn drop(&mut self) {
+        for path in self.0.iter().rev() {
+            if let Err(e) = std::fs::remove_file(path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), error = %e, "could not remove");
+                }
+            }
+        }
+    }
 }
 
 /// Read the API token, making one on first start.
 fn load_token(state_dir: &Path) -> anyhow::Result<String> {
     let path = state_dir.join("token");
+    if let Ok(md) = std::fs::symlink_metadata(&path) {
+        use std::os::unix::fs::MetadataExt;
+        if !md.file_type().is_file() || md.uid() != nix::unistd::geteuid().as_raw() {
+            anyhow::bail!(
+                "{} is not a regular file owned by this user; refusing to use it as the API token",
+                path.display()
+            );
+        }
+        if md.mode() & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{:o}", md.mode() & 0o7777), "the API token was readable by others; set its mode to 600 (consider replacing it)");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("setting the mode of {}", path.display()))?;
+        }
+    }
     match std::fs::read_to_string(&path) {
         Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
         Ok(_) => {}
@@ -98,12 +202,21 @@ fn open_store_quietly(path: &Path) -> Result<RedbStore, ballast_core::store::Sto
     result
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, api_socket: Option<PathBuf>) -> anyhow::Result<()> {
     // Watch the stop signals before anything answers: a SIGTERM that comes
     // as soon as the sockets serve must still get a clean exit.
-    let stop = ShutdownSignal::watch()?;
+    let mut stop = ShutdownSignal::watch()?;
     let state_dir = make_dir(&config.state_dir, 0o700)?;
+    check_state_dir(&state_dir)?;
     let run_dir = make_dir(&config.run_dir, 0o755)?;
+    // Before the store is opened or anything reconciled.
+    let _state_lock = lock_dir(&state_dir, "state dir")?;
+    let _run_lock = if run_dir == state_dir {
+        None
+    } else {
+        Some(lock_dir(&run_dir, "run dir")?)
+    };
+    let mut made = MadeFiles::default();
     let store =
         Arc::new(open_store_quietly(&state_dir.join("ballast.redb")).context("opening the store")?);
     let host: Arc<dyn Host> = Arc::new(LinuxHost::new());
@@ -123,9 +236,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         },
         failpoints: Failpoints::from_env(),
     };
-    let (service, report) = tokio::task::spawn_blocking(move || VolumeService::open(parts))
-        .await?
-        .context("reconciling state with the host")?;
+    let opening = tokio::task::spawn_blocking(move || VolumeService::open(parts));
+    let (service, report) = tokio::select! {
+        opened = opening => opened?.context("reconciling state with the host")?,
+        // A reconcile stuck on the host must not make the daemon unkillable.
+        () = stop.wait() => anyhow::bail!("stopped while reconciling"),
+    };
     tracing::info!(
         rebooted = report.rebooted,
         rolled_back = ?report.rolled_back,
@@ -134,6 +250,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         lost_mounts = ?report.lost_mounts,
         orphan_loops = report.orphan_loops_detached.len(),
         orphan_mounts = report.orphan_mounts_removed.len(),
+        held_elsewhere = report.held_elsewhere.len(),
         "reconciled"
     );
     let service = Arc::new(service);
@@ -163,8 +280,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         token: Arc::new(token),
     };
     let router = rest::router(state);
-    let api_sock = config.api_socket();
+    let api_sock = api_socket.unwrap_or_else(|| config.api_socket());
     let unix = listen::bind_unix(&api_sock, 0o600).await?;
+    made.add(&api_sock);
     let mut tasks = Vec::new();
     let addr_file = config.listen_addr_file();
     let _ = std::fs::remove_file(&addr_file);
@@ -179,6 +297,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         // Tools and tests find a `--listen HOST:0` port here.
         std::fs::write(&addr_file, format!("{bound}\n"))
             .with_context(|| format!("writing {}", addr_file.display()))?;
+        made.add(&addr_file);
         tasks.push(tokio::spawn(listen::serve_tcp(tcp, router.clone(), tls)));
     }
     // Served after the TCP address is written: an answer on the socket means
@@ -186,6 +305,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tasks.push(tokio::spawn(listen::serve_unix(unix, router.clone())));
     if let Some(sock) = &config.docker_socket {
         let plugin = listen::bind_unix(sock, 0o600).await?;
+        // A stale plugin socket stalls `docker volume ls` until it times out.
+        made.add(sock);
         let router = ballast_server::docker::router(ballast_server::docker::PluginState {
             service: service.clone(),
         });
@@ -194,6 +315,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     {
         let csi = listen::bind_unix(&config.csi_socket, 0o600).await?;
+        made.add(&config.csi_socket);
         let plugin = ballast_server::csi::CsiPlugin {
             service: service.clone(),
             node_id: config.node_id.clone(),
@@ -216,13 +338,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     for t in tasks {
         t.abort();
     }
-    let _ = std::fs::remove_file(&api_sock);
-    let _ = std::fs::remove_file(&config.csi_socket);
-    let _ = std::fs::remove_file(&addr_file);
-    // A stale plugin socket stalls `docker volume ls` until it times out.
-    if let Some(sock) = &config.docker_socket {
-        let _ = std::fs::remove_file(sock);
+    let in_flight = service.operations_in_flight();
+    let stuck = ballast_host::abandoned_calls();
+    if !in_flight.is_empty() || stuck > 0 {
+        tracing::warn!(
+            locks = ?in_flight,
+            stuck_host_calls = stuck,
+            "leaving operations that are still in flight (their intents are reconciled at the next start)"
+        );
     }
+    drop(made);
     Ok(())
 }
 
@@ -261,7 +386,7 @@ impl ShutdownSignal {
         })
     }
 
-    async fn wait(mut self) {
+    async fn wait(&mut self) {
         tokio::select! {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}

@@ -37,8 +37,13 @@ pub enum Error {
     /// Another operation holds the volume (only from the non-waiting calls).
     #[error("volume {name:?} has an operation in flight; retry")]
     Conflict { name: String },
+    /// A host call did not answer before its deadline (a hung filesystem,
+    /// a stuck tool): the operation gave up and released its lock; a retry
+    /// may succeed.
+    #[error("{0}; the host did not answer in time, retry later")]
+    Unavailable(DriverError),
     #[error(transparent)]
-    Driver(#[from] DriverError),
+    Driver(DriverError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -60,8 +65,18 @@ impl Error {
             Error::Busy { .. } => "busy",
             Error::Capacity { .. } => "capacity",
             Error::Conflict { .. } => "conflict",
+            Error::Unavailable(_) => "unavailable",
             Error::Driver(_) => "driver",
             Error::Store(_) => "store",
+        }
+    }
+}
+
+impl From<DriverError> for Error {
+    fn from(e: DriverError) -> Self {
+        match e {
+            DriverError::Host(crate::host::HostError::TimedOut { .. }) => Error::Unavailable(e),
+            e => Error::Driver(e),
         }
     }
 }

@@ -35,6 +35,24 @@ impl NameLocks {
         }
     }
 
+    /// Wait at most `limit` for the name's lock.
+    pub fn lock_for(&self, name: &str, limit: std::time::Duration) -> Option<NameGuard<'_>> {
+        let lock = self.entry(name);
+        let guard = lock.try_lock_arc_for(limit);
+        drop(lock);
+        match guard {
+            Some(guard) => Some(NameGuard {
+                locks: self,
+                name: name.to_string(),
+                guard: Some(guard),
+            }),
+            None => {
+                self.forget_if_idle(name);
+                None
+            }
+        }
+    }
+
     /// Take the name's lock only if it is free now (CSI answers ABORTED
     /// instead of waiting).
     pub fn try_lock(&self, name: &str) -> Option<NameGuard<'_>> {
@@ -52,6 +70,19 @@ impl NameLocks {
                 None
             }
         }
+    }
+
+    /// The names whose lock is held right now.
+    pub fn held(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .map
+            .lock()
+            .iter()
+            .filter(|(_, lock)| lock.is_locked())
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.sort();
+        names
     }
 
     fn forget_if_idle(&self, name: &str) {
@@ -80,6 +111,25 @@ impl Drop for NameGuard<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bounded_wait_gives_up_and_held_names_are_listed() {
+        let locks = NameLocks::default();
+        let held = locks.lock("a");
+        assert_eq!(locks.held(), vec!["a".to_string()]);
+        assert!(locks
+            .lock_for("a", std::time::Duration::from_millis(20))
+            .is_none());
+        assert!(locks
+            .lock_for("b", std::time::Duration::from_millis(20))
+            .is_some());
+        drop(held);
+        assert!(locks.held().is_empty());
+        assert!(locks
+            .lock_for("a", std::time::Duration::from_millis(20))
+            .is_some());
+        assert_eq!(locks.len(), 0);
+    }
 
     #[test]
     fn serialises_one_name_and_forgets_idle_locks() {

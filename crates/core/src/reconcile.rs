@@ -51,6 +51,9 @@ pub struct ReconcileReport {
     pub lost_mounts: Vec<String>,
     pub orphan_loops_detached: Vec<PathBuf>,
     pub orphan_mounts_removed: Vec<PathBuf>,
+    /// Loop devices of unstaged volumes that another mount namespace still
+    /// holds: left attached with autoclear, reused by the next mount.
+    pub held_elsewhere: Vec<PathBuf>,
 }
 
 /// What a reboot does to a volume: no mount, no device, no consumer.
@@ -399,6 +402,13 @@ impl VolumeService {
             tracing::warn!(device = %l.device.display(), image = %l.backing_file.display(), "detaching a loop device no staged volume owns");
             match self.host.loop_detach(&l.device) {
                 Ok(()) => report.orphan_loops_detached.push(l.device.clone()),
+                // Referenced from another mount namespace (see
+                // `unstage_steps`): a known state, not a failure. The detach
+                // left autoclear set; the kernel frees it when that goes.
+                Err(crate::host::HostError::Busy { .. }) => {
+                    tracing::info!(device = %l.device.display(), image = %l.backing_file.display(), "loop device still referenced elsewhere; left for autoclear");
+                    report.held_elsewhere.push(l.device.clone());
+                }
                 Err(e) => {
                     tracing::error!(device = %l.device.display(), error = %e, "could not detach a loop device no volume owns");
                     report

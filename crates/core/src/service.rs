@@ -50,6 +50,11 @@ pub(crate) fn snap_key(name: &str) -> String {
 /// How long a measurement of a pool's backing usage is reused.
 pub const USAGE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long a waiting operation queues behind another one on the same
+/// volume before it answers [`Error::Conflict`] (longer than any copy or
+/// tool the other may be running, short of forever).
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// What an operation does when another one holds its volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
@@ -1026,6 +1031,19 @@ impl VolumeService {
         let pool = self.get_pool(&vol.pool)?;
         let driver = self.driver(pool.driver)?;
         let node = driver.node();
+        if let Some(staging) = &vol.staging {
+            // The record may say staged while the mount is gone (unmounted
+            // behind our back, or a record from before a failed unstage):
+            // never serve a bare directory as the volume.
+            if !vol.block
+                && !node.serves_in_place()
+                && !node.is_mounted(&vol, &staging.mountpoint)?
+            {
+                tracing::warn!(volume = name, mountpoint = %staging.mountpoint.display(), "the staging mount is gone; staging again");
+                vol.staging = None;
+                vol.state = VolumeState::Available;
+            }
+        }
         if vol.staging.is_none() {
             return self.stage_and_publish(&pool, vol, consumer, target);
         }
@@ -1416,7 +1434,18 @@ impl VolumeService {
             Err(e) => return Err(e.into()),
         }
         self.failpoints.hit("unstage.after_umount");
-        node.detach(&pool, vol)?;
+        match node.detach(&pool, vol) {
+            Ok(()) => {}
+            // Unmounted here, but a mount namespace made while it was mounted
+            // (any container start) still holds a copy of the mount. The
+            // device has autoclear: the kernel frees it when that copy goes,
+            // and a mount before then reuses it (one device, one filesystem
+            // instance per image). For us the volume is unstaged.
+            Err(DriverError::Host(crate::host::HostError::Busy { .. })) => {
+                tracing::info!(volume = %vol.name, "unmounted; the loop device is still referenced from another mount namespace and is left for autoclear");
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.failpoints.hit("unstage.after_detach");
         if !vol.block && mountpoint.starts_with(&self.config.mounts_dir) {
             remove_mountpoint(&mountpoint);
@@ -1834,10 +1863,23 @@ impl VolumeService {
         )
     }
 
-    /// Take the volume's lock, waiting or not.
+    /// Names (volumes, `pool:<name>`, `claim:<group>`) whose operation is
+    /// running now.
+    pub fn operations_in_flight(&self) -> Vec<String> {
+        self.locks.held()
+    }
+
+    /// Take the volume's lock, waiting (at most [`LOCK_WAIT`]) or not.
     pub(crate) fn lock_op(&self, name: &str, wait: Wait) -> Result<crate::locks::NameGuard<'_>> {
         match wait {
-            Wait::Block => Ok(self.locks.lock(name)),
+            // Bounded: an operation stuck on the host (a pool whose own
+            // filesystem hangs) must not queue every later call behind it.
+            Wait::Block => self
+                .locks
+                .lock_for(name, LOCK_WAIT)
+                .ok_or_else(|| Error::Conflict {
+                    name: name.to_string(),
+                }),
             Wait::Fail => self.locks.try_lock(name).ok_or_else(|| Error::Conflict {
                 name: name.to_string(),
             }),

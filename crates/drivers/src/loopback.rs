@@ -210,12 +210,30 @@ impl NodeOps for LoopNode {
                 vol.name
             )));
         };
-        if self.is_mounted(vol, mountpoint)? {
-            return Ok(mountpoint.to_path_buf());
+        let device_name = device.display().to_string();
+        match self.top_mount(mountpoint)? {
+            Some(source) if source == device_name => return Ok(mountpoint.to_path_buf()),
+            Some(source) => {
+                return Err(DriverError::Unsupported(format!(
+                    "{} is a mount of {source}, not of volume {}'s device {device_name}; leaving it alone",
+                    mountpoint.display(),
+                    vol.name
+                )))
+            }
+            None => {}
         }
         self.host
             .mount(device, mountpoint, fs, MountOptions::default())?;
-        Ok(mountpoint.to_path_buf())
+        // Never hand out a path on faith: a directory without the volume
+        // behind it would take the application's writes onto the host's disk.
+        match self.top_mount(mountpoint)? {
+            Some(source) if source == device_name => Ok(mountpoint.to_path_buf()),
+            other => Err(DriverError::Unsupported(format!(
+                "mounted {device_name} at {}, but the mount table shows {}",
+                mountpoint.display(),
+                other.as_deref().unwrap_or("nothing there")
+            ))),
+        }
     }
 
     fn unmount(&self, _vol: &Volume, mountpoint: &Path) -> Result<(), DriverError> {
@@ -256,7 +274,26 @@ impl NodeOps for LoopNode {
         vol.fs == Some(FsType::Ext4)
     }
 
-    fn is_mounted(&self, _vol: &Volume, mountpoint: &Path) -> Result<bool, DriverError> {
-        Ok(self.host.mounts()?.iter().any(|m| m.target == mountpoint))
+    fn is_mounted(&self, vol: &Volume, mountpoint: &Path) -> Result<bool, DriverError> {
+        let top = self.top_mount(mountpoint)?;
+        Ok(match vol.staging.as_ref().and_then(|s| s.device.as_ref()) {
+            // Mounted, and by the volume's own device.
+            Some(device) => top.is_some_and(|source| Path::new(&source) == device),
+            None => top.is_some(),
+        })
+    }
+}
+
+impl LoopNode {
+    /// The source of the mount visible at `mountpoint` (the last one
+    /// mounted there), if any.
+    fn top_mount(&self, mountpoint: &Path) -> Result<Option<String>, DriverError> {
+        Ok(self
+            .host
+            .mounts()?
+            .into_iter()
+            .rev()
+            .find(|m| m.target == mountpoint)
+            .map(|m| m.source))
     }
 }

@@ -7,6 +7,7 @@
 //! No volume policy lives here; that is `ballast_core`'s job.
 
 mod btrfs;
+mod deadline;
 mod loopdev;
 mod mountinfo;
 mod tool;
@@ -24,6 +25,7 @@ use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
 use nix::sys::statvfs::FsFlags;
 
+pub use deadline::{abandoned_calls, HOST_CALL_DEADLINE};
 pub use tool::run_tool;
 
 /// How long mkfs and resize tools may run before they are killed.
@@ -289,10 +291,15 @@ impl Host for LinuxHost {
 
     fn is_bind_of(&self, source: &Path, target: &Path) -> Result<bool, HostError> {
         use std::os::unix::fs::MetadataExt;
+        // A target belongs to the caller (kubelet) and may sit on anything.
         let stat = |p: &Path| {
-            std::fs::metadata(p)
-                .map(|m| (m.dev(), m.ino()))
-                .map_err(|e| HostError::failed(format!("stat {}", p.display()), e.to_string()))
+            let op = format!("stat {}", p.display());
+            let path = p.to_path_buf();
+            deadline::within(&op.clone(), move || {
+                std::fs::metadata(&path)
+                    .map(|m| (m.dev(), m.ino()))
+                    .map_err(|e| HostError::failed(op, e.to_string()))
+            })
         };
         Ok(stat(source)? == stat(target)?)
     }
@@ -353,8 +360,11 @@ impl Host for LinuxHost {
     // The statvfs field types are u64 on 64-bit Linux but narrower elsewhere.
     #[allow(clippy::useless_conversion)]
     fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError> {
-        let st = nix::sys::statvfs::statvfs(path)
-            .map_err(|e| errno_failed(format!("statvfs {}", path.display()), e))?;
+        let op = format!("statvfs {}", path.display());
+        let owned = path.to_path_buf();
+        let st = deadline::within(&op.clone(), move || {
+            nix::sys::statvfs::statvfs(&owned).map_err(|e| errno_failed(op, e))
+        })?;
         let frsize = u64::from(st.fragment_size());
         Ok(FsStats {
             total_bytes: u64::from(st.blocks()).saturating_mul(frsize),

@@ -9,6 +9,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -207,28 +208,56 @@ fn loop_number(device: &Path) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-/// An attached device already backed by `canonical`, opened so it stays.
-fn find_attached(canonical: &Path) -> Result<Option<LoopDevice>, HostError> {
-    for info in list()? {
-        let same = info.backing_file == canonical
-            || fs::canonicalize(&info.backing_file).is_ok_and(|p| p == canonical);
-        if !same {
-            continue;
-        }
+/// `(st_dev, st_ino)` of the loop device's backing file, from the kernel's
+/// own record (LOOP_GET_STATUS64), `None` when the device is not attached.
+///
+/// The kernel may ask the backing filesystem for the file's attributes here,
+/// so this is only ever called for devices whose backing path is ours.
+fn backing_identity(device: &File) -> Option<(u64, u64)> {
+    // SAFETY: all-zero is a valid `loop_info64` (integers and byte arrays).
+    let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+    // SAFETY: LOOP_GET_STATUS64 fills a `struct loop_info64`, which `info` is
+    // (#[repr(C)], size asserted at compile time), for the call's duration.
+    let ret = unsafe {
+        libc::ioctl(
+            device.as_raw_fd(),
+            LOOP_GET_STATUS64,
+            &mut info as *mut LoopInfo64,
+        )
+    };
+    (ret == 0).then_some((info.lo_device, info.lo_inode))
+}
+
+/// An attached device already backed by our image `canonical`, whose
+/// `(st_dev, st_ino)` is `identity`, opened so it stays.
+///
+/// Devices are picked by the backing path the kernel reports in sysfs, as a
+/// string: a foreign device's backing file is never resolved, stat'ed or
+/// opened, since it may sit on a filesystem that never answers (a FUSE
+/// server that stopped). Only a device naming our own path is then checked
+/// against the image's inode, so a file that replaced the image under the
+/// same name is not mistaken for it.
+fn find_attached(canonical: &Path, identity: (u64, u64)) -> Option<LoopDevice> {
+    let candidates = list().ok()?;
+    for info in candidates
+        .into_iter()
+        .filter(|info| info.backing_file == canonical)
+    {
         match open_rw(&info.device) {
             Ok(file) => {
                 // It may have been cleared between listing and opening.
-                if backing_file(&info.device).as_deref() == Some(info.backing_file.as_path()) {
-                    tracing::debug!(
-                        device = %info.device.display(),
-                        image = %canonical.display(),
-                        "image already attached; reusing device"
-                    );
-                    return Ok(Some(LoopDevice {
-                        path: info.device,
-                        hold: Some(OwnedFd::from(file)),
-                    }));
+                if backing_identity(&file) != Some(identity) {
+                    continue;
                 }
+                tracing::debug!(
+                    device = %info.device.display(),
+                    image = %canonical.display(),
+                    "image already attached; reusing device"
+                );
+                return Some(LoopDevice {
+                    path: info.device,
+                    hold: Some(OwnedFd::from(file)),
+                });
             }
             // ENXIO: being torn down right now; attach a fresh device instead.
             Err(e) => tracing::debug!(
@@ -238,18 +267,27 @@ fn find_attached(canonical: &Path) -> Result<Option<LoopDevice>, HostError> {
             ),
         }
     }
-    Ok(None)
+    None
 }
 
 /// Attach `image` with autoclear and direct I/O, or return the device that
 /// already backs it.
 pub(crate) fn attach(image: &Path) -> Result<LoopDevice, HostError> {
     let op = attach_op(image);
-    let canonical = fs::canonicalize(image).map_err(|e| HostError::failed(&op, e))?;
-    if let Some(existing) = find_attached(&canonical)? {
+    // The image is ours, but the filesystem under the pool may still hang.
+    let (canonical, backing, identity) = {
+        let image = image.to_path_buf();
+        let op = op.clone();
+        crate::deadline::within(&op.clone(), move || {
+            let canonical = fs::canonicalize(&image).map_err(|e| HostError::failed(&op, e))?;
+            let backing = open_rw(&canonical).map_err(|e| HostError::failed(&op, e))?;
+            let md = backing.metadata().map_err(|e| HostError::failed(&op, e))?;
+            Ok((canonical, backing, (md.dev(), md.ino())))
+        })?
+    };
+    if let Some(existing) = find_attached(&canonical, identity) {
         return Ok(existing);
     }
-    let backing = open_rw(&canonical).map_err(|e| HostError::failed(&op, e))?;
     let control = open_rw(Path::new(LOOP_CONTROL))
         .map_err(|e| HostError::failed(&op, format!("{LOOP_CONTROL}: {e}")))?;
 

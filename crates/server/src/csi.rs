@@ -39,6 +39,7 @@ pub fn status(e: Error) -> Status {
         Error::Busy { .. } => Status::failed_precondition(msg),
         Error::Capacity { .. } => Status::resource_exhausted(msg),
         Error::Conflict { .. } => Status::aborted(msg),
+        Error::Unavailable(_) => Status::unavailable(msg),
         Error::Driver(_) => Status::internal(msg),
         Error::Store(_) => Status::internal(msg),
     }

@@ -74,6 +74,7 @@ fn docker_err(e: Error) -> Reply {
         | Error::Busy { .. }
         | Error::Capacity { .. }
         | Error::Conflict { .. }
+        | Error::Unavailable(_)
         | Error::Driver(_)
         | Error::Store(_) => e.to_string(),
     };

@@ -67,6 +67,7 @@ impl From<Error> for ApiError {
             Error::Busy { .. } => StatusCode::CONFLICT,
             Error::Conflict { .. } => StatusCode::CONFLICT,
             Error::Capacity { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Driver(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

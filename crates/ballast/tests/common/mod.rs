@@ -260,6 +260,11 @@ impl Daemon {
         }
     }
 
+    /// Take the daemon's process, for a test that stops it by hand.
+    pub fn take_child(&mut self) -> Child {
+        self.child.take().expect("daemon running")
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()
