@@ -3,6 +3,8 @@
 //! host's real loop devices and mount table.
 #![allow(dead_code)]
 
+pub mod hung_fuse;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
