@@ -1077,7 +1077,7 @@ fn copy_replaces_a_stale_partial_and_keeps_holes() {
     let dst = dir.path().join("snapshots").join("s.img");
     std::fs::create_dir(dst.parent().unwrap()).unwrap();
     std::fs::write(partial_name(&dst), b"half a copy from before a crash").unwrap();
-    copy_image(&src, &dst, 0, &Progress::none()).unwrap();
+    copy_image(&src, &dst, 0, false, &Progress::none()).unwrap();
 
     assert!(!partial_name(&dst).exists());
     let got = std::fs::read(&dst).unwrap();
@@ -1090,7 +1090,7 @@ fn copy_replaces_a_stale_partial_and_keeps_holes() {
         md.blocks() * 512
     );
     // A copy onto an existing name replaces it (a repeated restore).
-    copy_image(&src, &dst, 48 * MIB, &Progress::none()).unwrap();
+    copy_image(&src, &dst, 48 * MIB, false, &Progress::none()).unwrap();
     assert_eq!(std::fs::metadata(&dst).unwrap().len(), 48 * MIB);
     let got = std::fs::read(&dst).unwrap();
     assert_eq!(&got[..1 << 20], &head[..]);

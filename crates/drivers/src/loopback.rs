@@ -136,6 +136,7 @@ impl Driver for LoopDriver {
             &image_path(pool, vol),
             &snapshot_path(pool, snap),
             0,
+            snap.cow,
             progress,
         )?;
         tracing::info!(volume = %vol.name, snapshot = %snap.name, ?kind, "snapshot copied");
@@ -165,13 +166,35 @@ impl Driver for LoopDriver {
             SourceRef::Snapshot(s) => snapshot_path(pool, s),
             SourceRef::Volume(v) => image_path(pool, v),
         };
-        let kind = crate::copy::copy_image(&src, &image_path(pool, vol), vol.size_bytes, progress)?;
+        let kind = crate::copy::copy_image(
+            &src,
+            &image_path(pool, vol),
+            vol.size_bytes,
+            vol.cow,
+            progress,
+        )?;
         tracing::info!(volume = %vol.name, source = %src.display(), ?kind, "volume copied");
         Ok(())
     }
 
     fn backing_file(&self, pool: &Pool, vol: &Volume) -> Option<PathBuf> {
         Some(image_path(pool, vol))
+    }
+
+    fn copies_share_extents(&self, pool: &Pool) -> Result<bool, DriverError> {
+        Ok(crate::copy::reflink_supported(&pool.path))
+    }
+
+    fn exclusive_bytes(
+        &self,
+        pool: &Pool,
+        item: SourceRef<'_>,
+    ) -> Result<Option<u64>, DriverError> {
+        let path = match item {
+            SourceRef::Snapshot(s) => snapshot_path(pool, s),
+            SourceRef::Volume(v) => image_path(pool, v),
+        };
+        crate::copy::unshared_bytes(&path).map(Some)
     }
 
     fn allocated_bytes(&self, pool: &Pool, vol: &Volume) -> Result<u64, DriverError> {
