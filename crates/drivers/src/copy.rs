@@ -90,10 +90,11 @@ struct Fiemap {
 const _: () = assert!(std::mem::size_of::<FiemapExtent>() == 56);
 const _: () = assert!(std::mem::size_of::<Fiemap>() == 32 + 56 * FIEMAP_BATCH);
 
-/// Bytes of `path`'s extents that no other file shares (FIEMAP without
-/// FIEMAP_EXTENT_SHARED): what a reflinked copy holds of its own. Extents
-/// not yet allocated (delayed allocation) are new data, so they count.
-pub fn unshared_bytes(path: &Path) -> Result<u64, DriverError> {
+/// The extents of `path`: the bytes of those no other file shares, and the
+/// physical (start, end) ranges of those it shares (FIEMAP_EXTENT_SHARED).
+/// Extents not yet allocated (delayed allocation) are new data, so they
+/// count as its own.
+pub fn extents(path: &Path) -> Result<(u64, Vec<(u64, u64)>), DriverError> {
     let file = File::open(path).map_err(|e| DriverError::io(path, e))?;
     let empty = FiemapExtent {
         logical: 0,
@@ -113,7 +114,8 @@ pub fn unshared_bytes(path: &Path) -> Result<u64, DriverError> {
         extents: [empty; FIEMAP_BATCH],
     });
     let mut pos = 0u64;
-    let mut total = 0u64;
+    let mut own = 0u64;
+    let mut shared = Vec::new();
     loop {
         map.start = pos;
         map.length = u64::MAX - pos;
@@ -133,22 +135,45 @@ pub fn unshared_bytes(path: &Path) -> Result<u64, DriverError> {
         Errno::result(ret).map_err(|e| DriverError::io(path, e.into()))?;
         let n = (map.mapped_extents as usize).min(FIEMAP_BATCH);
         let Some(last) = map.extents[..n].last().copied() else {
-            return Ok(total);
+            return Ok((own, shared));
         };
         for e in &map.extents[..n] {
             if e.flags & FIEMAP_EXTENT_SHARED == 0 {
-                total = total.saturating_add(e.length);
+                own = own.saturating_add(e.length);
+            } else {
+                shared.push((e.physical, e.physical.saturating_add(e.length)));
             }
         }
-        if last.flags & FIEMAP_EXTENT_LAST != 0 {
-            return Ok(total);
-        }
         let next = last.logical.saturating_add(last.length);
-        if next <= pos {
-            return Ok(total);
+        if last.flags & FIEMAP_EXTENT_LAST != 0 || next <= pos {
+            return Ok((own, shared));
         }
         pos = next;
     }
+}
+
+/// Bytes of `path`'s extents that no other file shares: what a reflinked
+/// copy holds of its own.
+pub fn unshared_bytes(path: &Path) -> Result<u64, DriverError> {
+    extents(path).map(|(own, _)| own)
+}
+
+/// Bytes covered by a set of (start, end) ranges, each byte once.
+pub fn union_len(mut ranges: Vec<(u64, u64)>) -> u64 {
+    ranges.sort_unstable();
+    let mut total = 0u64;
+    let mut current: Option<(u64, u64)> = None;
+    for (a, b) in ranges {
+        match current {
+            Some((s, e)) if a <= e => current = Some((s, e.max(b))),
+            Some((s, e)) => {
+                total += e - s;
+                current = Some((a, b));
+            }
+            None => current = Some((a, b)),
+        }
+    }
+    total + current.map_or(0, |(s, e)| e - s)
 }
 
 /// Copy `src` to `dst` (replacing it) and make it `len` bytes long if that
@@ -334,6 +359,27 @@ mod tests {
         // Sparse: far fewer blocks than the length.
         assert!(std::fs::metadata(&dst).unwrap().blocks() * 512 < 8 << 20);
         assert!(!partial_name(&dst).exists());
+    }
+
+    #[test]
+    fn shared_ranges_count_once() {
+        assert_eq!(union_len(vec![]), 0);
+        assert_eq!(union_len(vec![(0, 10)]), 10);
+        assert_eq!(union_len(vec![(0, 10), (0, 10), (5, 15)]), 15);
+        assert_eq!(union_len(vec![(20, 30), (0, 10), (10, 12)]), 22);
+    }
+
+    #[test]
+    fn extents_of_an_unshared_file_are_its_own() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let path = dir.path().join("f");
+        let mut f = File::create(&path).unwrap();
+        f.set_len(16 << 20).unwrap();
+        f.write_all(&[1u8; 1 << 20]).unwrap();
+        f.sync_all().unwrap();
+        let (own, shared) = extents(&path).unwrap();
+        assert_eq!(own, 1 << 20);
+        assert!(shared.is_empty());
     }
 
     #[test]

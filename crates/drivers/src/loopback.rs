@@ -51,6 +51,10 @@ impl Driver for LoopDriver {
 
     fn usage(&self, pool: &Pool) -> Result<PoolUsage, DriverError> {
         let st = self.node.host.fs_stats(&pool.path)?;
+        // Reflinked images share extents: count each shared byte once, or
+        // the pool would seem to hold more than its filesystem does.
+        let shares = crate::copy::reflink_supported(&pool.path);
+        let mut shared = Vec::new();
         let mut used = 0u64;
         let rd = std::fs::read_dir(&pool.path).map_err(|e| DriverError::io(&pool.path, e))?;
         // Snapshots occupy the pool's space as much as volumes do.
@@ -62,10 +66,18 @@ impl Driver for LoopDriver {
             if !name.to_string_lossy().ends_with(".img") {
                 continue;
             }
+            if shares {
+                if let Ok((own, sh)) = crate::copy::extents(&entry.path()) {
+                    used += own;
+                    shared.extend(sh);
+                    continue;
+                }
+            }
             if let Ok(md) = entry.metadata() {
                 used += md.blocks() * 512;
             }
         }
+        used += crate::copy::union_len(shared);
         Ok(PoolUsage {
             backing_avail_bytes: st.avail_bytes,
             volumes_used_bytes: used,
