@@ -413,7 +413,7 @@ impl Host for FakeHost {
     }
     fn btrfs_qgroup_exclusive(&self, path: &Path) -> Result<u64, HostError> {
         let s = self.state.lock();
-        if !s.subvolumes.contains_key(path) {
+        if !s.subvolumes.contains_key(path) || !path.exists() {
             return Err(HostError::failed(
                 "btrfs qgroup exclusive",
                 "not a subvolume",
