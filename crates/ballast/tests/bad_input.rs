@@ -1086,7 +1086,8 @@ fn serve_refuses_an_out_of_range_overcommit_ratio_and_makes_nothing() {
     let config = scratch.path().join("config.toml");
     std::fs::write(&config, "overcommit_ratio = 1e308\n").unwrap();
     let config = config.to_str().unwrap().to_string();
-    let cases: [(&[&str], &[(&str, &str)]); 4] = [
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
+    let cases: [Case; 4] = [
         (&["--overcommit-ratio", "1e308"], &[]),
         (&["--overcommit-ratio=-2"], &[]),
         (&[], &[("BALLAST_OVERCOMMIT_RATIO", "inf")]),

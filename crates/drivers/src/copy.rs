@@ -62,6 +62,8 @@ const FIEMAP_EXTENT_LAST: u32 = 0x1;
 const FIEMAP_EXTENT_SHARED: u32 = 0x2000;
 /// Extents asked for per call.
 const FIEMAP_BATCH: usize = 256;
+const FIEMAP_BATCH_U32: u32 = 256;
+const _: () = assert!(FIEMAP_BATCH_U32 as usize == FIEMAP_BATCH);
 
 /// `struct fiemap_extent`.
 #[repr(C)]
@@ -121,7 +123,7 @@ pub fn extents(path: &Path) -> Result<(u64, Vec<(u64, u64)>), DriverError> {
         map.length = u64::MAX - pos;
         map.flags = 0;
         map.mapped_extents = 0;
-        map.extent_count = FIEMAP_BATCH as u32;
+        map.extent_count = FIEMAP_BATCH_U32;
         // SAFETY: FS_IOC_FIEMAP reads the header and writes at most
         // `extent_count` extents after it, which `map` has room for; the
         // file is open for the call.
