@@ -502,6 +502,7 @@ fn pool(c: &Client, output: Output, cmd: &PoolCmd) -> anyhow::Result<()> {
                     "provisioned:   {}",
                     format_size(p.capacity.provisioned_bytes)
                 );
+                println!("exclusive:     {}", format_size(p.capacity.exclusive_bytes));
                 println!("used:          {}", format_size(p.capacity.used_bytes));
                 println!("available:     {}", format_size(p.capacity.available_bytes));
                 println!("overcommit:    {}", p.overcommit_ratio);

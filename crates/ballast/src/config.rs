@@ -169,13 +169,11 @@ impl Config {
             (None, None) => None,
             _ => anyhow::bail!("tls needs both a certificate and a key"),
         };
-        let ratio = args
-            .overcommit_ratio
-            .or(file.overcommit_ratio)
-            .unwrap_or(1.0);
-        if !(ratio.is_finite() && ratio > 0.0) {
-            anyhow::bail!("overcommit ratio {ratio}: must be a positive number");
-        }
+        let ratio = ballast_core::model::validate_overcommit_ratio(
+            args.overcommit_ratio
+                .or(file.overcommit_ratio)
+                .unwrap_or(1.0),
+        )?;
         let default_driver = match args
             .default_driver
             .clone()
@@ -332,6 +330,35 @@ mod tests {
         assert!(Config::resolve(&args).is_err());
         std::fs::write(&path, "overcommit_ratio = -1.0\n").unwrap();
         assert!(Config::resolve(&args).is_err());
+    }
+
+    #[test]
+    fn overcommit_ratios_out_of_range_are_refused_from_file_and_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let mut args = ServeArgs {
+            config: Some(path.clone()),
+            node_id: Some("n".into()),
+            ..Default::default()
+        };
+        for bad in ["1e308", "0.0", "-1.0", "100.5", "inf", "nan"] {
+            std::fs::write(&path, format!("overcommit_ratio = {bad}\n")).unwrap();
+            let err = format!("{:#}", Config::resolve(&args).unwrap_err());
+            assert!(
+                err.contains("overcommit ratio") && err.contains("at most 100"),
+                "{bad}: {err}"
+            );
+        }
+        std::fs::write(&path, "overcommit_ratio = 100.0\n").unwrap();
+        assert_eq!(Config::resolve(&args).unwrap().overcommit_ratio, 100.0);
+        // A flag beats the file, and is checked the same way.
+        for bad in [1e308, f64::INFINITY, f64::NAN, 0.0, 101.0] {
+            args.overcommit_ratio = Some(bad);
+            let err = format!("{:#}", Config::resolve(&args).unwrap_err());
+            assert!(err.contains("at most 100"), "{bad}: {err}");
+        }
+        args.overcommit_ratio = Some(2.5);
+        assert_eq!(Config::resolve(&args).unwrap().overcommit_ratio, 2.5);
     }
 
     #[test]

@@ -49,6 +49,11 @@ pub struct CreatePoolArgs {
 }
 
 pub fn create(c: &Client, output: Output, a: &CreatePoolArgs) -> anyhow::Result<()> {
+    // JSON has no infinity or NaN (they would go as null, the default):
+    // refuse here what the daemon would refuse.
+    if let Some(r) = a.overcommit {
+        ballast_core::model::validate_overcommit_ratio(r)?;
+    }
     let body = CreatePoolBody {
         name: a.name.clone(),
         driver: Some(a.driver.clone()),

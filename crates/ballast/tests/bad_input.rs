@@ -921,3 +921,218 @@ fn the_snapshot_sees_every_kind_of_change() {
         d.assert_no_leftovers();
     }
 }
+
+// ----- pools: where they may live, and their overcommit ratio ---------------
+
+/// A pool (or a btrfs disk file) in /proc, /sys or /dev is refused, named as
+/// given and after symlinks are resolved, before anything is made there.
+#[test]
+fn pools_in_kernel_filesystems_are_refused_and_change_nothing() {
+    let d = Daemon::start();
+    let root = d.dir.path().canonicalize().unwrap();
+    // A symlink that leads into /proc: only resolving it shows where.
+    let link = root.join("innocent");
+    std::os::unix::fs::symlink("/proc/self", &link).unwrap();
+    let through_link = link.join("fdinfo");
+    let through_link = through_link.to_str().unwrap();
+    let shm = format!("/dev/shm/ballast-pool-{}", std::process::id());
+    let shm_file = format!("{shm}.img");
+    for driver in ["dir", "loop"] {
+        for (path, names) in [
+            ("/proc/self", &["/proc", "kernel filesystem"][..]),
+            ("/proc", &["/proc"][..]),
+            ("/sys/fs/ballast", &["/sys"][..]),
+            ("/dev", &["/dev"][..]),
+            (shm.as_str(), &["/dev", "not storage"][..]),
+            (
+                through_link,
+                &["resolves to /proc/", "kernel filesystem"][..],
+            ),
+        ] {
+            cli_refuses(
+                &d,
+                &["pool", "create", "p", "--driver", driver, "--path", path],
+                names,
+            );
+            api_refuses(
+                &d,
+                "POST",
+                "/v1/pools",
+                &body(json!({"name": "p", "driver": driver, "path": path})),
+                400,
+                "invalid_argument",
+                names,
+            );
+        }
+    }
+    cli_refuses(
+        &d,
+        &[
+            "pool",
+            "create",
+            "p",
+            "--driver",
+            "btrfs",
+            "--disk-file",
+            &shm_file,
+            "--disk-size",
+            "1G",
+        ],
+        &["disk file", "/dev"],
+    );
+    cli_refuses(
+        &d,
+        &[
+            "pool",
+            "create",
+            "p",
+            "--driver",
+            "btrfs",
+            "--path",
+            "/proc/self",
+        ],
+        &["/proc"],
+    );
+    api_refuses(
+        &d,
+        "POST",
+        "/v1/pools",
+        &body(json!({"name": "p", "driver": "btrfs", "disk_file": shm_file, "disk_size": "1G"})),
+        400,
+        "invalid_argument",
+        &["disk file", "/dev"],
+    );
+    // Nothing was made there either (outside the daemon's own directories).
+    assert!(!Path::new(&shm).exists(), "{shm} was created");
+    assert!(!Path::new(&shm_file).exists(), "{shm_file} was created");
+    let pools = d.json(&["pool", "ls"]);
+    assert_eq!(pools.as_array().unwrap().len(), 1, "{pools}");
+    // A positive control: a plain directory is a pool.
+    let fine = root.join("fine");
+    d.ok(&[
+        "pool",
+        "create",
+        "p",
+        "--driver",
+        "dir",
+        "--path",
+        fine.to_str().unwrap(),
+    ]);
+    d.ok(&["pool", "rm", "p"]);
+}
+
+/// An overcommit ratio must be a finite number, 0 < r <= 100: 1e308 made a
+/// pool whose available bytes were u64::MAX.
+#[test]
+fn overcommit_ratios_out_of_range_are_refused_and_change_nothing() {
+    let d = Daemon::start();
+    for bad in ["1e308", "0", "-1", "100.5", "101", "inf", "NaN", "-0"] {
+        cli_refuses(
+            &d,
+            &[
+                "pool",
+                "create",
+                "p",
+                "--driver",
+                "dir",
+                &format!("--overcommit={bad}"),
+            ],
+            &["overcommit ratio", "at most 100"],
+        );
+    }
+    for bad in [
+        json!(1e308),
+        json!(0),
+        json!(-1.5),
+        json!(100.01),
+        json!(1000),
+    ] {
+        api_refuses(
+            &d,
+            "POST",
+            "/v1/pools",
+            &body(json!({"name": "p", "driver": "loop", "overcommit_ratio": bad})),
+            400,
+            "invalid_argument",
+            &["overcommit ratio", "at most 100"],
+        );
+    }
+    // The bounds themselves are fine, and the pool offers what it says.
+    let dir = d.dir.path().canonicalize().unwrap().join("p100");
+    let p = d.json(&[
+        "pool",
+        "create",
+        "p",
+        "--path",
+        dir.to_str().unwrap(),
+        "--overcommit",
+        "100",
+    ]);
+    let capacity = p["capacity_bytes"].as_u64().unwrap();
+    let available = p["available_bytes"].as_u64().unwrap();
+    assert!(available <= capacity.saturating_mul(100), "{p}");
+    assert!(available < u64::MAX, "{p}");
+    d.ok(&["pool", "rm", "p"]);
+}
+
+/// `serve` with a bad ratio (flag, environment or config file) exits 1 with
+/// a message naming it, before it makes any directory.
+#[test]
+fn serve_refuses_an_out_of_range_overcommit_ratio_and_makes_nothing() {
+    let scratch = tempfile::Builder::new()
+        .prefix("ballast-test-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let config = scratch.path().join("config.toml");
+    std::fs::write(&config, "overcommit_ratio = 1e308\n").unwrap();
+    let config = config.to_str().unwrap().to_string();
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
+    let cases: [Case; 4] = [
+        (&["--overcommit-ratio", "1e308"], &[]),
+        (&["--overcommit-ratio=-2"], &[]),
+        (&[], &[("BALLAST_OVERCOMMIT_RATIO", "inf")]),
+        (&["--config", &config], &[]),
+    ];
+    for (args, env) in cases {
+        let state = scratch.path().join("state");
+        let run = scratch.path().join("run");
+        let mut cmd = std::process::Command::new(common::BIN);
+        cmd.arg("serve")
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--run-dir")
+            .arg(&run)
+            .args(["--listen", "none", "--no-docker"])
+            .args(args)
+            .env_remove("BALLAST_OVERCOMMIT_RATIO")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("serve {args:?} {env:?} kept running with a bad ratio");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "serve {args:?} {env:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains("overcommit ratio") && stderr.contains("at most 100"),
+            "serve {args:?} {env:?}: {stderr}"
+        );
+        assert!(!state.exists(), "serve {args:?} {env:?} made its state dir");
+        assert!(!run.exists(), "serve {args:?} {env:?} made its run dir");
+    }
+}

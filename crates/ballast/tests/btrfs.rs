@@ -555,6 +555,120 @@ fn snapshots_and_clones_keep_their_data() {
     teardown(&d);
 }
 
+/// One sample of a /metrics family for a pool.
+fn pool_metric(d: &Daemon, family: &str, pool: &str) -> u64 {
+    let (status, _, body) = d.tcp_get("/metrics");
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).unwrap();
+    let key = format!("{family}{{pool=\"{pool}\",driver=\"btrfs\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .unwrap_or_else(|| panic!("no {key} in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Commit every filesystem, so btrfs accounts what was written in its
+/// qgroups.
+fn sync_all() {
+    nix::unistd::sync();
+}
+
+/// The repro: a pool of one 1 GiB disk file growing by 1 GiB up to
+/// 4 GiB holds a 3 GiB volume; a snapshot of it shares every extent, so it
+/// is charged its exclusive bytes (a node), not 3 GiB, and is admitted.
+/// `pool inspect` and /metrics show the nominal sum and the charge apart;
+/// the charge follows the live qgroup figures as the snapshot's source and
+/// the clone are written; a volume of its own size is still charged in
+/// full and refused when it does not fit.
+#[test]
+fn cow_snapshots_and_clones_are_charged_their_exclusive_bytes() {
+    if !prerequisites("cow_snapshots_and_clones_are_charged_their_exclusive_bytes") {
+        return;
+    }
+    let d = Daemon::start_with(&["--watch-interval", "1h"], &[]);
+    let file = disk_dir(&d).join("p.img");
+    d.ok(&[
+        "pool",
+        "create",
+        "p",
+        "--driver",
+        "btrfs",
+        "--disk-file",
+        file.to_str().unwrap(),
+        "--disk-size",
+        "1G",
+        "--grow-step",
+        "1G",
+        "--max-size",
+        "4G",
+    ]);
+    d.ok(&["volume", "create", "db", "--pool", "p", "--size", "3G"]);
+    let mp = mount(&d, "db");
+    common::write_file(&mp.join("data"), 64 * MIB_USIZE).unwrap();
+    sync_all();
+    let p0 = pool(&d, "p");
+    assert_eq!(u64_field(&p0, "provisioned_bytes"), 3 * GIB, "{p0}");
+    assert_eq!(u64_field(&p0, "exclusive_bytes"), 3 * GIB, "{p0}");
+    assert_eq!(u64_field(&p0, "available_bytes"), GIB, "{p0}");
+
+    // Refused before the fix: "cannot hold 3221225472 more bytes".
+    d.ok(&["volume", "snapshot", "db", "before"]);
+    let p1 = pool(&d, "p");
+    assert_eq!(u64_field(&p1, "provisioned_bytes"), 6 * GIB, "{p1}");
+    let charged = u64_field(&p1, "exclusive_bytes");
+    assert!(
+        (3 * GIB..3 * GIB + MIB).contains(&charged),
+        "the snapshot is charged a node or so: {p1}"
+    );
+    assert_eq!(u64_field(&p1, "available_bytes"), 4 * GIB - charged, "{p1}");
+    // A clone of it is admitted the same way.
+    d.ok(&["volume", "create", "db2", "--from-snapshot", "before"]);
+    let p2 = pool(&d, "p");
+    assert_eq!(u64_field(&p2, "provisioned_bytes"), 9 * GIB, "{p2}");
+    let charged = u64_field(&p2, "exclusive_bytes");
+    assert!((3 * GIB..3 * GIB + 2 * MIB).contains(&charged), "{p2}");
+    assert_eq!(
+        pool_metric(&d, "ballast_pool_provisioned_bytes", "p"),
+        9 * GIB
+    );
+    let metric = pool_metric(&d, "ballast_pool_exclusive_bytes", "p");
+    assert!((3 * GIB..3 * GIB + 2 * MIB).contains(&metric), "{metric}");
+    let text = d.ok(&["pool", "inspect", "p"]);
+    assert!(
+        text.contains("provisioned:   9GiB") && text.contains("exclusive:     3.0GiB"),
+        "{text}"
+    );
+
+    // A volume is charged its full size: 2 GiB more does not fit in 4 GiB.
+    let err = d.fails(&["volume", "create", "big", "--pool", "p", "--size", "2G"]);
+    assert!(err.contains("cannot hold"), "{err}");
+
+    // The clone's own writes become its exclusive bytes...
+    let cm = mount(&d, "db2");
+    common::write_file(&cm.join("own"), 48 * MIB_USIZE).unwrap();
+    sync_all();
+    let p3 = pool(&d, "p");
+    let grown = u64_field(&p3, "exclusive_bytes");
+    assert!(grown >= charged + 48 * MIB, "{charged} -> {p3}");
+    // ...and so do the snapshot's extents once its source and the clone,
+    // which shared them, let go of them.
+    std::fs::remove_file(mp.join("data")).unwrap();
+    std::fs::remove_file(cm.join("data")).unwrap();
+    sync_all();
+    let p4 = pool(&d, "p");
+    let after = u64_field(&p4, "exclusive_bytes");
+    assert!(after >= grown + 64 * MIB, "{grown} -> {p4}");
+    assert_eq!(u64_field(&p4, "provisioned_bytes"), 9 * GIB, "{p4}");
+    assert_eq!(
+        u64_field(&p4, "available_bytes"),
+        4 * GIB - after,
+        "admission sees the live figure: {p4}"
+    );
+    teardown(&d);
+}
+
 /// The pool is mounted again at start: a stop, an unmount (as a reboot
 /// would) and a start find the volume and its data.
 #[test]

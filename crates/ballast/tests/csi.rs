@@ -2176,7 +2176,7 @@ async fn list_volumes_pages_over_a_thousand_volumes_exactly_once() {
     }
     const COUNT: usize = 1000;
     const PAGE: i32 = 37;
-    let mut f = Fixture::start(&["--overcommit-ratio", "1000"]).await;
+    let mut f = Fixture::start(&["--overcommit-ratio", "100"]).await;
     let names: Vec<String> = (0..COUNT).map(|i| format!("page-{i:04}")).collect();
     let mut workers = tokio::task::JoinSet::new();
     for w in 0..8 {

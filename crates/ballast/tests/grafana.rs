@@ -223,6 +223,7 @@ fn every_expression_names_a_metric_ballast_exports() {
     for want in [
         "ballast_pool_capacity_bytes",
         "ballast_pool_provisioned_bytes",
+        "ballast_pool_exclusive_bytes",
         "ballast_pool_used_bytes",
         "ballast_volumes",
         "ballast_volume_used_bytes",

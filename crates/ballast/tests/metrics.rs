@@ -22,6 +22,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("ballast_pool_capacity_bytes", "gauge"),
     ("ballast_pool_used_bytes", "gauge"),
     ("ballast_pool_provisioned_bytes", "gauge"),
+    ("ballast_pool_exclusive_bytes", "gauge"),
     ("ballast_pool_available_bytes", "gauge"),
     ("ballast_volumes", "gauge"),
     ("ballast_volume_size_bytes", "gauge"),
@@ -97,6 +98,11 @@ fn metrics_carry_every_family_on_the_tcp_listener() {
     );
     assert_eq!(
         m.value("ballast_pool_provisioned_bytes", &[("pool", "default")]),
+        16.0 * 1024.0 * 1024.0
+    );
+    // One volume of its own: charged its full size.
+    assert_eq!(
+        m.value("ballast_pool_exclusive_bytes", &[("pool", "default")]),
         16.0 * 1024.0 * 1024.0
     );
     assert!(m.value("ballast_pool_capacity_bytes", &[("pool", "default")]) > 0.0);

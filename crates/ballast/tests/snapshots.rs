@@ -595,6 +595,222 @@ fn xfs_snapshot_and_clones_keep_data_and_stay_sparse() {
     d.assert_no_leftovers();
 }
 
+// ----- what copies are charged -------------------------------------------------------
+
+/// A filesystem the test makes on a loop device of its own, mounted under
+/// the daemon's scratch directory (whose drop guard cleans up after a
+/// failure); `finish` unmounts and detaches it.
+struct ScratchFs {
+    dev: String,
+    mnt: PathBuf,
+}
+
+impl ScratchFs {
+    fn new(d: &Daemon, name: &str, size: u64, mkfs: &[&str]) -> ScratchFs {
+        let root = d.dir.path().canonicalize().unwrap();
+        let image = root.join(format!("{name}.fs"));
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(size)
+            .unwrap();
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "losetup: {out:?}");
+        let dev = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let out = std::process::Command::new(mkfs[0])
+            .args(&mkfs[1..])
+            .arg(&dev)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{mkfs:?}: {out:?}");
+        let mnt = root.join(format!("{name}-mnt"));
+        std::fs::create_dir(&mnt).unwrap();
+        let out = std::process::Command::new("mount")
+            .arg(&dev)
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount: {out:?}");
+        ScratchFs { dev, mnt }
+    }
+
+    fn finish(self) {
+        nix::mount::umount(&self.mnt).unwrap();
+        let st = std::process::Command::new("losetup")
+            .args(["-d", &self.dev])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+fn u64_of(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} is not a number in {v}"))
+}
+
+/// A loop pool on xfs with reflink: a snapshot and a clone share their
+/// source's extents (FICLONE), so each is charged the extents it does not
+/// share, not its size; both are admitted in a pool that could not hold a
+/// second full copy. Overwriting the source's data moves the snapshot's
+/// charge up to what it now holds alone.
+#[test]
+fn reflinked_loop_copies_are_charged_their_unshared_extents() {
+    let test = "reflinked_loop_copies_are_charged_their_unshared_extents";
+    if !require_root_loop(test) || !require_tool(test, "mkfs.xfs") {
+        return;
+    }
+    let d = Daemon::start();
+    // Big enough that the volume's ext4 has 4 KiB blocks: a reflinked image
+    // on xfs asks for block-aligned direct I/O, so its loop device has
+    // 4 KiB sectors, on which 1 KiB-block ext4 does not mount.
+    let fs = ScratchFs::new(
+        &d,
+        "xfs",
+        1536 * MIB,
+        &["mkfs.xfs", "-q", "-m", "reflink=1"],
+    );
+    let path = fs.mnt.join("pool");
+    d.ok(&[
+        "pool",
+        "create",
+        "x",
+        "--driver",
+        "loop",
+        "--path",
+        path.to_str().unwrap(),
+    ]);
+    let p0 = d.json(&["pool", "inspect", "x"]);
+    let cap = u64_of(&p0, "available_bytes");
+    // Over half of the pool: a second full copy could never fit.
+    let size = (cap / 2 / MIB + 16) * MIB;
+    let size_arg = format!("{}M", size / MIB);
+    d.ok(&["volume", "create", "v", "--pool", "x", "--size", &size_arg]);
+    let mp = mount(&d, "v");
+    let data = write_pattern(&mp.join(DATA), 7, DATA_LEN);
+
+    // Refused before the fix: charged its full size.
+    snapshot(&d, "v", "s");
+    let p = d.json(&["pool", "inspect", "x"]);
+    assert_eq!(u64_of(&p, "provisioned_bytes"), 2 * size, "{p}");
+    let charged = u64_of(&p, "exclusive_bytes");
+    assert!(
+        (size..size + MIB).contains(&charged),
+        "a fresh reflink shares every extent: {p}"
+    );
+    clone(&d, "c", &["--from-snapshot", "s"]);
+    let p = d.json(&["pool", "inspect", "x"]);
+    assert_eq!(u64_of(&p, "provisioned_bytes"), 3 * size, "{p}");
+    let charged = u64_of(&p, "exclusive_bytes");
+    assert!((size..size + MIB).contains(&charged), "{p}");
+    let cm = mount(&d, "c");
+    check_file(&cm.join(DATA), &data, "the reflinked clone");
+    // Shared extents count once in what the pool's images occupy, so its
+    // capacity (free space plus that) stays what the filesystem holds.
+    let p = d.json(&["pool", "inspect", "x"]);
+    let (before, now) = (u64_of(&p0, "capacity_bytes"), u64_of(&p, "capacity_bytes"));
+    assert!(now.abs_diff(before) < 8 * MIB, "capacity {before} -> {p}");
+
+    // A new volume of the same size is charged in full: it does not fit.
+    let err = d.fails(&[
+        "volume", "create", "big", "--pool", "x", "--size", &size_arg,
+    ]);
+    assert!(err.contains("cannot hold"), "{err}");
+
+    // Overwrite the source's data in place (the loop device writes to the
+    // image with direct I/O: xfs copies on write): the snapshot's and the
+    // clone's old extents are theirs alone now... but still shared with
+    // each other, so write the clone's copy over too.
+    for m in [&mp, &cm] {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(m.join(DATA))
+            .unwrap();
+        f.write_all(&pattern(8, DATA_LEN)).unwrap();
+        f.sync_all().unwrap();
+    }
+    let p = d.json(&["pool", "inspect", "x"]);
+    let grown = u64_of(&p, "exclusive_bytes");
+    assert!(
+        grown >= charged + DATA_LEN as u64,
+        "the snapshot holds the old data alone: {charged} -> {p}"
+    );
+    assert!(grown <= 3 * size, "{p}");
+
+    for v in ["c", "v"] {
+        d.ok(&["volume", "rm", "--force", v]);
+    }
+    d.ok(&["snapshot", "rm", "s"]);
+    d.ok(&["pool", "rm", "x"]);
+    fs.finish();
+    d.assert_no_leftovers();
+}
+
+/// A loop pool on ext4 (no reflink): a snapshot or clone is a full copy and
+/// is charged its full size, so one that does not fit is refused before
+/// any byte is copied, and nothing is left of it.
+#[test]
+fn full_copies_are_charged_their_size_and_refused_when_they_do_not_fit() {
+    let test = "full_copies_are_charged_their_size_and_refused_when_they_do_not_fit";
+    if !require_root_loop(test) || !require_tool(test, "mkfs.ext4") {
+        return;
+    }
+    let d = Daemon::start();
+    let fs = ScratchFs::new(&d, "ext4", 256 * MIB, &["mkfs.ext4", "-q", "-m", "0"]);
+    let path = fs.mnt.join("pool");
+    d.ok(&[
+        "pool",
+        "create",
+        "e",
+        "--driver",
+        "loop",
+        "--path",
+        path.to_str().unwrap(),
+    ]);
+    let cap = u64_of(&d.json(&["pool", "inspect", "e"]), "available_bytes");
+    // Two fit, three do not.
+    let size = (cap * 2 / 5 / MIB) * MIB;
+    let size_arg = format!("{}M", size / MIB);
+    d.ok(&["volume", "create", "v", "--pool", "e", "--size", &size_arg]);
+    let mp = mount(&d, "v");
+    write_pattern(&mp.join(DATA), 9, DATA_LEN);
+    snapshot(&d, "v", "s1");
+    let p = d.json(&["pool", "inspect", "e"]);
+    assert_eq!(u64_of(&p, "provisioned_bytes"), 2 * size, "{p}");
+    assert_eq!(u64_of(&p, "exclusive_bytes"), 2 * size, "a full copy: {p}");
+    let files = std::fs::read_dir(path.join("snapshots")).unwrap().count();
+    let want = format!("cannot hold {size} more bytes");
+    let err = d.fails(&["volume", "snapshot", "v", "s2"]);
+    assert!(err.contains(&want), "{err}");
+    let err = d.fails(&["volume", "create", "c", "--from-snapshot", "s1"]);
+    assert!(err.contains(&want), "{err}");
+    let err = d.fails(&["volume", "create", "c", "--from-volume", "v"]);
+    assert!(err.contains(&want), "{err}");
+    assert_eq!(snapshot_names(&d, None), ["s1"]);
+    assert_eq!(volume_names(&d), ["v"]);
+    assert_eq!(
+        std::fs::read_dir(path.join("snapshots")).unwrap().count(),
+        files,
+        "nothing was copied"
+    );
+    let images = std::fs::read_dir(&path)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".img"))
+        .count();
+    assert_eq!(images, 1, "no clone image");
+
+    d.ok(&["volume", "rm", "--force", "v"]);
+    d.ok(&["snapshot", "rm", "s1"]);
+    d.ok(&["pool", "rm", "e"]);
+    fs.finish();
+    d.assert_no_leftovers();
+}
+
 // ----- repeats and refusals ----------------------------------------------------------
 
 #[test]
@@ -1077,7 +1293,7 @@ fn copy_replaces_a_stale_partial_and_keeps_holes() {
     let dst = dir.path().join("snapshots").join("s.img");
     std::fs::create_dir(dst.parent().unwrap()).unwrap();
     std::fs::write(partial_name(&dst), b"half a copy from before a crash").unwrap();
-    copy_image(&src, &dst, 0, &Progress::none()).unwrap();
+    copy_image(&src, &dst, 0, false, &Progress::none()).unwrap();
 
     assert!(!partial_name(&dst).exists());
     let got = std::fs::read(&dst).unwrap();
@@ -1090,7 +1306,7 @@ fn copy_replaces_a_stale_partial_and_keeps_holes() {
         md.blocks() * 512
     );
     // A copy onto an existing name replaces it (a repeated restore).
-    copy_image(&src, &dst, 48 * MIB, &Progress::none()).unwrap();
+    copy_image(&src, &dst, 48 * MIB, false, &Progress::none()).unwrap();
     assert_eq!(std::fs::metadata(&dst).unwrap().len(), 48 * MIB);
     let got = std::fs::read(&dst).unwrap();
     assert_eq!(&got[..1 << 20], &head[..]);

@@ -27,7 +27,7 @@ pub fn dashboard(dir: &Path, volumes: usize, runs: usize) -> Result<()> {
     if !found {
         bail!("{} not found: apt-get install chromium", chromium::CHROMIUM);
     }
-    let d = Daemon::start(dir, &["--overcommit-ratio", "1000"])?;
+    let d = Daemon::start(dir, &["--overcommit-ratio", "100"])?;
     let addr = std::fs::read_to_string(d.run.join("listen.addr"))
         .context("reading listen.addr")?
         .trim()

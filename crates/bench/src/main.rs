@@ -406,7 +406,7 @@ fn lifecycle(dir: &Path, n: usize) -> Result<()> {
 
 fn scale(dir: &Path, volumes: usize) -> Result<()> {
     println!("== scale: {volumes} volumes of 64 MiB (overcommitted: sparse images)");
-    let d = Daemon::start(dir, &["--overcommit-ratio", "1000"])?;
+    let d = Daemon::start(dir, &["--overcommit-ratio", "100"])?;
     let rss_empty = d.rss_kib();
     let t = Instant::now();
     for i in 0..volumes {
@@ -778,7 +778,7 @@ async fn csi_channel(socket: PathBuf) -> Result<tonic::transport::Channel> {
 fn csi_bench(dir: &Path, volumes: usize) -> Result<()> {
     use ballast_csi_proto::v1 as csi;
     println!("== csi: ListVolumes over {volumes} volumes in pages of 500; NodePublish of a staged volume");
-    let d = Daemon::start(dir, &["--overcommit-ratio", "1000"])?;
+    let d = Daemon::start(dir, &["--overcommit-ratio", "100"])?;
     for i in 0..volumes {
         d.rest(
             "POST",

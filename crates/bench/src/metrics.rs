@@ -16,7 +16,7 @@ pub fn metrics(dir: &Path, volumes: usize, mounted: usize) -> Result<()> {
     println!(
         "== metrics: a /metrics scrape at {volumes} volumes of 64 MiB, {mounted} of them mounted"
     );
-    let d = Daemon::start(dir, &["--overcommit-ratio", "1000"])?;
+    let d = Daemon::start(dir, &["--overcommit-ratio", "100"])?;
     let addr: SocketAddr = std::fs::read_to_string(d.run.join("listen.addr"))
         .context("reading listen.addr")?
         .trim()

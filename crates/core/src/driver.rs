@@ -135,6 +135,25 @@ pub trait Driver: Send + Sync {
     fn discard_disk(&self, _pool: &Pool, _disk: &PoolDisk) -> Result<(), DriverError> {
         Ok(())
     }
+    /// Whether a snapshot or clone made in this pool now would share its
+    /// source's extents (btrfs snapshots; reflinks where the backing
+    /// filesystem has them), so admission charges it what it holds
+    /// exclusively rather than its size. A copy the core records as such
+    /// ([`Snapshot::cow`], [`Volume::cow`]) must be made that way or fail.
+    fn copies_share_extents(&self, _pool: &Pool) -> Result<bool, DriverError> {
+        Ok(false)
+    }
+    /// Bytes a copy-on-write snapshot or clone holds that nothing else in
+    /// the pool shares, now (btrfs: the qgroup's exclusive bytes; a
+    /// reflinked image: its extents not shared). None when the driver has
+    /// no such figure; the core then charges the full size.
+    fn exclusive_bytes(
+        &self,
+        _pool: &Pool,
+        _item: SourceRef<'_>,
+    ) -> Result<Option<u64>, DriverError> {
+        Ok(None)
+    }
     /// A volume's (used, total) bytes when the backend accounts for them
     /// itself (btrfs: qgroups); None to use statvfs of its mount.
     fn volume_usage(&self, _pool: &Pool, _vol: &Volume) -> Result<Option<(u64, u64)>, DriverError> {

@@ -194,6 +194,10 @@ pub trait Host: Send + Sync {
     /// Bytes the subvolume at `path` holds as its qgroup limit counts them
     /// (referenced, plus data written since the last commit).
     fn btrfs_qgroup_usage(&self, path: &Path) -> Result<u64, HostError>;
+    /// Bytes only the subvolume at `path` holds, shared with no other
+    /// subvolume (its qgroup's exclusive bytes, plus data written since the
+    /// last commit).
+    fn btrfs_qgroup_exclusive(&self, path: &Path) -> Result<u64, HostError>;
     /// Add `device` to the btrfs mounted at `mountpoint`, online.
     fn btrfs_device_add(&self, device: &Path, mountpoint: &Path) -> Result<(), HostError>;
     /// The devices of the btrfs mounted at `mountpoint`.

@@ -350,6 +350,37 @@ pub struct PoolDisk {
     pub size_bytes: u64,
 }
 
+/// The largest overcommit ratio: past it a pool's promise means nothing,
+/// and capacity figures would only overflow.
+pub const MAX_OVERCOMMIT_RATIO: f64 = 100.0;
+
+/// Check an overcommit ratio: a finite number, 0 < r <= 100.
+pub fn validate_overcommit_ratio(r: f64) -> Result<f64, InvalidInput> {
+    if r.is_finite() && r > 0.0 && r <= MAX_OVERCOMMIT_RATIO {
+        Ok(r)
+    } else {
+        Err(InvalidInput::new(
+            format!("overcommit ratio {r}"),
+            format!("must be a number above 0 and at most {MAX_OVERCOMMIT_RATIO}"),
+        ))
+    }
+}
+
+/// `bytes` times an overcommit ratio, saturating: a ratio outside
+/// (0, [`MAX_OVERCOMMIT_RATIO`]] (a record older than the check) is taken
+/// as the nearest bound, and no product exceeds `u64::MAX`.
+pub fn overcommitted(bytes: u64, ratio: f64) -> u64 {
+    let r = if ratio.is_nan() {
+        1.0
+    } else {
+        ratio.clamp(0.0, MAX_OVERCOMMIT_RATIO)
+    };
+    // In millionths, exactly in u128: 2^64 * 10^8 fits with room to spare.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let micros = (r * 1e6).round() as u128;
+    u64::try_from(u128::from(bytes) * micros / 1_000_000).unwrap_or(u64::MAX)
+}
+
 /// Parse a high watermark: `80%` or `80`, from 1% to 99%.
 pub fn parse_watermark(s: &str) -> Result<u8, InvalidInput> {
     let digits = s.strip_suffix('%').unwrap_or(s);
@@ -376,8 +407,13 @@ pub struct PoolCapacity {
     pub capacity_bytes: u64,
     /// Bytes the pool's volumes occupy on the backing filesystem.
     pub used_bytes: u64,
-    /// Sum of the pool's volume sizes.
+    /// Sum of the sizes of the pool's volumes and snapshots (nominal).
     pub provisioned_bytes: u64,
+    /// What the pool's volumes and snapshots are charged, which admission
+    /// counts: each at its size, except copy-on-write snapshots and clones
+    /// (btrfs, reflinked images), at the bytes they hold exclusively now.
+    #[serde(default)]
+    pub exclusive_bytes: u64,
     /// Bytes a new volume may still be given under the overcommit ratio.
     pub available_bytes: u64,
 }
@@ -666,6 +702,10 @@ pub struct Volume {
     /// must name this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<CreateSource>,
+    /// A copy-on-write clone (btrfs snapshot, reflinked image): it shares
+    /// its source's extents and is charged only what it holds exclusively.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cow: bool,
     pub staging: Option<Staging>,
     /// Keyed by [`ConsumerRef::key`].
     pub consumers: BTreeMap<String, Consumer>,
@@ -696,6 +736,11 @@ pub struct Snapshot {
     pub created_at: DateTime<Utc>,
     /// False while the copy is being made.
     pub ready: bool,
+    /// A copy-on-write snapshot (btrfs, a reflinked image): it shares its
+    /// source's extents and is charged only what it holds exclusively; a
+    /// full copy is charged its size.
+    #[serde(default)]
+    pub cow: bool,
 }
 
 /// How much an autogrowing volume grows each time.
@@ -850,6 +895,42 @@ mod tests {
         ] {
             assert!(validate_name("volume", bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn overcommit_ratios() {
+        for ok in [0.001, 0.5, 1.0, 2.5, 100.0] {
+            assert_eq!(validate_overcommit_ratio(ok).unwrap(), ok);
+        }
+        for bad in [
+            0.0,
+            -0.0,
+            -1.0,
+            100.000_001,
+            101.0,
+            1e308,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+        ] {
+            let e = validate_overcommit_ratio(bad).unwrap_err();
+            assert!(e.reason.contains("at most 100"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn overcommitted_bytes_saturate() {
+        assert_eq!(overcommitted(1 << 30, 1.0), 1 << 30);
+        assert_eq!(overcommitted(1 << 30, 2.5), 5 << 29);
+        assert_eq!(overcommitted(1000, 0.5), 500);
+        // Out-of-range ratios of old records are clamped, never overflow.
+        assert_eq!(overcommitted(1 << 30, 1e308), 100 << 30);
+        assert_eq!(overcommitted(1 << 30, f64::INFINITY), 100 << 30);
+        assert_eq!(overcommitted(1 << 30, -3.0), 0);
+        assert_eq!(overcommitted(1 << 30, f64::NAN), 1 << 30);
+        assert_eq!(overcommitted(u64::MAX, 100.0), u64::MAX);
+        assert_eq!(overcommitted(u64::MAX, 1.0), u64::MAX);
+        assert_eq!(overcommitted(u64::MAX / 50, 100.0), u64::MAX);
     }
 
     #[test]

@@ -15,12 +15,12 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::driver::DriverError;
+use crate::driver::{DriverError, SourceRef};
 use crate::error::{Error, Result};
 use crate::events::{event_key, Event, EventKind, KEEP};
 use crate::model::{
-    format_size, validate_name, DiskKind, DriverKind, InvalidInput, Pool, PoolDisk, PoolState,
-    BTRFS_MIN_DISK_SIZE,
+    format_size, validate_name, validate_overcommit_ratio, DiskKind, DriverKind, InvalidInput,
+    Pool, PoolDisk, PoolState, Snapshot, Volume, VolumeState, BTRFS_MIN_DISK_SIZE,
 };
 use crate::reconcile::ReconcileReport;
 use crate::service::{pool_key, to_json, VolumeService};
@@ -69,6 +69,31 @@ fn absolute(what: &str, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Kernel filesystems, never storage: a pool or disk file there would write
+/// into /proc, /sys or device nodes.
+const SYSTEM_DIRS: [&str; 3] = ["/proc", "/sys", "/dev"];
+
+/// Refuse a path in [`SYSTEM_DIRS`], as given (before anything resolves it)
+/// and with its symlinks resolved (`/tmp/x -> /proc/self`).
+pub(crate) fn check_not_system_path(what: &str, path: &Path) -> Result<()> {
+    for p in [path.to_path_buf(), resolve(path)] {
+        if let Some(dir) = SYSTEM_DIRS.iter().find(|d| p.starts_with(d)) {
+            return Err(invalid(
+                format!("{what} {}", path.display()),
+                if p == path {
+                    format!("is under {dir}, a kernel filesystem, not storage")
+                } else {
+                    format!(
+                        "resolves to {}, under {dir}, a kernel filesystem, not storage",
+                        p.display()
+                    )
+                },
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `path` with symlinks resolved as far as it exists.
 fn resolve(path: &Path) -> PathBuf {
     if let Ok(p) = std::fs::canonicalize(path) {
@@ -85,10 +110,7 @@ impl VolumeService {
     pub fn create_pool(&self, req: CreatePool) -> Result<Pool> {
         validate_name("pool", &req.name)?;
         let driver = req.driver.unwrap_or(DriverKind::Loop);
-        let ratio = req.overcommit_ratio.unwrap_or(1.0);
-        if !(ratio.is_finite() && ratio > 0.0) {
-            return Err(invalid("overcommit ratio", "must be a positive number"));
-        }
+        let ratio = validate_overcommit_ratio(req.overcommit_ratio.unwrap_or(1.0))?;
         if let Some(w) = req.high_watermark {
             if !(1..=99).contains(&w) {
                 return Err(invalid(
@@ -186,8 +208,10 @@ impl VolumeService {
         }
         if let Some(path) = &req.path {
             absolute("path", path)?;
+            check_not_system_path("path", path)?;
             pool.path = resolve(path);
         }
+        check_not_system_path("path", &pool.path)?;
         self.check_outside_pools("path", &pool.path)?;
         Ok(())
     }
@@ -216,6 +240,7 @@ impl VolumeService {
         }
         if let Some((file, size)) = &req.disk_file {
             absolute("disk file", file)?;
+            check_not_system_path("disk file", file)?;
             let file = resolve(file);
             if *size < BTRFS_MIN_DISK_SIZE {
                 return Err(invalid(
@@ -246,6 +271,7 @@ impl VolumeService {
         }
         if let Some(path) = &req.path {
             absolute("path", path)?;
+            check_not_system_path("path", path)?;
             let path = resolve(path);
             let mounted = self
                 .host
@@ -412,6 +438,66 @@ impl VolumeService {
             }
         }
         Ok(())
+    }
+
+    /// The pool's (provisioned, exclusive) bytes: the sum of its volumes'
+    /// and snapshots' sizes, and what they are charged. A full copy or an
+    /// original is charged its size; a copy-on-write snapshot or clone what
+    /// it holds exclusively now, measured here (never cached), so what its
+    /// source's or its own writes have made its own counts at the next
+    /// admission, never more than its size.
+    pub(crate) fn pool_charges(&self, pool: &Pool) -> (u64, u64) {
+        let mut provisioned = 0u64;
+        let mut charged = 0u64;
+        let mut cow_vols: Vec<Volume> = Vec::new();
+        let mut cow_snaps: Vec<Snapshot> = Vec::new();
+        for v in self.volumes.read().values().filter(|v| v.pool == pool.name) {
+            provisioned = provisioned.saturating_add(v.size_bytes);
+            if v.cow {
+                cow_vols.push(v.clone());
+            } else {
+                charged = charged.saturating_add(v.size_bytes);
+            }
+        }
+        for s in self
+            .snapshots
+            .read()
+            .values()
+            .filter(|s| s.pool == pool.name)
+        {
+            provisioned = provisioned.saturating_add(s.size_bytes);
+            if s.cow {
+                cow_snaps.push(s.clone());
+            } else {
+                charged = charged.saturating_add(s.size_bytes);
+            }
+        }
+        if cow_vols.is_empty() && cow_snaps.is_empty() {
+            return (provisioned, charged);
+        }
+        let driver = self.driver(pool.driver).ok();
+        let measure = |item: SourceRef<'_>, size: u64, being_made: bool| -> u64 {
+            match driver.as_ref().map(|d| d.exclusive_bytes(pool, item)) {
+                Some(Ok(Some(bytes))) => bytes.min(size),
+                // A copy being made was admitted at nothing of its own.
+                _ if being_made => 0,
+                Some(Err(e)) => {
+                    tracing::debug!(pool = %pool.name, error = %e, "exclusive bytes unknown; charging the full size");
+                    size
+                }
+                _ => size,
+            }
+        };
+        for v in &cow_vols {
+            let being_made = v.state == VolumeState::Creating;
+            charged =
+                charged.saturating_add(measure(SourceRef::Volume(v), v.size_bytes, being_made));
+        }
+        for s in &cow_snaps {
+            charged =
+                charged.saturating_add(measure(SourceRef::Snapshot(s), s.size_bytes, !s.ready));
+        }
+        (provisioned, charged)
     }
 
     /// Record the intent, make the storage, bring it up, record the pool.

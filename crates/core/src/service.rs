@@ -323,36 +323,20 @@ impl VolumeService {
 
     pub fn pool_capacity(&self, pool: &Pool) -> Result<PoolCapacity> {
         let usage = self.pool_usage(pool)?;
-        let provisioned: u64 = self
-            .volumes
-            .read()
-            .values()
-            .filter(|v| v.pool == pool.name)
-            .map(|v| v.size_bytes)
-            .sum::<u64>()
-            + self
-                .snapshots
-                .read()
-                .values()
-                .filter(|s| s.pool == pool.name)
-                .map(|s| s.size_bytes)
-                .sum::<u64>();
+        let (provisioned, exclusive) = self.pool_charges(pool);
         let capacity = usage
             .backing_avail_bytes
             .saturating_add(usage.volumes_used_bytes);
-        #[allow(
-            clippy::cast_precision_loss,
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss
-        )]
-        // Capacities are far below 2^53; the ratio is a small positive factor.
-        let limit =
-            (self.provisionable_bytes(pool, capacity) as f64 * pool.overcommit_ratio) as u64;
+        let limit = crate::model::overcommitted(
+            self.provisionable_bytes(pool, capacity),
+            pool.overcommit_ratio,
+        );
         Ok(PoolCapacity {
             capacity_bytes: capacity,
             used_bytes: usage.volumes_used_bytes,
             provisioned_bytes: provisioned,
-            available_bytes: limit.saturating_sub(provisioned),
+            exclusive_bytes: exclusive,
+            available_bytes: limit.saturating_sub(exclusive),
         })
     }
 
@@ -389,9 +373,8 @@ impl VolumeService {
     /// fine.
     pub fn ensure_pool(&self, pool: Pool) -> Result<Pool> {
         validate_name("pool", &pool.name)?;
-        if !(pool.overcommit_ratio.is_finite() && pool.overcommit_ratio > 0.0) {
-            return Err(InvalidInput::new("overcommit ratio", "must be a positive number").into());
-        }
+        crate::model::validate_overcommit_ratio(pool.overcommit_ratio)?;
+        crate::pools::check_not_system_path("path", &pool.path)?;
         let _g = self.locks.lock(&format!("pool:{}", pool.name));
         if let Some(existing) = self.pools.read().get(&pool.name) {
             if existing.driver != pool.driver || existing.path != pool.path {
@@ -420,9 +403,7 @@ impl VolumeService {
 
     /// Change a pool's overcommit ratio.
     pub fn set_overcommit(&self, name: &str, ratio: f64) -> Result<Pool> {
-        if !(ratio.is_finite() && ratio > 0.0) {
-            return Err(InvalidInput::new("overcommit ratio", "must be a positive number").into());
-        }
+        crate::model::validate_overcommit_ratio(ratio)?;
         let _g = self.locks.lock(&format!("pool:{name}"));
         let mut pool = self.get_pool(name)?;
         if pool.overcommit_ratio == ratio {
@@ -490,6 +471,7 @@ impl VolumeService {
             fs_grow_pending: false,
             autogrow: req.autogrow,
             source: None,
+            cow: false,
             staging: None,
             consumers: BTreeMap::new(),
         };
@@ -612,6 +594,7 @@ impl VolumeService {
         }
         let pool = self.get_pool(&pool_name)?;
         Self::check_autogrow(&req, &pool, size)?;
+        let cow = self.driver(pool.driver)?.copies_share_extents(&pool)?;
         let vol = Volume {
             id: uuid::Uuid::new_v4().simple().to_string(),
             name: req.name.clone(),
@@ -627,13 +610,15 @@ impl VolumeService {
             fs_grow_pending: formatted && size > src_size,
             autogrow: req.autogrow,
             source: Some(source.clone()),
+            cow,
             staging: None,
             consumers: BTreeMap::new(),
         };
         let driver = self.driver(pool.driver)?;
         {
             let _admit = self.admission.lock();
-            self.admit(&pool, size)?;
+            // A copy-on-write clone starts out holding nothing of its own.
+            self.admit(&pool, if cow { 0 } else { size })?;
             self.begin(
                 Txn::new().require_absent(vol_key(&vol.name)),
                 &vol.name,
@@ -747,6 +732,7 @@ impl VolumeService {
         self.check_settled(&vol)?;
         let pool = self.get_pool(&vol.pool)?;
         let driver = self.driver(pool.driver)?;
+        let cow = driver.copies_share_extents(&pool)?;
         let snap = Snapshot {
             id: uuid::Uuid::new_v4().simple().to_string(),
             name: name.to_string(),
@@ -759,10 +745,11 @@ impl VolumeService {
             formatted: vol.formatted,
             created_at: Utc::now(),
             ready: false,
+            cow,
         };
         {
             let _admit = self.admission.lock();
-            self.admit(&pool, snap.size_bytes)?;
+            self.admit(&pool, if cow { 0 } else { snap.size_bytes })?;
             let intent = Intent {
                 op: IntentOp::Snapshot {
                     snapshot: snap.clone(),
@@ -1495,7 +1482,15 @@ impl VolumeService {
         growing.size_bytes = new_size;
         {
             let _admit = self.admission.lock();
-            self.admit(&pool, new_size - vol.size_bytes)?;
+            // A copy-on-write clone is charged what it holds, not its size.
+            self.admit(
+                &pool,
+                if vol.cow {
+                    0
+                } else {
+                    new_size - vol.size_bytes
+                },
+            )?;
             self.begin(
                 Txn::new(),
                 name,

@@ -33,6 +33,9 @@ struct State {
     btrfs: Vec<Vec<PathBuf>>,
     /// Subvolume paths and their qgroup limits (0: none).
     subvolumes: BTreeMap<PathBuf, u64>,
+    /// Exclusive bytes of subvolumes set by a test (else one 16 KiB node,
+    /// as a fresh btrfs snapshot has).
+    exclusive: BTreeMap<PathBuf, u64>,
     /// statvfs answers by path prefix (the longest match wins).
     fs_stats: BTreeMap<PathBuf, FsStats>,
     /// The options each bind target was last given.
@@ -125,6 +128,14 @@ impl FakeHost {
     /// The devices of every btrfs made so far.
     pub fn btrfs_filesystems(&self) -> Vec<Vec<PathBuf>> {
         self.state.lock().btrfs.clone()
+    }
+    /// Make the subvolume at `path` hold `bytes` exclusively (as writes
+    /// to a snapshot's source or to a clone would).
+    pub fn set_exclusive(&self, path: &Path, bytes: u64) {
+        self.state
+            .lock()
+            .exclusive
+            .insert(path.to_path_buf(), bytes);
     }
     /// The qgroup limit of a subvolume, if it exists.
     pub fn qgroup_limit(&self, path: &Path) -> Option<u64> {
@@ -399,6 +410,16 @@ impl Host for FakeHost {
     fn btrfs_qgroup_usage(&self, path: &Path) -> Result<u64, HostError> {
         let _s = self.enter("btrfs_qgroup_usage", path)?;
         dir_bytes(path).map_err(|e| HostError::failed("btrfs qgroup usage", e))
+    }
+    fn btrfs_qgroup_exclusive(&self, path: &Path) -> Result<u64, HostError> {
+        let s = self.state.lock();
+        if !s.subvolumes.contains_key(path) || !path.exists() {
+            return Err(HostError::failed(
+                "btrfs qgroup exclusive",
+                "not a subvolume",
+            ));
+        }
+        Ok(s.exclusive.get(path).copied().unwrap_or(16 << 10))
     }
     fn btrfs_device_add(&self, device: &Path, mountpoint: &Path) -> Result<(), HostError> {
         let mut s = self.enter("btrfs_device_add", device)?;

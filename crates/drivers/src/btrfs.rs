@@ -410,6 +410,23 @@ impl Driver for BtrfsDriver {
         None
     }
 
+    /// Every snapshot and clone is a btrfs snapshot.
+    fn copies_share_extents(&self, _pool: &Pool) -> Result<bool, DriverError> {
+        Ok(true)
+    }
+
+    fn exclusive_bytes(
+        &self,
+        pool: &Pool,
+        item: SourceRef<'_>,
+    ) -> Result<Option<u64>, DriverError> {
+        let path = match item {
+            SourceRef::Snapshot(s) => snapshot_path(pool, s),
+            SourceRef::Volume(v) => subvolume(pool, v),
+        };
+        Ok(Some(self.host().btrfs_qgroup_exclusive(&path)?))
+    }
+
     fn allocated_bytes(&self, pool: &Pool, vol: &Volume) -> Result<u64, DriverError> {
         Ok(self.host().btrfs_qgroup_usage(&subvolume(pool, vol))?)
     }

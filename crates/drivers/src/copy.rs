@@ -5,7 +5,9 @@
 //! never leaves a half copy under the final name.
 
 use std::fs::File;
+use std::io::Write;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use ballast_core::progress::Progress;
@@ -32,13 +34,160 @@ pub fn partial_name(dst: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Whether files in `dir` can be reflinked (FICLONE): one block written to
+/// an unnamed file (O_TMPFILE) and cloned into another, so nothing is left
+/// behind. Any failure is "no", which charges copies their full size.
+pub fn reflink_supported(dir: &Path) -> bool {
+    let tmp = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_TMPFILE)
+            .open(dir)
+    };
+    let (Ok(mut from), Ok(to)) = (tmp(), tmp()) else {
+        return false;
+    };
+    if from.write_all(&[0x5a; 4096]).is_err() {
+        return false;
+    }
+    // SAFETY: FICLONE takes the source fd as its argument; both fds are open
+    // for the duration of the call.
+    unsafe { libc::ioctl(to.as_raw_fd(), FICLONE, from.as_raw_fd()) == 0 }
+}
+
+// _IOWR('f', 11, struct fiemap) from <linux/fs.h>.
+const FS_IOC_FIEMAP: libc::Ioctl = 0xC020_660B;
+const FIEMAP_EXTENT_LAST: u32 = 0x1;
+const FIEMAP_EXTENT_SHARED: u32 = 0x2000;
+/// Extents asked for per call.
+const FIEMAP_BATCH: usize = 256;
+const FIEMAP_BATCH_U32: u32 = 256;
+const _: () = assert!(FIEMAP_BATCH_U32 as usize == FIEMAP_BATCH);
+
+/// `struct fiemap_extent`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FiemapExtent {
+    logical: u64,
+    physical: u64,
+    length: u64,
+    reserved64: [u64; 2],
+    flags: u32,
+    reserved: [u32; 3],
+}
+
+/// `struct fiemap` with room for [`FIEMAP_BATCH`] extents after it.
+#[repr(C)]
+struct Fiemap {
+    start: u64,
+    length: u64,
+    flags: u32,
+    mapped_extents: u32,
+    extent_count: u32,
+    reserved: u32,
+    extents: [FiemapExtent; FIEMAP_BATCH],
+}
+
+const _: () = assert!(std::mem::size_of::<FiemapExtent>() == 56);
+const _: () = assert!(std::mem::size_of::<Fiemap>() == 32 + 56 * FIEMAP_BATCH);
+
+/// The extents of `path`: the bytes of those no other file shares, and the
+/// physical (start, end) ranges of those it shares (FIEMAP_EXTENT_SHARED).
+/// Extents not yet allocated (delayed allocation) are new data, so they
+/// count as its own.
+pub fn extents(path: &Path) -> Result<(u64, Vec<(u64, u64)>), DriverError> {
+    let file = File::open(path).map_err(|e| DriverError::io(path, e))?;
+    let empty = FiemapExtent {
+        logical: 0,
+        physical: 0,
+        length: 0,
+        reserved64: [0; 2],
+        flags: 0,
+        reserved: [0; 3],
+    };
+    let mut map = Box::new(Fiemap {
+        start: 0,
+        length: 0,
+        flags: 0,
+        mapped_extents: 0,
+        extent_count: 0,
+        reserved: 0,
+        extents: [empty; FIEMAP_BATCH],
+    });
+    let mut pos = 0u64;
+    let mut own = 0u64;
+    let mut shared = Vec::new();
+    loop {
+        map.start = pos;
+        map.length = u64::MAX - pos;
+        map.flags = 0;
+        map.mapped_extents = 0;
+        map.extent_count = FIEMAP_BATCH_U32;
+        // SAFETY: FS_IOC_FIEMAP reads the header and writes at most
+        // `extent_count` extents after it, which `map` has room for; the
+        // file is open for the call.
+        let ret = unsafe {
+            libc::ioctl(
+                file.as_raw_fd(),
+                FS_IOC_FIEMAP,
+                std::ptr::from_mut(map.as_mut()),
+            )
+        };
+        Errno::result(ret).map_err(|e| DriverError::io(path, e.into()))?;
+        let n = (map.mapped_extents as usize).min(FIEMAP_BATCH);
+        let Some(last) = map.extents[..n].last().copied() else {
+            return Ok((own, shared));
+        };
+        for e in &map.extents[..n] {
+            if e.flags & FIEMAP_EXTENT_SHARED == 0 {
+                own = own.saturating_add(e.length);
+            } else {
+                shared.push((e.physical, e.physical.saturating_add(e.length)));
+            }
+        }
+        let next = last.logical.saturating_add(last.length);
+        if last.flags & FIEMAP_EXTENT_LAST != 0 || next <= pos {
+            return Ok((own, shared));
+        }
+        pos = next;
+    }
+}
+
+/// Bytes of `path`'s extents that no other file shares: what a reflinked
+/// copy holds of its own.
+pub fn unshared_bytes(path: &Path) -> Result<u64, DriverError> {
+    extents(path).map(|(own, _)| own)
+}
+
+/// Bytes covered by a set of (start, end) ranges, each byte once.
+pub fn union_len(mut ranges: Vec<(u64, u64)>) -> u64 {
+    ranges.sort_unstable();
+    let mut total = 0u64;
+    let mut current: Option<(u64, u64)> = None;
+    for (a, b) in ranges {
+        match current {
+            Some((s, e)) if a <= e => current = Some((s, e.max(b))),
+            Some((s, e)) => {
+                total += e - s;
+                current = Some((a, b));
+            }
+            None => current = Some((a, b)),
+        }
+    }
+    total + current.map_or(0, |(s, e)| e - s)
+}
+
 /// Copy `src` to `dst` (replacing it) and make it `len` bytes long if that
 /// is more than `src`'s length. A full copy counts its data bytes into
-/// `progress`; a reflink moves none.
+/// `progress`; a reflink moves none. With `reflink_only`, a copy that
+/// cannot be a reflink fails instead of moving the data (its admission
+/// charged only what a reflink holds).
 pub fn copy_image(
     src: &Path,
     dst: &Path,
     len: u64,
+    reflink_only: bool,
     progress: &Progress,
 ) -> Result<CopyKind, DriverError> {
     let tmp = partial_name(dst);
@@ -59,6 +208,17 @@ pub fn copy_image(
     let ret = unsafe { libc::ioctl(to.as_raw_fd(), FICLONE, from.as_raw_fd()) };
     let kind = if ret == 0 {
         CopyKind::Reflink
+    } else if reflink_only {
+        let e = std::io::Error::last_os_error();
+        drop(to);
+        let _ = std::fs::remove_file(&tmp);
+        return Err(DriverError::io(
+            src,
+            std::io::Error::new(
+                e.kind(),
+                format!("reflink failed ({e}); the copy was admitted as a reflink, so no full copy is made"),
+            ),
+        ));
     } else {
         sparse_copy(&from, &to, src_len, progress).map_err(|e| DriverError::io(&tmp, e))?;
         CopyKind::Sparse
@@ -187,7 +347,7 @@ mod tests {
         f.sync_all().unwrap();
         let dst = dir.path().join("b.img");
         let progress = Progress::none();
-        let kind = copy_image(&src, &dst, 80 << 20, &progress).unwrap();
+        let kind = copy_image(&src, &dst, 80 << 20, false, &progress).unwrap();
         if kind == CopyKind::Sparse {
             // Two data extents, whole blocks: 8 KiB and the block with "tail".
             let block = std::fs::metadata(&src).unwrap().blksize();
@@ -201,6 +361,27 @@ mod tests {
         // Sparse: far fewer blocks than the length.
         assert!(std::fs::metadata(&dst).unwrap().blocks() * 512 < 8 << 20);
         assert!(!partial_name(&dst).exists());
+    }
+
+    #[test]
+    fn shared_ranges_count_once() {
+        assert_eq!(union_len(vec![]), 0);
+        assert_eq!(union_len(vec![(0, 10)]), 10);
+        assert_eq!(union_len(vec![(0, 10), (0, 10), (5, 15)]), 15);
+        assert_eq!(union_len(vec![(20, 30), (0, 10), (10, 12)]), 22);
+    }
+
+    #[test]
+    fn extents_of_an_unshared_file_are_its_own() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let path = dir.path().join("f");
+        let mut f = File::create(&path).unwrap();
+        f.set_len(16 << 20).unwrap();
+        f.write_all(&[1u8; 1 << 20]).unwrap();
+        f.sync_all().unwrap();
+        let (own, shared) = extents(&path).unwrap();
+        assert_eq!(own, 1 << 20);
+        assert!(shared.is_empty());
     }
 
     #[test]

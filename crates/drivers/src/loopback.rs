@@ -51,6 +51,10 @@ impl Driver for LoopDriver {
 
     fn usage(&self, pool: &Pool) -> Result<PoolUsage, DriverError> {
         let st = self.node.host.fs_stats(&pool.path)?;
+        // Reflinked images share extents: count each shared byte once, or
+        // the pool would seem to hold more than its filesystem does.
+        let shares = crate::copy::reflink_supported(&pool.path);
+        let mut shared = Vec::new();
         let mut used = 0u64;
         let rd = std::fs::read_dir(&pool.path).map_err(|e| DriverError::io(&pool.path, e))?;
         // Snapshots occupy the pool's space as much as volumes do.
@@ -62,10 +66,18 @@ impl Driver for LoopDriver {
             if !name.to_string_lossy().ends_with(".img") {
                 continue;
             }
+            if shares {
+                if let Ok((own, sh)) = crate::copy::extents(&entry.path()) {
+                    used += own;
+                    shared.extend(sh);
+                    continue;
+                }
+            }
             if let Ok(md) = entry.metadata() {
                 used += md.blocks() * 512;
             }
         }
+        used += crate::copy::union_len(shared);
         Ok(PoolUsage {
             backing_avail_bytes: st.avail_bytes,
             volumes_used_bytes: used,
@@ -136,6 +148,7 @@ impl Driver for LoopDriver {
             &image_path(pool, vol),
             &snapshot_path(pool, snap),
             0,
+            snap.cow,
             progress,
         )?;
         tracing::info!(volume = %vol.name, snapshot = %snap.name, ?kind, "snapshot copied");
@@ -165,13 +178,35 @@ impl Driver for LoopDriver {
             SourceRef::Snapshot(s) => snapshot_path(pool, s),
             SourceRef::Volume(v) => image_path(pool, v),
         };
-        let kind = crate::copy::copy_image(&src, &image_path(pool, vol), vol.size_bytes, progress)?;
+        let kind = crate::copy::copy_image(
+            &src,
+            &image_path(pool, vol),
+            vol.size_bytes,
+            vol.cow,
+            progress,
+        )?;
         tracing::info!(volume = %vol.name, source = %src.display(), ?kind, "volume copied");
         Ok(())
     }
 
     fn backing_file(&self, pool: &Pool, vol: &Volume) -> Option<PathBuf> {
         Some(image_path(pool, vol))
+    }
+
+    fn copies_share_extents(&self, pool: &Pool) -> Result<bool, DriverError> {
+        Ok(crate::copy::reflink_supported(&pool.path))
+    }
+
+    fn exclusive_bytes(
+        &self,
+        pool: &Pool,
+        item: SourceRef<'_>,
+    ) -> Result<Option<u64>, DriverError> {
+        let path = match item {
+            SourceRef::Snapshot(s) => snapshot_path(pool, s),
+            SourceRef::Volume(v) => image_path(pool, v),
+        };
+        crate::copy::unshared_bytes(&path).map(Some)
     }
 
     fn allocated_bytes(&self, pool: &Pool, vol: &Volume) -> Result<u64, DriverError> {

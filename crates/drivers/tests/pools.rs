@@ -472,3 +472,148 @@ fn bad_pools_are_refused_and_change_nothing() {
     assert!(!env.disk_file("x.img").exists());
     assert!(!env.root().join("pools/x").exists());
 }
+
+/// A btrfs snapshot or clone is charged its live exclusive bytes (never
+/// more than its size), an original its size; admission and the capacity
+/// figures use the charge, recomputed each time.
+#[test]
+fn cow_copies_are_charged_their_exclusive_bytes() {
+    let env = Env::new();
+    let svc = env.start();
+    let pool = env.growing_pool(&svc);
+    env.fill(&pool.path, GIB, 10);
+    let create = |name: &str, size: u64| {
+        svc.create_volume(CreateVolume {
+            name: name.into(),
+            size_bytes: Some(size),
+            pool: Some("p".into()),
+            ..CreateVolume::default()
+        })
+    };
+    let v = create("v", 2 * GIB).unwrap();
+    assert!(!v.cow);
+    // 2 GiB more would not fit in the max size of 3 GiB...
+    assert!(matches!(
+        create("big", 2 * GIB),
+        Err(Error::Capacity { .. })
+    ));
+    // ...but a snapshot of the 2 GiB volume holds one node of its own.
+    let snap = svc
+        .create_snapshot("v", "s", ballast_core::Wait::Block)
+        .unwrap();
+    assert!(snap.cow);
+    let clone = svc
+        .create_volume(CreateVolume {
+            name: "c".into(),
+            source: Some(ballast_core::model::CreateSource::Snapshot("s".into())),
+            ..CreateVolume::default()
+        })
+        .unwrap();
+    assert!(clone.cow);
+    let cap = svc.pool_capacity(&pool).unwrap();
+    assert_eq!(cap.provisioned_bytes, 6 * GIB);
+    assert_eq!(cap.exclusive_bytes, 2 * GIB + 2 * (16 << 10));
+    assert_eq!(cap.available_bytes, GIB - 2 * (16 << 10));
+    // Writes make the clone's bytes its own: the next admission sees them.
+    let csub = pool.path.join("volumes").join(&clone.id);
+    env.host.set_exclusive(&csub, 900 * MIB);
+    let cap = svc.pool_capacity(&pool).unwrap();
+    assert_eq!(cap.exclusive_bytes, 2 * GIB + 900 * MIB + (16 << 10));
+    assert!(matches!(
+        create("w", 200 * MIB),
+        Err(Error::Capacity { .. })
+    ));
+    create("w", 100 * MIB).unwrap();
+    // A figure past the size (an uncommitted reserve) is capped at it, and
+    // growing a clone's limit charges nothing until it is written.
+    env.host.set_exclusive(&csub, 5 * GIB);
+    assert_eq!(
+        svc.pool_capacity(&pool).unwrap().exclusive_bytes,
+        2 * GIB + 2 * GIB + 100 * MIB + (16 << 10)
+    );
+    svc.resize("c", 3 * GIB).unwrap();
+    // A snapshot whose figure cannot be read is charged its full size.
+    let ssub = pool.path.join("snapshots").join(&snap.id);
+    std::fs::remove_dir_all(&ssub).unwrap();
+    svc.delete_volume("v", true).unwrap();
+    let cap = svc.pool_capacity(&pool).unwrap();
+    assert_eq!(cap.provisioned_bytes, 2 * GIB + 3 * GIB + 100 * MIB);
+    assert_eq!(cap.exclusive_bytes, 2 * GIB + 3 * GIB + 100 * MIB);
+}
+
+/// The overcommit ratio is checked wherever a pool is made or changed, and
+/// a stored ratio out of range cannot make the available bytes overflow.
+#[test]
+fn overcommit_ratios_are_bounded() {
+    let env = Env::new();
+    let svc = env.start();
+    for bad in [1e308, 0.0, -1.0, 100.5, f64::INFINITY, f64::NAN] {
+        invalid(
+            svc.create_pool(CreatePool {
+                name: "x".into(),
+                overcommit_ratio: Some(bad),
+                ..CreatePool::default()
+            }),
+            "at most 100",
+        );
+        invalid(svc.set_overcommit("default", bad), "at most 100");
+        invalid(
+            svc.ensure_pool(Pool::new("y", DriverKind::Loop, env.root().join("y"), bad)),
+            "at most 100",
+        );
+    }
+    assert!(!env.root().join("y").exists());
+    assert!(!env.root().join("pools/x").exists());
+    // A record written before the check: the ratio counts as 100 at most.
+    let mut old = svc.get_pool("default").unwrap();
+    old.overcommit_ratio = 1e308;
+    env.fill(&old.path, GIB, 0);
+    let cap = svc.pool_capacity(&old).unwrap();
+    assert!(cap.available_bytes <= cap.capacity_bytes * 100, "{cap:?}");
+}
+
+/// A pool path or disk file in a kernel filesystem is refused before
+/// anything is made.
+#[test]
+fn pools_in_kernel_filesystems_are_refused() {
+    let env = Env::new();
+    let svc = env.start();
+    let link = env.root().join("link");
+    std::os::unix::fs::symlink("/sys", &link).unwrap();
+    for (driver, path, want) in [
+        (DriverKind::Dir, PathBuf::from("/proc/self"), "under /proc"),
+        (DriverKind::Loop, PathBuf::from("/sys/x"), "under /sys"),
+        (DriverKind::Loop, PathBuf::from("/dev/shm/x"), "under /dev"),
+        (
+            DriverKind::Dir,
+            link.join("kernel"),
+            "resolves to /sys/kernel",
+        ),
+        (DriverKind::Btrfs, PathBuf::from("/proc"), "under /proc"),
+    ] {
+        invalid(
+            svc.create_pool(CreatePool {
+                name: "x".into(),
+                driver: Some(driver),
+                path: Some(path),
+                ..CreatePool::default()
+            }),
+            want,
+        );
+    }
+    invalid(
+        svc.create_pool(CreatePool {
+            name: "x".into(),
+            driver: Some(DriverKind::Btrfs),
+            disk_file: Some(("/dev/shm/ballast-unit.img".into(), GIB)),
+            ..CreatePool::default()
+        }),
+        "disk file /dev/shm/ballast-unit.img: is under /dev",
+    );
+    invalid(
+        svc.ensure_pool(Pool::new("y", DriverKind::Dir, "/proc/self/y".into(), 1.0)),
+        "under /proc",
+    );
+    assert!(!Path::new("/dev/shm/x").exists());
+    assert_eq!(svc.list_pools().len(), 1);
+}

@@ -242,6 +242,50 @@ fn format_uuid(b: &[u8; 16]) -> String {
     )
 }
 
+/// The sysfs directory of the qgroup of the subvolume at `path`:
+/// /sys/fs/btrfs/<fsid>/qgroups/0_<id>/.
+fn qgroup_dir(op: &str, path: &Path) -> Result<PathBuf, HostError> {
+    let dir = open_dir(op, path)?;
+    let id = subvolume_id(op, &dir)?;
+    let fsid = fsid(op, &dir)?;
+    Ok(PathBuf::from(format!(
+        "/sys/fs/btrfs/{fsid}/qgroups/0_{id}"
+    )))
+}
+
+/// One number from a qgroup's sysfs directory; None if the kernel has no
+/// such file.
+fn qgroup_value(op: &str, qgroup: &Path, name: &str) -> Result<Option<u64>, HostError> {
+    let file = qgroup.join(name);
+    match std::fs::read_to_string(&file) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| failed(op, format!("{}: unexpected {text:?}", file.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(failed(op, format!("{}: {e}", file.display()))),
+    }
+}
+
+/// `field` of the qgroup at `path`, plus data reserved since the last
+/// commit (written, even fsynced, but not yet accounted).
+fn qgroup_with_reserve(op: &str, path: &Path, field: &str) -> Result<u64, HostError> {
+    let qgroup = qgroup_dir(op, path)?;
+    let value = qgroup_value(op, &qgroup, field)?.ok_or_else(|| {
+        failed(
+            op,
+            format!(
+                "{} is missing: quotas are not enabled on this filesystem",
+                qgroup.join(field).display()
+            ),
+        )
+    })?;
+    // Kernels before 5.9's sysfs qgroups have no reserve to read.
+    let reserved = qgroup_value(op, &qgroup, "rsv_data")?.unwrap_or(0);
+    Ok(value.saturating_add(reserved))
+}
+
 /// Bytes the subvolume at `path` holds as its qgroup limit counts them:
 /// referenced (accounted at each transaction commit) plus data reserved
 /// since (written, even fsynced, but not yet committed), from
@@ -249,34 +293,15 @@ fn format_uuid(b: &[u8; 16]) -> String {
 /// reserve, a writer could reach its limit seconds before `referenced` moved.
 pub(crate) fn qgroup_usage(path: &Path) -> Result<u64, HostError> {
     let op = format!("btrfs qgroup usage of {}", path.display());
-    let dir = open_dir(&op, path)?;
-    let id = subvolume_id(&op, &dir)?;
-    let fsid = fsid(&op, &dir)?;
-    let qgroup = PathBuf::from(format!("/sys/fs/btrfs/{fsid}/qgroups/0_{id}"));
-    let read = |name: &str| -> Result<Option<u64>, HostError> {
-        let file = qgroup.join(name);
-        match std::fs::read_to_string(&file) {
-            Ok(text) => text
-                .trim()
-                .parse()
-                .map(Some)
-                .map_err(|_| failed(&op, format!("{}: unexpected {text:?}", file.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(failed(&op, format!("{}: {e}", file.display()))),
-        }
-    };
-    let referenced = read("referenced")?.ok_or_else(|| {
-        failed(
-            &op,
-            format!(
-                "{} is missing: quotas are not enabled on this filesystem",
-                qgroup.display()
-            ),
-        )
-    })?;
-    // Kernels before 5.9's sysfs qgroups have no reserve to read.
-    let reserved = read("rsv_data")?.unwrap_or(0);
-    Ok(referenced.saturating_add(reserved))
+    qgroup_with_reserve(&op, path, "referenced")
+}
+
+/// Bytes only the subvolume at `path` holds (the qgroup's `exclusive`:
+/// extents no other subvolume references), plus its uncommitted reserve,
+/// which is new data and so its own. A fresh snapshot holds one node.
+pub(crate) fn qgroup_exclusive(path: &Path) -> Result<u64, HostError> {
+    let op = format!("btrfs qgroup exclusive of {}", path.display());
+    qgroup_with_reserve(&op, path, "exclusive")
 }
 
 /// Parse `btrfs filesystem show --raw`: one `devid N size S used U path P`

@@ -456,6 +456,10 @@ impl Host for LinuxHost {
         btrfs::qgroup_usage(path)
     }
 
+    fn btrfs_qgroup_exclusive(&self, path: &Path) -> Result<u64, HostError> {
+        btrfs::qgroup_exclusive(path)
+    }
+
     fn btrfs_device_add(&self, device: &Path, mountpoint: &Path) -> Result<(), HostError> {
         // -K: no discard of the new device (see btrfs_mkfs).
         self.tool(

@@ -60,6 +60,7 @@ pub struct PoolFigures {
     pub capacity_bytes: Option<u64>,
     pub used_bytes: Option<u64>,
     pub provisioned_bytes: Option<u64>,
+    pub exclusive_bytes: Option<u64>,
     pub available_bytes: Option<u64>,
     /// State → volumes in it.
     pub volumes: BTreeMap<&'static str, u64>,
@@ -141,7 +142,7 @@ impl ServiceCollector {
 
     fn encode_pools(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
         type Pick = fn(&PoolFigures) -> Option<u64>;
-        let gauges: [(&str, &str, Pick); 4] = [
+        let gauges: [(&str, &str, Pick); 5] = [
             (
                 "ballast_pool_capacity_bytes",
                 "What the pool can hold: its backing filesystem's free space plus what its images occupy.",
@@ -158,8 +159,13 @@ impl ServiceCollector {
                 |p| p.provisioned_bytes,
             ),
             (
+                "ballast_pool_exclusive_bytes",
+                "What the pool's volumes and snapshots are charged: each its size, except copy-on-write snapshots and clones, the bytes they hold exclusively.",
+                |p| p.exclusive_bytes,
+            ),
+            (
                 "ballast_pool_available_bytes",
-                "Bytes that can still be provisioned in the pool (capacity times overcommit ratio, less provisioned).",
+                "Bytes that can still be provisioned in the pool (capacity times overcommit ratio, less exclusive).",
                 |p| p.available_bytes,
             ),
         ];
@@ -321,6 +327,7 @@ fn read_pools(service: &VolumeService) -> Vec<PoolFigures> {
                 capacity_bytes: cap.map(|c| c.capacity_bytes),
                 used_bytes: cap.map(|c| c.used_bytes),
                 provisioned_bytes: cap.map(|c| c.provisioned_bytes),
+                exclusive_bytes: cap.map(|c| c.exclusive_bytes),
                 available_bytes: cap.map(|c| c.available_bytes),
                 volumes: STATES.iter().map(|s| (*s, 0)).collect(),
                 name: p.name,
@@ -414,6 +421,7 @@ mod tests {
                     capacity_bytes: Some(1000),
                     used_bytes: Some(100),
                     provisioned_bytes: Some(2000),
+                    exclusive_bytes: Some(1200),
                     available_bytes: Some(0),
                     volumes: STATES
                         .iter()
@@ -427,6 +435,7 @@ mod tests {
                     capacity_bytes: None,
                     used_bytes: None,
                     provisioned_bytes: None,
+                    exclusive_bytes: None,
                     available_bytes: None,
                     volumes: STATES.iter().map(|s| (*s, 0)).collect(),
                 },
@@ -485,6 +494,10 @@ mod tests {
         assert_eq!(
             get(r#"ballast_pool_provisioned_bytes{pool="fast",driver="loop"}"#),
             "2000"
+        );
+        assert_eq!(
+            get(r#"ballast_pool_exclusive_bytes{pool="fast",driver="loop"}"#),
+            "1200"
         );
         assert_eq!(get(r#"ballast_volumes{pool="fast",state="mounted"}"#), "1");
         assert_eq!(get(r#"ballast_volumes{pool="gone",state="deleting"}"#), "0");
@@ -572,6 +585,8 @@ mod tests {
         for want in [
             "ballast_build_info",
             "ballast_pool_used_bytes",
+            "ballast_pool_provisioned_bytes",
+            "ballast_pool_exclusive_bytes",
             "ballast_pool_available_bytes",
             "ballast_volume_read_bytes",
             "ballast_volume_reads",
