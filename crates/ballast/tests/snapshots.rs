@@ -1408,3 +1408,38 @@ fn a_full_copy_reports_its_progress() {
     d.ok(&["volume", "rm", "big", "--force"]);
     d.assert_no_leftovers();
 }
+
+/// A small volume (mke2fs would pick 1 KiB blocks below 512 MiB) cloned by
+/// reflink on xfs: the clone's loop device has 4 KiB sectors, and the
+/// clone must still mount with its data. Before volumes were made with
+/// 4 KiB blocks the clone could not be mounted ("bad block size 1024").
+#[test]
+fn a_small_reflinked_clone_mounts() {
+    let test = "a_small_reflinked_clone_mounts";
+    if !require_root_loop(test) || !require_tool(test, "mkfs.xfs") {
+        return;
+    }
+    let d = Daemon::start();
+    let fs = ScratchFs::new(&d, "xfs", 512 * MIB, &["mkfs.xfs", "-q", "-m", "reflink=1"]);
+    let path = fs.mnt.join("pool");
+    d.ok(&[
+        "pool",
+        "create",
+        "x",
+        "--driver",
+        "loop",
+        "--path",
+        path.to_str().unwrap(),
+    ]);
+    d.ok(&["volume", "create", "small", "--pool", "x", "--size", "64M"]);
+    let mp = mount(&d, "small");
+    let data = write_pattern(&mp.join(DATA), 3, 4 << 20);
+    d.ok(&["volume", "unmount", "small"]);
+    clone(&d, "small2", &["--from-volume", "small"]);
+    let mp2 = mount(&d, "small2");
+    check_file(&mp2.join(DATA), &data, "small reflinked clone");
+    d.ok(&["volume", "unmount", "small2"]);
+    for v in ["small2", "small"] {
+        d.ok(&["volume", "rm", v]);
+    }
+}
