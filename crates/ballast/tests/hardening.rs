@@ -98,6 +98,18 @@ fn spawn_serve(args: &[&str], log: &Path) -> Child {
         .unwrap()
 }
 
+fn serve_dirs(state: &Path, run: &Path, log: &Path) -> Child {
+    spawn_serve(
+        &[
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--run-dir",
+            run.to_str().unwrap(),
+        ],
+        log,
+    )
+}
+
 fn wait_for_socket(sock: &Path, child: &mut Child, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::os::unix::net::UnixStream::connect(sock).is_err() {
@@ -382,15 +394,7 @@ fn a_second_daemon_on_the_same_run_or_state_dir_touches_nothing() {
         (d.state.clone(), other.join("run"), "state dir"),
     ] {
         let log = d.dir.path().join("second.log");
-        let mut second = spawn_serve(
-            &[
-                "--state-dir",
-                state.to_str().unwrap(),
-                "--run-dir",
-                run.to_str().unwrap(),
-            ],
-            &log,
-        );
+        let mut second = serve_dirs(&state, &run, &log);
         let status = wait_exit(&mut second);
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(!status.success(), "a second daemon on the {what} started");
@@ -432,15 +436,7 @@ fn existing_directories_keep_their_modes_and_unsafe_state_is_refused() {
     set_mode(&run, 0o1777);
     let state = root.join("made").join("state");
     let log = root.join("a.log");
-    let mut child = spawn_serve(
-        &[
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--run-dir",
-            run.to_str().unwrap(),
-        ],
-        &log,
-    );
+    let mut child = serve_dirs(&state, &run, &log);
     wait_for_socket(&run.join("api.sock"), &mut child, &log);
     assert_eq!(mode(&run), 0o1777, "the run dir's mode was changed");
     assert_eq!(mode(&state), 0o700);
@@ -451,15 +447,7 @@ fn existing_directories_keep_their_modes_and_unsafe_state_is_refused() {
     let token = state.join("token");
     set_mode(&token, 0o644);
     let log = root.join("b.log");
-    let mut child = spawn_serve(
-        &[
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--run-dir",
-            run.to_str().unwrap(),
-        ],
-        &log,
-    );
+    let mut child = serve_dirs(&state, &run, &log);
     wait_for_socket(&run.join("api.sock"), &mut child, &log);
     assert_eq!(mode(&token), 0o600);
     assert!(sigterm_and_wait(&mut child, Duration::from_secs(30)).is_some());
@@ -470,15 +458,7 @@ fn existing_directories_keep_their_modes_and_unsafe_state_is_refused() {
     // and nothing is made in it.
     set_mode(&state, 0o750);
     let log = root.join("c.log");
-    let mut child = spawn_serve(
-        &[
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--run-dir",
-            run.to_str().unwrap(),
-        ],
-        &log,
-    );
+    let mut child = serve_dirs(&state, &run, &log);
     wait_for_socket(&run.join("api.sock"), &mut child, &log);
     assert!(sigterm_and_wait(&mut child, Duration::from_secs(30)).is_some());
     let text = std::fs::read_to_string(&log).unwrap();
@@ -489,15 +469,7 @@ fn existing_directories_keep_their_modes_and_unsafe_state_is_refused() {
     std::fs::create_dir(&open).unwrap();
     set_mode(&open, 0o777);
     let log = root.join("d.log");
-    let mut child = spawn_serve(
-        &[
-            "--state-dir",
-            open.to_str().unwrap(),
-            "--run-dir",
-            root.join("run2").to_str().unwrap(),
-        ],
-        &log,
-    );
+    let mut child = serve_dirs(&open, &root.join("run2"), &log);
     let status = wait_exit(&mut child);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!status.success());

@@ -37,27 +37,22 @@ impl NameLocks {
 
     /// Wait at most `limit` for the name's lock.
     pub fn lock_for(&self, name: &str, limit: std::time::Duration) -> Option<NameGuard<'_>> {
-        let lock = self.entry(name);
-        let guard = lock.try_lock_arc_for(limit);
-        drop(lock);
-        match guard {
-            Some(guard) => Some(NameGuard {
-                locks: self,
-                name: name.to_string(),
-                guard: Some(guard),
-            }),
-            None => {
-                self.forget_if_idle(name);
-                None
-            }
-        }
+        self.take(name, |lock| lock.try_lock_arc_for(limit))
     }
 
     /// Take the name's lock only if it is free now (CSI answers ABORTED
     /// instead of waiting).
     pub fn try_lock(&self, name: &str) -> Option<NameGuard<'_>> {
+        self.take(name, |lock| lock.try_lock_arc())
+    }
+
+    fn take(
+        &self,
+        name: &str,
+        attempt: impl FnOnce(&NameLock) -> Option<parking_lot::ArcMutexGuard<RawMutex, ()>>,
+    ) -> Option<NameGuard<'_>> {
         let lock = self.entry(name);
-        let guard = lock.try_lock_arc();
+        let guard = attempt(&lock);
         drop(lock);
         match guard {
             Some(guard) => Some(NameGuard {

@@ -208,12 +208,11 @@ fn loop_number(device: &Path) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-/// `(st_dev, st_ino)` of the loop device's backing file, from the kernel's
-/// own record (LOOP_GET_STATUS64), `None` when the device is not attached.
+/// The device's `struct loop_info64` (LOOP_GET_STATUS64).
 ///
 /// The kernel may ask the backing filesystem for the file's attributes here,
 /// so this is only ever called for devices whose backing path is ours.
-fn backing_identity(device: &File) -> Option<(u64, u64)> {
+fn get_status(device: &File) -> Result<LoopInfo64, Errno> {
     // SAFETY: all-zero is a valid `loop_info64` (integers and byte arrays).
     let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
     // SAFETY: LOOP_GET_STATUS64 fills a `struct loop_info64`, which `info` is
@@ -225,7 +224,15 @@ fn backing_identity(device: &File) -> Option<(u64, u64)> {
             &mut info as *mut LoopInfo64,
         )
     };
-    (ret == 0).then_some((info.lo_device, info.lo_inode))
+    Errno::result(ret).map(|_| info)
+}
+
+/// `(st_dev, st_ino)` of the loop device's backing file, from the kernel's
+/// own record, `None` when the device is not attached.
+fn backing_identity(device: &File) -> Option<(u64, u64)> {
+    get_status(device)
+        .ok()
+        .map(|info| (info.lo_device, info.lo_inode))
 }
 
 /// An attached device already backed by our image `canonical`, whose
@@ -411,23 +418,8 @@ pub(crate) fn refresh_capacity(device: &Path) -> Result<(), HostError> {
 pub(crate) fn set_autoclear(device: &Path, on: bool) -> Result<(), HostError> {
     let op = format!("set autoclear of {}", device.display());
     let file = open_rw(device).map_err(|e| HostError::failed(&op, e))?;
-    // SAFETY: all-zero is a valid `loop_info64` (integers and byte arrays).
-    let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
-    // SAFETY: LOOP_GET_STATUS64 fills a `struct loop_info64`, which `info` is
-    // (#[repr(C)], size asserted at compile time), for the call's duration.
-    let ret = unsafe {
-        libc::ioctl(
-            file.as_raw_fd(),
-            LOOP_GET_STATUS64,
-            &mut info as *mut LoopInfo64,
-        )
-    };
-    if ret < 0 {
-        return Err(HostError::failed(
-            &op,
-            format!("LOOP_GET_STATUS64: {}", Errno::last().desc()),
-        ));
-    }
+    let mut info = get_status(&file)
+        .map_err(|e| HostError::failed(&op, format!("LOOP_GET_STATUS64: {}", e.desc())))?;
     if on {
         info.lo_flags |= LO_FLAGS_AUTOCLEAR;
     } else {
