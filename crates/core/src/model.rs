@@ -485,6 +485,28 @@ pub struct Consumer {
     #[serde(default, skip_serializing_if = "MountFlags::is_empty")]
     #[schema(value_type = Vec<String>)]
     pub flags: MountFlags,
+    /// What the consumer's target asks of the volume's other targets.
+    #[serde(default, skip_serializing_if = "Sharing::is_unspecified")]
+    pub sharing: Sharing,
+}
+
+/// Whether a workload's target may share the volume with other workloads'
+/// targets (CSI: SINGLE_NODE_MULTI_WRITER or a reader) or must be its only
+/// one (SINGLE_NODE_SINGLE_WRITER, SINGLE_NODE_WRITER). A target that says
+/// nothing (a staging path, a node-level mount) neither asks nor counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Sharing {
+    #[default]
+    Unspecified,
+    Shared,
+    Exclusive,
+}
+
+impl Sharing {
+    pub fn is_unspecified(&self) -> bool {
+        *self == Sharing::Unspecified
+    }
 }
 
 /// A consumer's own mount of the volume: a bind mount of the staging path
@@ -714,6 +736,33 @@ pub struct Volume {
 impl Volume {
     pub fn mountpoint(&self) -> Option<&std::path::Path> {
         self.staging.as_ref().map(|s| s.mountpoint.as_path())
+    }
+
+    /// Whether the volume is at `path` on this host: its staging path or a
+    /// consumer's target.
+    pub fn is_at(&self, path: &std::path::Path) -> bool {
+        self.mountpoint() == Some(path)
+            || self
+                .consumers
+                .values()
+                .any(|c| c.target.as_deref() == Some(path))
+    }
+
+    /// The other consumer (not `key`) whose target rules out a new target
+    /// asking for `sharing`: an exclusive target is the volume's only
+    /// workload, so it refuses a second one and is refused while another is
+    /// there.
+    pub fn sharing_conflict(&self, key: &str, sharing: Sharing) -> Option<&Consumer> {
+        if sharing.is_unspecified() {
+            return None;
+        }
+        self.consumers.iter().find_map(|(k, c)| {
+            let clash = k != key
+                && c.target.is_some()
+                && !c.sharing.is_unspecified()
+                && (sharing == Sharing::Exclusive || c.sharing == Sharing::Exclusive);
+            clash.then_some(c)
+        })
     }
 }
 
@@ -1002,5 +1051,58 @@ mod tests {
         assert_eq!(parse_label("a=").unwrap(), ("a".into(), "".into()));
         assert!(parse_label("ab").is_err());
         assert!(parse_label("=b").is_err());
+    }
+
+    #[test]
+    fn an_exclusive_target_is_a_volumes_only_workload() {
+        let consumer = |target: Option<&str>, sharing: Sharing| Consumer {
+            kind: ConsumerKind::Csi,
+            id: String::new(),
+            count: 1,
+            since: Utc::now(),
+            target: target.map(PathBuf::from),
+            read_only: false,
+            flags: MountFlags::default(),
+            sharing,
+        };
+        let with = |cs: &[(&str, Option<&str>, Sharing)]| Volume {
+            id: "id".into(),
+            name: "v".into(),
+            pool: "p".into(),
+            driver: DriverKind::Loop,
+            size_bytes: 1,
+            fs: None,
+            labels: BTreeMap::new(),
+            created_at: Utc::now(),
+            state: VolumeState::Mounted,
+            formatted: true,
+            block: false,
+            fs_grow_pending: false,
+            autogrow: None,
+            source: None,
+            staging: None,
+            consumers: cs
+                .iter()
+                .map(|(k, t, s)| (k.to_string(), consumer(*t, *s)))
+                .collect(),
+        };
+        use Sharing::{Exclusive, Shared, Unspecified};
+        // A staging path and a node-level mount neither ask nor count.
+        let staged = with(&[
+            ("csi:stage:/s", Some("/s"), Unspecified),
+            ("cli:", None, Unspecified),
+        ]);
+        for s in [Exclusive, Shared, Unspecified] {
+            assert!(staged.sharing_conflict("csi:/t2", s).is_none(), "{s:?}");
+        }
+        let shared = with(&[("csi:/t1", Some("/t1"), Shared)]);
+        assert!(shared.sharing_conflict("csi:/t2", Shared).is_none());
+        assert!(shared.sharing_conflict("csi:/t2", Exclusive).is_some());
+        let alone = with(&[("csi:/t1", Some("/t1"), Exclusive)]);
+        assert!(alone.sharing_conflict("csi:/t2", Shared).is_some());
+        assert!(alone.sharing_conflict("csi:/t2", Exclusive).is_some());
+        assert!(alone.sharing_conflict("csi:/t2", Unspecified).is_none());
+        // The consumer itself, published again, is no second workload.
+        assert!(alone.sharing_conflict("csi:/t1", Exclusive).is_none());
     }
 }

@@ -28,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::events::{event_key, Event, EventKind, EventLog, KEEP};
 use crate::failpoint::Failpoints;
 use crate::host::{Host, LoopDevice, MountOptions};
+use crate::model::Sharing;
 use crate::model::{
     validate_consumer_id, validate_label, validate_name, Autogrow, Consumer, ConsumerRef,
     CreateSource, DriverKind, FsType, InvalidInput, Pool, PoolCapacity, PublishTarget, Snapshot,
@@ -976,9 +977,25 @@ impl VolumeService {
         target: Option<PublishTarget>,
         wait: Wait,
     ) -> Result<Volume> {
+        self.publish_with(name, consumer, target, Sharing::Unspecified, wait)
+    }
+
+    /// [`VolumeService::publish`] for a workload's target that may share
+    /// the volume with other workloads' targets, or must be its only one
+    /// ([`Sharing`]): an exclusive target is refused while another
+    /// workload's is there, and refuses any later one. Recorded on the
+    /// consumer, and part of the idempotency check.
+    pub fn publish_with(
+        &self,
+        name: &str,
+        consumer: ConsumerRef,
+        target: Option<PublishTarget>,
+        sharing: Sharing,
+        wait: Wait,
+    ) -> Result<Volume> {
         let driver = self.volume_driver_label(name);
         self.timed(Operation::Mount, driver, || {
-            self.publish_op(name, consumer, target, wait)
+            self.publish_op(name, consumer, target, sharing, wait)
         })
     }
 
@@ -987,8 +1004,15 @@ impl VolumeService {
         name: &str,
         consumer: ConsumerRef,
         target: Option<PublishTarget>,
+        sharing: Sharing,
         wait: Wait,
     ) -> Result<Volume> {
+        // Only a target asks anything of others.
+        let sharing = if target.is_some() {
+            sharing
+        } else {
+            Sharing::Unspecified
+        };
         validate_name("volume", name)?;
         validate_consumer_id(&consumer.id)?;
         if let Some(t) = &target {
@@ -1004,6 +1028,7 @@ impl VolumeService {
                     existing.target.as_deref() == Some(t.path.as_path())
                         && existing.read_only == t.read_only
                         && existing.flags == t.flags
+                        && existing.sharing == sharing
                 });
                 if same {
                     return Ok(vol);
@@ -1012,6 +1037,25 @@ impl VolumeService {
                     kind: "volume",
                     name: name.to_string(),
                     detail: format!("{key} is already published with other options"),
+                });
+            }
+        }
+        if target.is_some() {
+            if let Some(other) = vol.sharing_conflict(&key, sharing) {
+                let at = other
+                    .target
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                let detail = if sharing == Sharing::Exclusive {
+                    format!("published at {at}; an exclusive publish needs the volume alone")
+                } else {
+                    format!("published for exclusive use at {at}")
+                };
+                return Err(Error::Busy {
+                    kind: "volume",
+                    name: name.to_string(),
+                    detail,
                 });
             }
         }
@@ -1032,10 +1076,10 @@ impl VolumeService {
             }
         }
         if vol.staging.is_none() {
-            return self.stage_and_publish(&pool, vol, consumer, target);
+            return self.stage_and_publish(&pool, vol, consumer, target, sharing);
         }
         let Some(target) = target else {
-            add_consumer(&mut vol, &consumer, None);
+            add_consumer(&mut vol, &consumer, None, sharing);
             let ev = self.event(EventKind::Mount, &vol, format!("mounted for {key}"));
             self.persist(Txn::new(), name, Some(&vol), None, Some(ev))?;
             return Ok(vol);
@@ -1057,7 +1101,7 @@ impl VolumeService {
             let _ = self.persist(Txn::new(), name, Some(&vol), Some(IntentWrite::Clear), None);
             return Err(e);
         }
-        add_consumer(&mut vol, &consumer, Some(&target));
+        add_consumer(&mut vol, &consumer, Some(&target), sharing);
         let ev = self.event(
             EventKind::Mount,
             &vol,
@@ -1130,6 +1174,7 @@ impl VolumeService {
         mut vol: Volume,
         consumer: ConsumerRef,
         target: Option<PublishTarget>,
+        sharing: Sharing,
     ) -> Result<Volume> {
         let name = vol.name.clone();
         let driver = self.driver(pool.driver)?;
@@ -1143,7 +1188,7 @@ impl VolumeService {
                 device: None,
                 mountpoint: data,
             });
-            add_consumer(&mut vol, &consumer, None);
+            add_consumer(&mut vol, &consumer, None, sharing);
             let ev = self.event(
                 EventKind::Mount,
                 &vol,
@@ -1222,7 +1267,7 @@ impl VolumeService {
                 return Err(e);
             }
         }
-        add_consumer(&mut vol, &consumer, target.as_ref());
+        add_consumer(&mut vol, &consumer, target.as_ref(), sharing);
         let ev = self.event(
             EventKind::Mount,
             &vol,
@@ -1952,7 +1997,12 @@ impl VolumeService {
     }
 }
 
-fn add_consumer(vol: &mut Volume, consumer: &ConsumerRef, target: Option<&PublishTarget>) {
+fn add_consumer(
+    vol: &mut Volume,
+    consumer: &ConsumerRef,
+    target: Option<&PublishTarget>,
+    sharing: Sharing,
+) {
     let entry = vol
         .consumers
         .entry(consumer.key())
@@ -1964,6 +2014,7 @@ fn add_consumer(vol: &mut Volume, consumer: &ConsumerRef, target: Option<&Publis
             target: target.map(|t| t.path.clone()),
             read_only: target.is_some_and(|t| t.read_only),
             flags: target.map(|t| t.flags).unwrap_or_default(),
+            sharing,
         });
     entry.count = if consumer.kind.counted() && !consumer.id.is_empty() {
         entry.count.saturating_add(1)

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ballast_core::model::{
-    ConsumerKind, ConsumerRef, CreateSource, FsType, MountFlags, PublishTarget, Snapshot, Volume,
+    ConsumerKind, ConsumerRef, CreateSource, FsType, MountFlags, PublishTarget, Sharing, Snapshot,
+    Volume,
 };
 use ballast_core::{CreateVolume, Error, VolumeService, Wait};
 use ballast_csi_proto::v1 as csi;
@@ -42,6 +43,58 @@ pub fn status(e: Error) -> Status {
         Error::Unavailable(_) => Status::unavailable(msg),
         Error::Driver(_) => Status::internal(msg),
         Error::Store(_) => Status::internal(msg),
+    }
+}
+
+/// ListVolumes and ListSnapshots page tokens. A token is opaque to the CO:
+/// `base64url("v1:" + last name) + "." + base64url(HMAC-SHA256)` under a
+/// key made at start, over the list's kind and the payload. So a token this
+/// process did not issue (made up, edited, for the other list, or from
+/// before a restart) is refused with ABORTED, as the spec wants, and the
+/// CO starts its listing again; the version prefix lets the cursor change.
+mod page_token {
+    use std::sync::LazyLock;
+
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use base64::Engine as _;
+    use ring::hmac;
+    use tonic::Status;
+
+    const VERSION: &str = "v1:";
+
+    static KEY: LazyLock<hmac::Key> = LazyLock::new(|| {
+        hmac::Key::generate(hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+            .expect("the system random number generator works")
+    });
+
+    fn signed(kind: &str, payload: &[u8]) -> Vec<u8> {
+        [kind.as_bytes(), b"\0", payload].concat()
+    }
+
+    /// The token whose page starts after `last`.
+    pub fn issue(kind: &str, last: &str) -> String {
+        let payload = format!("{VERSION}{last}");
+        let tag = hmac::sign(&KEY, &signed(kind, payload.as_bytes()));
+        format!("{}.{}", B64.encode(payload), B64.encode(tag.as_ref()))
+    }
+
+    /// The last name of the previous page, if `token` is one [`issue`] gave
+    /// for `kind`.
+    pub fn read(kind: &str, token: &str) -> Result<String, Status> {
+        let refused = || {
+            Status::aborted(format!(
+                "starting_token {token:?} is not a token this plugin gave (or it gave it before a restart); list again from the start"
+            ))
+        };
+        let (payload, tag) = token.split_once('.').ok_or_else(refused)?;
+        let payload = B64.decode(payload).map_err(|_| refused())?;
+        let tag = B64.decode(tag).map_err(|_| refused())?;
+        hmac::verify(&KEY, &signed(kind, &payload), &tag).map_err(|_| refused())?;
+        let payload = String::from_utf8(payload).map_err(|_| refused())?;
+        payload
+            .strip_prefix(VERSION)
+            .map(str::to_string)
+            .ok_or_else(refused)
     }
 }
 
@@ -102,18 +155,29 @@ enum Access {
     Block,
 }
 
-/// What a capability asks for: the access kind, read-only (by mode or an
-/// `ro` mount flag), and the per-mount flags of a mount capability.
-fn access(cap: &csi::VolumeCapability) -> Result<(Access, bool, MountFlags), Status> {
+/// What a capability asks for.
+struct Asked {
+    access: Access,
+    /// By mode or by an `ro` mount flag.
+    read_only: bool,
+    /// The per-mount flags of a mount capability.
+    flags: MountFlags,
+    /// Whether a published target may share the volume with others.
+    sharing: Sharing,
+}
+
+fn access(cap: &csi::VolumeCapability) -> Result<Asked, Status> {
     let mode = cap
         .access_mode
         .as_ref()
         .ok_or_else(|| Status::invalid_argument("volume_capability.access_mode is required"))?;
-    let read_only = match Mode::try_from(mode.mode) {
-        Ok(Mode::SingleNodeWriter | Mode::SingleNodeSingleWriter | Mode::SingleNodeMultiWriter) => {
-            false
-        }
-        Ok(Mode::SingleNodeReaderOnly) => true,
+    // The spec's "published once as read/write at a single workload" (and
+    // SINGLE_NODE_WRITER's "once as read/write on a single node", which
+    // the CO asks of one workload too) is the core's exclusive target.
+    let (read_only, sharing) = match Mode::try_from(mode.mode) {
+        Ok(Mode::SingleNodeWriter | Mode::SingleNodeSingleWriter) => (false, Sharing::Exclusive),
+        Ok(Mode::SingleNodeMultiWriter) => (false, Sharing::Shared),
+        Ok(Mode::SingleNodeReaderOnly) => (true, Sharing::Shared),
         Ok(
             m @ (Mode::MultiNodeReaderOnly
             | Mode::MultiNodeSingleWriter
@@ -132,7 +196,12 @@ fn access(cap: &csi::VolumeCapability) -> Result<(Access, bool, MountFlags), Sta
         None => Err(Status::invalid_argument(
             "volume_capability.access_type (mount or block) is required",
         )),
-        Some(AccessType::Block(_)) => Ok((Access::Block, read_only, MountFlags::default())),
+        Some(AccessType::Block(_)) => Ok(Asked {
+            access: Access::Block,
+            read_only,
+            flags: MountFlags::default(),
+            sharing,
+        }),
         Some(AccessType::Mount(m)) => {
             let (flags, flag_ro) = MountFlags::parse(&m.mount_flags)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -149,7 +218,12 @@ fn access(cap: &csi::VolumeCapability) -> Result<(Access, bool, MountFlags), Sta
                         .map_err(|e| Status::invalid_argument(e.to_string()))?,
                 ),
             };
-            Ok((Access::Mount { fs }, read_only || flag_ro, flags))
+            Ok(Asked {
+                access: Access::Mount { fs },
+                read_only: read_only || flag_ro,
+                flags,
+                sharing,
+            })
         }
     }
 }
@@ -161,7 +235,7 @@ fn common_access(caps: &[csi::VolumeCapability]) -> Result<Access, Status> {
     }
     let mut found: Option<Access> = None;
     for cap in caps {
-        let (a, _, _) = access(cap)?;
+        let a = access(cap)?.access;
         match (&found, &a) {
             (None, _) => found = Some(a),
             (Some(Access::Block), Access::Block) => {}
@@ -189,6 +263,14 @@ fn fits(vol: &Volume, access: &Access) -> bool {
     match access {
         Access::Block => vol.block,
         Access::Mount { fs } => !vol.block && (fs.is_none() || *fs == vol.fs),
+    }
+}
+
+/// Remove `path` if it is an empty regular file (a block target we made).
+fn remove_empty_file(path: &Path) -> std::io::Result<()> {
+    match path.symlink_metadata() {
+        Ok(m) if m.is_file() && m.len() == 0 => std::fs::remove_file(path),
+        _ => Ok(()),
     }
 }
 
@@ -225,6 +307,23 @@ impl CsiPlugin {
         t.segments
             .get(TOPOLOGY_KEY)
             .is_none_or(|n| n == &self.node_id)
+    }
+
+    /// The `volume_path` of NodeGetVolumeStats and NodeExpandVolume: the
+    /// volume is looked up first, so an unknown volume, or one that is not
+    /// at that path, is NOT_FOUND whatever the path looks like (a path the
+    /// volume is at was checked when it was published).
+    fn volume_path(&self, volume_id: &str, volume_path: &str) -> Result<PathBuf, Status> {
+        required(volume_id, "volume_id")?;
+        required(volume_path, "volume_path")?;
+        let vol = self.service.get_volume(volume_id).map_err(status)?;
+        let path = PathBuf::from(volume_path);
+        if !vol.is_at(&path) {
+            return Err(Status::not_found(format!(
+                "volume {volume_id:?} is not at {volume_path:?} on this node"
+            )));
+        }
+        Ok(path)
     }
 
     async fn call<T, F>(&self, f: F) -> Result<T, Status>
@@ -530,27 +629,22 @@ impl csi::controller_server::Controller for CsiPlugin {
         if r.max_entries < 0 {
             return Err(Status::invalid_argument("max_entries must not be negative"));
         }
-        // The token is the last name of the previous page; names sort, so
-        // the next page is every name after it, whatever changed meanwhile.
-        if !r.starting_token.is_empty()
-            && ballast_core::model::validate_name("volume", &r.starting_token).is_err()
-        {
-            return Err(Status::aborted(format!(
-                "starting_token {:?} is not a token this plugin gave",
-                r.starting_token
-            )));
-        }
+        // The token holds the last name of the previous page; names sort,
+        // so the next page is every name after it, whatever changed
+        // meanwhile.
+        let after = match r.starting_token.as_str() {
+            "" => None,
+            t => Some(page_token::read("volumes", t)?),
+        };
         let max = if r.max_entries == 0 {
             usize::MAX
         } else {
             usize::try_from(r.max_entries).unwrap_or(usize::MAX)
         };
-        let after = (!r.starting_token.is_empty()).then_some(r.starting_token.as_str());
-        let (page, more) = self.service.volumes_page(after, max);
-        let next_token = if more {
-            page.last().map(|v| v.name.clone()).unwrap_or_default()
-        } else {
-            String::new()
+        let (page, more) = self.service.volumes_page(after.as_deref(), max);
+        let next_token = match page.last() {
+            Some(v) if more => page_token::issue("volumes", &v.name),
+            _ => String::new(),
         };
         let entries = page
             .into_iter()
@@ -694,14 +788,10 @@ impl csi::controller_server::Controller for CsiPlugin {
         if r.max_entries < 0 {
             return Err(Status::invalid_argument("max_entries must not be negative"));
         }
-        if !r.starting_token.is_empty()
-            && ballast_core::model::validate_name("snapshot", &r.starting_token).is_err()
-        {
-            return Err(Status::aborted(format!(
-                "starting_token {:?} is not a token this plugin gave",
-                r.starting_token
-            )));
-        }
+        let after = match r.starting_token.as_str() {
+            "" => None,
+            t => Some(page_token::read("snapshots", t)?),
+        };
         let snaps: Vec<Snapshot> = self
             .service
             .list_snapshots()
@@ -710,19 +800,17 @@ impl csi::controller_server::Controller for CsiPlugin {
             .filter(|s| r.snapshot_id.is_empty() || s.name == r.snapshot_id)
             .filter(|s| r.source_volume_id.is_empty() || s.source_volume == r.source_volume_id)
             .collect();
-        let start = snaps.partition_point(|s| {
-            !r.starting_token.is_empty() && s.name.as_str() <= r.starting_token.as_str()
-        });
+        let start =
+            snaps.partition_point(|s| after.as_deref().is_some_and(|a| s.name.as_str() <= a));
         let max = if r.max_entries == 0 {
             usize::MAX
         } else {
             usize::try_from(r.max_entries).unwrap_or(usize::MAX)
         };
         let page: Vec<&Snapshot> = snaps[start..].iter().take(max).collect();
-        let next_token = if start + page.len() < snaps.len() {
-            page.last().map(|s| s.name.clone()).unwrap_or_default()
-        } else {
-            String::new()
+        let next_token = match page.last() {
+            Some(s) if start + page.len() < snaps.len() => page_token::issue("snapshots", &s.name),
+            _ => String::new(),
         };
         Ok(Response::new(csi::ListSnapshotsResponse {
             entries: page
@@ -838,7 +926,7 @@ impl csi::node_server::Node for CsiPlugin {
             .volume_capability
             .as_ref()
             .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
-        let (access, _, _) = access(cap)?;
+        let access = access(cap)?.access;
         let vol = self.service.get_volume(&r.volume_id).map_err(status)?;
         if !fits(&vol, &access) {
             // The spec's "exceeds capabilities" of the volume.
@@ -894,7 +982,12 @@ impl csi::node_server::Node for CsiPlugin {
             .volume_capability
             .as_ref()
             .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
-        let (access, mode_ro, flags) = access(cap)?;
+        let Asked {
+            access,
+            read_only: mode_ro,
+            flags,
+            sharing,
+        } = access(cap)?;
         // The spec's own code for a plugin with STAGE_UNSTAGE_VOLUME.
         if r.staging_target_path.is_empty() {
             return Err(Status::failed_precondition(
@@ -920,7 +1013,9 @@ impl csi::node_server::Node for CsiPlugin {
         let read_only = r.readonly || mode_ro;
         let id = r.volume_id.clone();
         self.call(move |s| {
-            // The CO makes the parent; the plugin makes the target itself.
+            // The CO makes the parent; the plugin makes the target itself,
+            // and takes it away again when the publish is refused.
+            let existed = target.symlink_metadata().is_ok();
             let made = if access == Access::Block {
                 std::fs::OpenOptions::new()
                     .create(true)
@@ -932,7 +1027,7 @@ impl csi::node_server::Node for CsiPlugin {
                 std::fs::create_dir_all(&target)
             };
             made.map_err(|e| ballast_core::DriverError::io(&target, e))?;
-            s.publish(
+            let published = s.publish_with(
                 &id,
                 target_consumer(&target),
                 Some(PublishTarget {
@@ -940,8 +1035,14 @@ impl csi::node_server::Node for CsiPlugin {
                     read_only,
                     flags,
                 }),
+                sharing,
                 Wait::Fail,
-            )
+            );
+            if published.is_err() && !existed {
+                // A failed publish mounts nothing here; only empty things go.
+                let _ = std::fs::remove_dir(&target).or_else(|_| remove_empty_file(&target));
+            }
+            published
         })
         .await?;
         Ok(Response::new(csi::NodePublishVolumeResponse {}))
@@ -976,8 +1077,7 @@ impl csi::node_server::Node for CsiPlugin {
         request: Request<csi::NodeGetVolumeStatsRequest>,
     ) -> Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
         let r = request.into_inner();
-        required(&r.volume_id, "volume_id")?;
-        let path = path_arg(&r.volume_path, "volume_path")?;
+        let path = self.volume_path(&r.volume_id, &r.volume_path)?;
         let id = r.volume_id.clone();
         let (usage, problem) = self.call(move |s| s.path_usage(&id, &path)).await?;
         let bytes = csi::VolumeUsage {
@@ -1006,8 +1106,7 @@ impl csi::node_server::Node for CsiPlugin {
         request: Request<csi::NodeExpandVolumeRequest>,
     ) -> Result<Response<csi::NodeExpandVolumeResponse>, Status> {
         let r = request.into_inner();
-        required(&r.volume_id, "volume_id")?;
-        path_arg(&r.volume_path, "volume_path")?;
+        self.volume_path(&r.volume_id, &r.volume_path)?;
         let id = r.volume_id.clone();
         let vol = self
             .call(move |s| s.expand_on_node(&id, Wait::Fail))
@@ -1057,7 +1156,10 @@ pub async fn serve(
     mode: CsiMode,
     listener: tokio::net::UnixListener,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    use tokio_stream::StreamExt as _;
+    // Any `:authority` is taken: C-core gRPC clients send the socket's path.
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener)
+        .map(|conn| conn.map(crate::h2_authority::AuthorityFix::new));
     let identity = csi::identity_server::IdentityServer::new(plugin.clone());
     let mut routes = tonic::service::Routes::new(identity);
     if mode != CsiMode::Node {
@@ -1134,6 +1236,30 @@ mod tests {
         let s = status(Error::Conflict { name: "v".into() });
         assert_eq!(s.code(), tonic::Code::Aborted);
         assert!(s.message().contains('v'), "{}", s.message());
+    }
+
+    #[test]
+    fn page_tokens_are_ours_alone() {
+        let t = page_token::issue("volumes", "vol-7");
+        assert!(!t.contains("vol-7"), "opaque: {t}");
+        assert_eq!(page_token::read("volumes", &t).unwrap(), "vol-7");
+        // Not for the other list, not edited, not made up, not a bare name.
+        let (payload, tag) = t.split_once('.').unwrap();
+        let other = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("v1:vol-8")
+        };
+        for bad in [
+            page_token::issue("snapshots", "vol-7"),
+            format!("{other}.{tag}"),
+            format!("{payload}.{}", &tag[1..]),
+            "vol-7".into(),
+            "x.y".into(),
+            ".".into(),
+        ] {
+            let e = page_token::read("volumes", &bad).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::Aborted, "{bad}");
+        }
     }
 
     #[test]

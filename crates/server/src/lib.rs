@@ -7,6 +7,7 @@ pub mod api;
 pub mod csi;
 pub mod dashboard;
 pub mod docker;
+pub mod h2_authority;
 pub mod listen;
 pub mod metrics;
 pub mod rest;
