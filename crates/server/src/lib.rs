@@ -9,7 +9,9 @@ pub mod dashboard;
 pub mod docker;
 pub mod listen;
 pub mod metrics;
+pub mod openapi;
 pub mod rest;
+pub mod wire;
 
 use std::sync::Arc;
 
