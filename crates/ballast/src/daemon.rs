@@ -179,18 +179,31 @@ async fn run(config: Config) -> anyhow::Result<()> {
         // Tools and tests find a `--listen HOST:0` port here.
         std::fs::write(&addr_file, format!("{bound}\n"))
             .with_context(|| format!("writing {}", addr_file.display()))?;
-        tasks.push(tokio::spawn(listen::serve_tcp(tcp, router.clone(), tls)));
+        tasks.push(tokio::spawn(listen::serve_tcp(
+            tcp,
+            router.clone(),
+            tls,
+            config.conn_timeouts,
+        )));
     }
     // Served after the TCP address is written: an answer on the socket means
     // listen.addr is there.
-    tasks.push(tokio::spawn(listen::serve_unix(unix, router.clone())));
+    tasks.push(tokio::spawn(listen::serve_unix(
+        unix,
+        router.clone(),
+        config.conn_timeouts,
+    )));
     if let Some(sock) = &config.docker_socket {
         let plugin = listen::bind_unix(sock, 0o600).await?;
         let router = ballast_server::docker::router(ballast_server::docker::PluginState {
             service: service.clone(),
         });
         tracing::info!(socket = %sock.display(), "serving the Docker volume plugin");
-        tasks.push(tokio::spawn(listen::serve_unix(plugin, router)));
+        tasks.push(tokio::spawn(listen::serve_unix(
+            plugin,
+            router,
+            config.conn_timeouts,
+        )));
     }
     {
         let csi = listen::bind_unix(&config.csi_socket, 0o600).await?;
