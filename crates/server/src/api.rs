@@ -18,28 +18,6 @@ use utoipa::ToSchema;
 
 use crate::wire;
 
-/// `ext4` or `xfs`, exactly as the document lists them.
-fn parse_fs(s: &str) -> Result<FsType, InvalidInput> {
-    match s {
-        "ext4" => Ok(FsType::Ext4),
-        "xfs" => Ok(FsType::Xfs),
-        _ => Err(InvalidInput::new(format!("fs {s:?}"), "use ext4 or xfs")),
-    }
-}
-
-/// `loop`, `dir` or `btrfs`, exactly as the document lists them.
-fn parse_driver(s: &str) -> Result<DriverKind, InvalidInput> {
-    match s {
-        "loop" => Ok(DriverKind::Loop),
-        "dir" => Ok(DriverKind::Dir),
-        "btrfs" => Ok(DriverKind::Btrfs),
-        _ => Err(InvalidInput::new(
-            format!("driver {s:?}"),
-            "use loop, dir or btrfs",
-        )),
-    }
-}
-
 /// Body of `POST /v1/volumes`. Unknown fields are rejected by name.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -111,7 +89,7 @@ impl CreateVolumeBody {
             source,
             name: self.name,
             size_bytes: self.size.as_deref().map(parse_size).transpose()?,
-            fs: self.fs.as_deref().map(parse_fs).transpose()?,
+            fs: self.fs.as_deref().map(str::parse::<FsType>).transpose()?,
             pool: self.pool,
             labels: self.labels,
             block: false,
@@ -296,7 +274,7 @@ impl CreatePoolBody {
     pub fn into_request(self) -> Result<CreatePool, InvalidInput> {
         wire::check_name("pool", &self.name, MAX_NAME_LEN)?;
         for (what, v) in [
-            ("disk size", &self.disk_size),
+            ("size", &self.disk_size),
             ("grow step", &self.grow_step),
             ("max size", &self.max_size),
         ] {
@@ -339,7 +317,7 @@ impl CreatePoolBody {
         };
         Ok(CreatePool {
             name: self.name,
-            driver: self.driver.as_deref().map(parse_driver).transpose()?,
+            driver: self.driver.as_deref().map(str::parse).transpose()?,
             disks: self.disks.into_iter().map(PathBuf::from).collect(),
             disk_file,
             path: self.path.map(PathBuf::from),

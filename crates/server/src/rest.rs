@@ -107,37 +107,41 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<serde_json::Value>::from_request(req, state).await {
-            // Every body is an object: serde would take a struct from an
-            // array of its fields too, which the document does not allow.
-            Ok(Json(v)) if !v.is_object() => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_argument",
-                "the body must be a JSON object",
-            )),
-            Ok(Json(v)) => serde_json::from_value::<T>(v).map(ApiJson).map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_argument",
-                    format!("invalid body: {e}"),
-                )
-            }),
-            Err(rej) => {
-                // axum answers 422 for a well-formed body of the wrong shape
-                // (an unknown field) and 415 for a missing content type; to
-                // clients every one of these is a bad argument, so 400.
-                let err = if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "payload_too_large",
-                        rej.body_text(),
-                    )
-                } else {
-                    ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", rej.body_text())
-                };
-                Err(err)
-            }
+        let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", m);
+        let json_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|m| m.trim().to_ascii_lowercase())
+            .is_some_and(|m| m == "application/json" || m.ends_with("+json"));
+        if !json_type {
+            return Err(bad(
+                "Expected request with `Content-Type: application/json`".into(),
+            ));
         }
+        let bytes = match axum::body::Bytes::from_request(req, state).await {
+            Ok(b) => b,
+            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    rej.body_text(),
+                ))
+            }
+            Err(rej) => return Err(bad(rej.body_text())),
+        };
+        // Every body is an object: serde would take a struct from an array
+        // of its fields too, which the document does not allow.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(bad("the body must be a JSON object".into()));
+        }
+        // axum's own decoding names the field at fault and refuses
+        // duplicate fields; its 422 for a wrong shape is a 400 here, like
+        // every bad argument.
+        Json::<T>::from_bytes(&bytes)
+            .map(|Json(v)| ApiJson(v))
+            .map_err(|rej| bad(rej.body_text()))
     }
 }
 

@@ -166,7 +166,15 @@ fn check(
     }
 }
 
+// Each check runs the core's parser first, so its messages stay what they
+// were; the pattern then refuses what the parser alone would take (leading
+// zeros, a size that overflows once rounded, `+` signs).
+
 pub fn check_size(what: &str, v: &str) -> Result<(), InvalidInput> {
+    ballast_core::model::parse_size(v).map_err(|e| match what {
+        "size" => e,
+        _ => InvalidInput::new(format!("{what}: {}", e.what), e.reason),
+    })?;
     check(
         what,
         v,
@@ -177,6 +185,7 @@ pub fn check_size(what: &str, v: &str) -> Result<(), InvalidInput> {
 }
 
 pub fn check_ttl(v: &str) -> Result<(), InvalidInput> {
+    ballast_core::claims::parse_ttl(v)?;
     check(
         "ttl",
         v,
@@ -187,6 +196,7 @@ pub fn check_ttl(v: &str) -> Result<(), InvalidInput> {
 }
 
 pub fn check_autogrow(v: &str) -> Result<(), InvalidInput> {
+    ballast_core::model::parse_autogrow(v)?;
     check(
         "autogrow",
         v,
@@ -197,6 +207,7 @@ pub fn check_autogrow(v: &str) -> Result<(), InvalidInput> {
 }
 
 pub fn check_watermark(v: &str) -> Result<(), InvalidInput> {
+    ballast_core::model::parse_watermark(v)?;
     check(
         "high watermark",
         v,
@@ -231,19 +242,20 @@ pub fn check_label(k: &str, v: &str) -> Result<(), InvalidInput> {
 
 /// A name of the `[A-Za-z0-9][A-Za-z0-9_.-]*` kind, at most `max` long.
 pub fn check_name(kind: &str, v: &str, max: usize) -> Result<(), InvalidInput> {
-    if v.is_empty() {
-        return Err(InvalidInput::new(
-            format!("{kind} name {v:?}"),
-            "must not be empty",
-        ));
+    // The core's rule is this pattern up to 128 characters.
+    ballast_core::model::validate_name(kind, v)?;
+    debug_assert!(NAME_RE.is_match(v));
+    if v.chars().count() > max {
+        let why = if max < MAX_NAME_LEN {
+            format!(
+                "is longer than {max} characters (its volumes' names GROUP-N-VOLUME must fit in {MAX_NAME_LEN})"
+            )
+        } else {
+            format!("is longer than {max} characters")
+        };
+        return Err(InvalidInput::new(format!("{kind} name {v:?}"), why));
     }
-    check(
-        &format!("{kind} name"),
-        v,
-        &NAME_RE,
-        Some(max),
-        "must start with a letter or digit; allowed are letters, digits, '_', '.' and '-'",
-    )
+    Ok(())
 }
 
 pub fn check_holder(v: &str) -> Result<(), InvalidInput> {
@@ -275,6 +287,13 @@ pub fn check_ratio(r: f64) -> Result<(), InvalidInput> {
 }
 
 pub fn check_claim_volume(v: &str) -> Result<(), InvalidInput> {
+    ballast_core::model::validate_name("claim volume", v)?;
+    if v.contains('-') {
+        return Err(InvalidInput::new(
+            format!("claim volume name {v:?}"),
+            "must not contain '-' (it separates GROUP-N-VOLUME); use '_' or '.'",
+        ));
+    }
     check(
         "claim volume name",
         v,
