@@ -18,7 +18,7 @@ use utoipa::openapi::RefOr;
 
 /// The largest size accepted: sizes are rounded up to 4 KiB blocks, so the
 /// largest that still rounds inside u64.
-pub const MAX_SIZE: u64 = u64::MAX & !4095;
+pub const MAX_SIZE: u64 = !4095;
 
 /// Longest claim group an acquire takes, and longest claim volume short
 /// name: `GROUP-N-VOLUME` must fit in a volume name with N up to ten digits
