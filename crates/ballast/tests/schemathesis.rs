@@ -33,8 +33,14 @@ use common::Daemon;
 
 /// The schemathesis release this test is written for (its 4.x CLI).
 const SCHEMATHESIS: &str = "4.32.5";
+/// Examples per operation and the seed; `BALLAST_SCHEMATHESIS_EXAMPLES`
+/// and `BALLAST_SCHEMATHESIS_SEED` change them for a longer look by hand.
 const EXAMPLES: &str = "20";
 const SEED: &str = "1";
+
+fn setting(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_string())
+}
 
 const CONFIG: &str = r#"
 request-timeout = 90
@@ -112,6 +118,8 @@ fn schemathesis_finds_nothing_in_any_operation() {
     if !common::require_root_loop(test) || !require_schemathesis(test) {
         return;
     }
+    let examples = setting("BALLAST_SCHEMATHESIS_EXAMPLES", EXAMPLES);
+    let seed = setting("BALLAST_SCHEMATHESIS_SEED", SEED);
     let d = Daemon::start();
     let root = d.dir.path().canonicalize().unwrap();
     let fuzz_root = root.join("fuzz");
@@ -133,7 +141,7 @@ fn schemathesis_finds_nothing_in_any_operation() {
             &format!("Authorization: Bearer {}", token.trim()),
         ])
         .args(["--checks", "all"])
-        .args(["--max-examples", EXAMPLES, "--seed", SEED])
+        .args(["--max-examples", &examples, "--seed", &seed])
         .args(["--generation-database", "none", "--workers", "1"])
         .env("BALLAST_FUZZ_ROOT", &fuzz_root)
         .env("BALLAST_FUZZ_LOG", &hook_log)
@@ -163,7 +171,7 @@ fn schemathesis_finds_nothing_in_any_operation() {
     let err = std::fs::read_to_string(root.join("schemathesis.err")).unwrap_or_default();
     let cases = generated_cases(&text);
     println!(
-        "schemathesis {SCHEMATHESIS}: {} cases, seed {SEED}, {EXAMPLES} examples per operation",
+        "schemathesis {SCHEMATHESIS}: {} cases, seed {seed}, {examples} examples per operation",
         cases.map_or("?".to_string(), |n| n.to_string())
     );
     assert!(
