@@ -28,6 +28,11 @@ if ((${#need_pkgs[@]})); then
   fi
 fi
 
+# schemathesis fuzzes the REST API in crates/ballast/tests/schemathesis.rs.
+if ! python3 -m schemathesis.cli --version 2>/dev/null | grep -q '4.32.5$'; then
+  python3 -m pip install -q 'schemathesis==4.32.5'
+fi
+
 # The Docker tests need a running dockerd.
 if command -v docker >/dev/null && ! docker info >/dev/null 2>&1 && [[ $(id -u) == 0 ]]; then
   echo "starting dockerd"

@@ -77,6 +77,14 @@ pub struct ServeArgs {
     /// How often the watchers (autogrow, pool remediation) look [default: 2s]
     #[arg(long, env = "BALLAST_WATCH_INTERVAL")]
     pub watch_interval: Option<String>,
+    /// How long a client may take to send a request's head once it started
+    /// it, on the API sockets and --listen [default: 10s]
+    #[arg(long, env = "BALLAST_HEADER_TIMEOUT")]
+    pub header_timeout: Option<String>,
+    /// How long a connection may wait for its next request (keep-alive)
+    /// before the daemon closes it [default: 60s]
+    #[arg(long, env = "BALLAST_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<String>,
 }
 
 /// The config file's keys (all optional; unknown keys are errors).
@@ -101,6 +109,8 @@ struct FileConfig {
     node_id: Option<String>,
     csi_mode: Option<String>,
     watch_interval: Option<String>,
+    header_timeout: Option<String>,
+    idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +141,8 @@ pub struct Config {
     pub csi_mode: ballast_server::csi::CsiMode,
     /// How often the watchers run.
     pub watch_interval: std::time::Duration,
+    /// Header and keep-alive timeouts of the HTTP listeners.
+    pub conn_timeouts: ballast_server::listen::ConnTimeouts,
 }
 
 impl Config {
@@ -238,6 +250,24 @@ impl Config {
                 .unwrap_or_else(|| "2s".into()),
         )
         .map_err(|e| anyhow::anyhow!("watch interval: {e}"))?;
+        let duration = |what: &str, v: Option<String>, default: std::time::Duration| {
+            v.map_or(Ok(default), |v| {
+                ballast_core::claims::parse_ttl(&v).map_err(|e| anyhow::anyhow!("{what}: {e}"))
+            })
+        };
+        let defaults = ballast_server::listen::ConnTimeouts::default();
+        let conn_timeouts = ballast_server::listen::ConnTimeouts {
+            header: duration(
+                "header timeout",
+                args.header_timeout.clone().or(file.header_timeout),
+                defaults.header,
+            )?,
+            idle: duration(
+                "idle timeout",
+                args.idle_timeout.clone().or(file.idle_timeout),
+                defaults.idle,
+            )?,
+        };
         let listen = match args
             .listen
             .clone()
@@ -270,6 +300,7 @@ impl Config {
             node_id,
             csi_mode,
             watch_interval,
+            conn_timeouts,
         })
     }
 
@@ -359,6 +390,29 @@ mod tests {
         }
         args.overcommit_ratio = Some(2.5);
         assert_eq!(Config::resolve(&args).unwrap().overcommit_ratio, 2.5);
+    }
+
+    #[test]
+    fn connection_timeouts_have_defaults_and_take_file_and_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "header_timeout = \"3s\"\n").unwrap();
+        let mut args = ServeArgs {
+            config: Some(path.clone()),
+            node_id: Some("n".into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!(c.conn_timeouts.header, std::time::Duration::from_secs(3));
+        assert_eq!(c.conn_timeouts.idle, std::time::Duration::from_secs(60));
+        args.idle_timeout = Some("500ms".into());
+        args.header_timeout = Some("2m".into());
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!(c.conn_timeouts.header, std::time::Duration::from_secs(120));
+        assert_eq!(c.conn_timeouts.idle, std::time::Duration::from_millis(500));
+        args.idle_timeout = Some("0s".into());
+        let err = format!("{:#}", Config::resolve(&args).unwrap_err());
+        assert!(err.contains("idle timeout"), "{err}");
     }
 
     #[test]

@@ -298,11 +298,20 @@ async fn run(config: Config, api_socket: Option<PathBuf>) -> anyhow::Result<()> 
         std::fs::write(&addr_file, format!("{bound}\n"))
             .with_context(|| format!("writing {}", addr_file.display()))?;
         made.add(&addr_file);
-        tasks.push(tokio::spawn(listen::serve_tcp(tcp, router.clone(), tls)));
+        tasks.push(tokio::spawn(listen::serve_tcp(
+            tcp,
+            router.clone(),
+            tls,
+            config.conn_timeouts,
+        )));
     }
     // Served after the TCP address is written: an answer on the socket means
     // listen.addr is there.
-    tasks.push(tokio::spawn(listen::serve_unix(unix, router.clone())));
+    tasks.push(tokio::spawn(listen::serve_unix(
+        unix,
+        router.clone(),
+        config.conn_timeouts,
+    )));
     if let Some(sock) = &config.docker_socket {
         let plugin = listen::bind_unix(sock, 0o600).await?;
         // A stale plugin socket stalls `docker volume ls` until it times out.
@@ -311,7 +320,11 @@ async fn run(config: Config, api_socket: Option<PathBuf>) -> anyhow::Result<()> 
             service: service.clone(),
         });
         tracing::info!(socket = %sock.display(), "serving the Docker volume plugin");
-        tasks.push(tokio::spawn(listen::serve_unix(plugin, router)));
+        tasks.push(tokio::spawn(listen::serve_unix(
+            plugin,
+            router,
+            config.conn_timeouts,
+        )));
     }
     {
         let csi = listen::bind_unix(&config.csi_socket, 0o600).await?;

@@ -902,3 +902,307 @@ fn serve_refuses_a_corrupt_store_and_leaves_it_alone() {
         assert!(!run.join("api.sock").exists(), "{what}: a socket was bound");
     }
 }
+
+/// Read from `s` until the peer closes (Ok) or the read times out (Err):
+/// whatever the server sent before closing is returned.
+fn read_until_closed(s: &mut TcpStream) -> Result<Vec<u8>, String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(got),
+            Err(e) => {
+                return Err(format!(
+                    "still open ({e}) after {:?}",
+                    String::from_utf8_lossy(&got)
+                ))
+            }
+        }
+    }
+}
+
+/// A reply with a Content-Length, read off a kept-alive connection
+/// without waiting for it to close.
+fn read_one_reply(s: &mut TcpStream) -> Reply {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(split) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..split]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("a content-length");
+            if got.len() >= split + 4 + len {
+                return parse_reply(&got[..split + 4 + len]).expect("an http reply");
+            }
+        }
+        let n = s.read(&mut buf).expect("the reply");
+        assert!(n > 0, "closed before the reply was complete");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[test]
+fn half_sent_headers_are_closed_after_the_header_timeout() {
+    // The idle timeout is long: only the header timeout can close these.
+    let d = Daemon::start_with(&["--header-timeout", "1s", "--idle-timeout", "1h"], &[]);
+    let addr = d.listen_addr();
+    // A head that stops half-way.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(b"GET /v1/version HTTP/1.1\r\nHost: localhost\r\nX-Half: ")
+        .unwrap();
+    let got = read_until_closed(&mut s).unwrap_or_else(|e| panic!("half-sent head: {e}"));
+    assert!(!String::from_utf8_lossy(&got).contains("200 OK"), "{got:?}");
+    // A head sent a byte at a time never completes either: the timeout
+    // counts from its first byte, not from the last.
+    let mut s = TcpStream::connect(addr).unwrap();
+    let head = b"GET /v1/version HTTP/1.1\r\nHost: localhost\r\nX-Slow: ";
+    let mut closed = false;
+    for i in 0..600 {
+        let byte = head.get(i).copied().unwrap_or(b'a');
+        if s.write_all(&[byte]).is_err() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(closed, "a head trickling for 60 s was never cut off");
+    // The daemon still serves.
+    let r = tcp_request(addr, "GET", "/v1/version", &[], b"");
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_and_a_stream_is_not() {
+    let d = Daemon::start_with(&["--idle-timeout", "1s", "--header-timeout", "1h"], &[]);
+    let addr = d.listen_addr();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    // Two requests on one connection: it is kept alive between them.
+    for _ in 0..2 {
+        s.write_all(b"GET /v1/version HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let r = read_one_reply(&mut s);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["api"], "v1");
+    }
+    // Then nothing: the daemon closes it.
+    let got = read_until_closed(&mut s).unwrap_or_else(|e| panic!("idle connection: {e}"));
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    // An event stream is a response in flight, not an idle connection: it
+    // still delivers an event that happens well after the idle timeout.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(b"GET /v1/events/stream HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\r\n\r\n") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream closed before its head");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    d.ok(&["volume", "create", "late", "--size", "16M"]);
+    while !String::from_utf8_lossy(&seen).contains("late") {
+        let n = s
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("stream: {e}: {}", String::from_utf8_lossy(&seen)));
+        assert!(
+            n > 0,
+            "the stream was closed: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    d.ok(&["volume", "rm", "late"]);
+}
+
+#[test]
+fn a_declared_body_over_the_limit_gets_413_before_it_is_sent() {
+    let d = Daemon::start();
+    let addr = d.listen_addr();
+    let token = read_token(&d);
+    for (path, auth) in [
+        ("/v1/volumes", true),
+        ("/v1/volumes/x/mount", true),
+        ("/v1/volumes", false),
+    ] {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut head = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000000000000\r\n"
+        );
+        if auth {
+            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        head.push_str("\r\n");
+        // The head only: none of the body is ever sent.
+        s.write_all(head.as_bytes()).unwrap();
+        let got = read_until_closed(&mut s).unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let r = parse_reply(&got).unwrap_or_else(|| panic!("{got:?}"));
+        let msg = error_message(&r, 413, "payload_too_large");
+        assert!(msg.contains("1048576"), "{msg}");
+    }
+    // On the unix socket too.
+    let mut s = UnixStream::connect(d.socket()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(b"POST /v1/volumes HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000000000000\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    error_message(
+        &parse_reply(&got).expect("a reply"),
+        413,
+        "payload_too_large",
+    );
+    assert_eq!(d.json(&["volume", "ls"]), json!([]));
+}
+
+#[test]
+fn bodies_must_be_objects_and_parameters_follow_the_document() {
+    let d = Daemon::start();
+    d.ok(&["volume", "create", "v", "--size", "16M"]);
+    let before = d.json(&["volume", "inspect", "v"]);
+    // A JSON array would deserialize into a struct by position.
+    for (path, body) in [
+        ("/v1/volumes/v/mount", &b"[]"[..]),
+        ("/v1/volumes/v/mount", b"[\"id\"]"),
+        ("/v1/volumes/v/unmount", b"[]"),
+        ("/v1/volumes/v/resize", b"[\"64M\"]"),
+        ("/v1/volumes", b"[\"w\"]"),
+        ("/v1/volumes/v/mount", b"\"x\""),
+        ("/v1/volumes/v/mount", b"null"),
+    ] {
+        let r = unix_request(&d, "POST", path, body);
+        let msg = error_message(&r, 400, "invalid_argument");
+        assert!(msg.contains("object"), "{path} {body:?}: {msg}");
+    }
+    assert_eq!(d.json(&["volume", "inspect", "v"]), before);
+    // What the document's grammar forbids is a 400, before anything runs.
+    for (method, path, body) in [
+        ("GET", "/v1/events?limit=1001", &b""[..]),
+        ("GET", "/v1/events?limit=-1", b""),
+        ("GET", "/v1/events/stream?limit=5000", b""),
+        ("GET", "/v1/snapshots?volume=a%2Fb", b""),
+        ("DELETE", "/v1/volumes/v?force=maybe", b""),
+        ("POST", "/v1/volumes/v/resize", br#"{"size":"064M"}"#),
+        ("POST", "/v1/volumes/v/resize", br#"{"size":"16384P"}"#),
+        ("POST", "/v1/volumes/v/mount", br#"{"id":"a\u0007b"}"#),
+        (
+            "POST",
+            "/v1/volumes",
+            br#"{"name":"w","labels":{"a=b":"c"}}"#,
+        ),
+        (
+            "POST",
+            "/v1/volumes",
+            br#"{"name":"w","autogrow":"90%:+20%:max=010G"}"#,
+        ),
+        (
+            "POST",
+            "/v1/claims/g/acquire",
+            br#"{"volumes":[],"holder":"h"}"#,
+        ),
+        (
+            "POST",
+            "/v1/claims/g/acquire",
+            br#"{"volumes":["a"],"holder":"h","ttl":"05s"}"#,
+        ),
+        ("POST", "/v1/claims/g/0/renew", br#"{"holder":"h"}"#),
+        (
+            "POST",
+            "/v1/pools",
+            br#"{"name":"p","driver":"dir","path":"/tmp/../etc"}"#,
+        ),
+        (
+            "POST",
+            "/v1/pools",
+            br#"{"name":"p","driver":"dir","overcommit_ratio":101}"#,
+        ),
+    ] {
+        let r = unix_request(&d, method, path, body);
+        error_message(&r, 400, "invalid_argument");
+    }
+    assert_eq!(d.json(&["volume", "inspect", "v"]), before);
+    assert_eq!(names(&d.json(&["volume", "ls"])), ["v"]);
+    assert_eq!(names(&d.json(&["pool", "ls"])), ["default"]);
+    assert_eq!(d.json(&["claim", "ls"]), json!([]));
+    d.ok(&["volume", "rm", "v"]);
+}
+
+/// What the document says of every operation: its path parameters, where
+/// its query parameters go, its error replies, the bearer scheme.
+#[test]
+fn the_document_declares_parameters_errors_and_security() {
+    let doc: Value = serde_json::from_str(COMMITTED_OPENAPI).unwrap();
+    let scheme = &doc["components"]["securitySchemes"]["bearer"];
+    assert_eq!(scheme["type"], "http", "{scheme}");
+    assert_eq!(scheme["scheme"], "bearer", "{scheme}");
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            operations += 1;
+            let at = format!("{method} {path}");
+            let params = op["parameters"].as_array().cloned().unwrap_or_default();
+            for seg in path.split('/') {
+                if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                    let p = params
+                        .iter()
+                        .find(|p| p["name"] == name)
+                        .unwrap_or_else(|| panic!("{at}: {{{name}}} undeclared"));
+                    assert_eq!(p["in"], "path", "{at}: {name}");
+                    assert_eq!(p["required"], true, "{at}: {name}");
+                    let schema = &p["schema"];
+                    if name == "ordinal" {
+                        assert_eq!(schema["minimum"], 1, "{at}");
+                    } else {
+                        assert!(schema["pattern"].is_string(), "{at}: {name}: {schema}");
+                        assert_eq!(schema["minLength"], 1, "{at}: {name}");
+                    }
+                }
+            }
+            for p in &params {
+                if ["force", "limit", "volume", "group"].contains(&p["name"].as_str().unwrap())
+                    && !path.contains(&format!("{{{}}}", p["name"].as_str().unwrap()))
+                {
+                    assert_eq!(p["in"], "query", "{at}: {}", p["name"]);
+                }
+            }
+            let responses = op["responses"].as_object().unwrap();
+            assert!(responses.contains_key("401"), "{at}: no 401");
+            if !params.is_empty() || op.get("requestBody").is_some() {
+                assert!(responses.contains_key("400"), "{at}: no 400");
+            }
+            if op.get("requestBody").is_some() {
+                assert!(responses.contains_key("413"), "{at}: no 413");
+            }
+            if path.contains('{') {
+                assert!(responses.contains_key("404"), "{at}: no 404");
+            }
+            let security = op["security"].as_array().expect("security");
+            assert!(
+                security.iter().any(|s| s.get("bearer").is_some()),
+                "{at}: {security:?}"
+            );
+            // Only reads are open (from loopback): `{}` marks the token optional.
+            assert_eq!(
+                security.iter().any(|s| s == &json!({})),
+                method == "get",
+                "{at}: {security:?}"
+            );
+        }
+    }
+    assert!(operations >= 24, "{operations}");
+    let vol = &doc["components"]["schemas"]["CreateVolumeBody"]["properties"];
+    assert_eq!(vol["name"]["maxLength"], 128);
+    assert!(vol["size"]["pattern"].is_string());
+    let acquire = &doc["components"]["schemas"]["AcquireClaimBody"]["properties"];
+    assert_eq!(acquire["volumes"]["minItems"], 1);
+    assert_eq!(acquire["volumes"]["uniqueItems"], true);
+}

@@ -163,15 +163,15 @@ pub fn validate_claim_volumes(group: &str, volumes: &[String]) -> Result<(), Inv
     Ok(())
 }
 
-/// A holder ID: 1 to 256 bytes, no control characters. Only ever compared.
+/// A holder ID: 1 to 256 characters, no control characters. Only ever compared.
 pub fn validate_holder(holder: &str) -> Result<(), InvalidInput> {
     if holder.is_empty() {
         return Err(InvalidInput::new("holder", "must not be empty"));
     }
-    if holder.len() > MAX_HOLDER_LEN {
+    if holder.chars().count() > MAX_HOLDER_LEN {
         return Err(InvalidInput::new(
             format!("holder {holder:?}"),
-            "is longer than 256 bytes",
+            "is longer than 256 characters",
         ));
     }
     if holder.chars().any(char::is_control) {

@@ -64,8 +64,12 @@ pub fn validate_name(kind: &str, name: &str) -> Result<(), InvalidInput> {
 /// A consumer ID (Docker mount ID, CLI mount ID). Printable, no control
 /// characters, bounded; it is only ever a key, never a path.
 pub fn validate_consumer_id(id: &str) -> Result<(), InvalidInput> {
-    if id.len() > 256 {
-        return Err(InvalidInput::new("consumer id", "is longer than 256 bytes"));
+    // Characters, not bytes: the limit a JSON Schema `maxLength` states.
+    if id.chars().count() > 256 {
+        return Err(InvalidInput::new(
+            "consumer id",
+            "is longer than 256 characters",
+        ));
     }
     if id.chars().any(|c| c.is_control()) {
         return Err(InvalidInput::new(
@@ -913,13 +917,13 @@ pub fn parse_label(s: &str) -> Result<(String, String), InvalidInput> {
 }
 
 pub fn validate_label(k: &str, v: &str) -> Result<(), InvalidInput> {
-    if k.is_empty() || k.len() > 256 || k.chars().any(|c| c.is_control() || c == '=') {
+    if k.is_empty() || k.chars().count() > 256 || k.chars().any(|c| c.is_control() || c == '=') {
         return Err(InvalidInput::new(
             format!("label key {k:?}"),
             "must be 1 to 256 characters without '=' or control characters",
         ));
     }
-    if v.len() > 4096 || v.chars().any(|c| c.is_control()) {
+    if v.chars().count() > 4096 || v.chars().any(|c| c.is_control()) {
         return Err(InvalidInput::new(
             format!("label {k:?} value"),
             "must be at most 4096 characters without control characters",
@@ -1080,6 +1084,7 @@ mod tests {
             fs_grow_pending: false,
             autogrow: None,
             source: None,
+            cow: false,
             staging: None,
             consumers: cs
                 .iter()

@@ -8,6 +8,7 @@ use ballast_core::claims::{parse_ttl, AcquireClaim, Claim, ClaimStatus};
 use ballast_core::model::{
     format_size, parse_size, parse_watermark, Consumer, CreateSource, DriverKind, FsType,
     InvalidInput, Pool, PoolCapacity, PoolDisk, PoolGrowth, Snapshot, Volume, VolumeState,
+    MAX_NAME_LEN,
 };
 use ballast_core::pools::CreatePool;
 use ballast_core::{CreateVolume, VolumeUsage};
@@ -15,35 +16,58 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::wire;
+
 /// Body of `POST /v1/volumes`. Unknown fields are rejected by name.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVolumeBody {
+    #[schema(schema_with = wire::s_volume_name)]
     pub name: String,
-    /// Size with an optional binary unit: `64M`, `10G`, `1073741824`.
     #[serde(default)]
+    #[schema(schema_with = wire::s_opt_size)]
     pub size: Option<String>,
-    /// `ext4` or `xfs` (loop pools only).
     #[serde(default)]
+    #[schema(schema_with = wire::s_opt_fs)]
     pub fs: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = wire::s_opt_pool)]
     pub pool: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = wire::s_labels)]
     pub labels: BTreeMap<String, String>,
-    /// Copy the new volume from this snapshot.
     #[serde(default)]
+    #[schema(schema_with = wire::s_opt_snapshot)]
     pub from_snapshot: Option<String>,
-    /// Copy the new volume from this volume (a clone).
     #[serde(default)]
+    #[schema(schema_with = wire::s_opt_volume)]
     pub from_volume: Option<String>,
-    /// Grow online before the filesystem fills: `THRESHOLD%:+STEP:max=SIZE`,
-    /// e.g. `90%:+20%:max=10G`.
     #[serde(default)]
+    #[schema(schema_with = wire::s_opt_autogrow)]
     pub autogrow: Option<String>,
 }
 
 impl CreateVolumeBody {
     pub fn into_request(self) -> Result<CreateVolume, InvalidInput> {
+        wire::check_name("volume", &self.name, MAX_NAME_LEN)?;
+        for (what, n) in [
+            ("pool", &self.pool),
+            ("snapshot", &self.from_snapshot),
+            ("volume", &self.from_volume),
+        ] {
+            if let Some(n) = n {
+                wire::check_name(what, n, MAX_NAME_LEN)?;
+            }
+        }
+        if let Some(s) = &self.size {
+            wire::check_size("size", s)?;
+        }
+        if let Some(a) = &self.autogrow {
+            wire::check_autogrow(a)?;
+        }
+        for (k, v) in &self.labels {
+            wire::check_label(k, v)?;
+        }
         let source = match (self.from_snapshot, self.from_volume) {
             (Some(_), Some(_)) => {
                 return Err(InvalidInput::new(
@@ -77,16 +101,33 @@ impl CreateVolumeBody {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MountBody {
-    /// Consumer ID; omitted or empty is the one anonymous CLI consumer.
     #[serde(default)]
+    #[schema(schema_with = wire::s_opt_consumer_id)]
     pub id: Option<String>,
+}
+
+impl MountBody {
+    /// The consumer ID, checked as the document states it.
+    pub fn into_id(self) -> Result<String, InvalidInput> {
+        let id = self.id.unwrap_or_default();
+        wire::check_text("consumer id", &id, wire::MAX_ID_LEN)?;
+        Ok(id)
+    }
 }
 
 /// Body of `POST /v1/volumes/{name}/resize`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResizeBody {
+    #[schema(schema_with = wire::s_size)]
     pub size: String,
+}
+
+impl ResizeBody {
+    pub fn into_size(self) -> Result<u64, InvalidInput> {
+        wire::check_size("size", &self.size)?;
+        parse_size(&self.size)
+    }
 }
 
 /// A volume as the API shows it.
@@ -184,47 +225,79 @@ impl PoolView {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePoolBody {
+    #[schema(schema_with = wire::s_pool_name)]
     pub name: String,
-    /// `loop` (the default), `dir` or `btrfs`.
     #[serde(default)]
+    #[schema(schema_with = wire::s_opt_driver)]
     pub driver: Option<String>,
     /// btrfs: block devices to make the filesystem on.
     #[serde(default)]
+    #[schema(schema_with = wire::s_paths)]
     pub disks: Vec<String>,
     /// btrfs: an image file ballast makes and attaches on a loop device as
     /// the first disk (with `disk_size`); disk files the pool adds go in its
     /// directory.
     #[serde(default)]
+    #[schema(schema_with = wire::s_opt_path)]
     pub disk_file: Option<String>,
     /// Size of `disk_file`: `1G`.
     #[serde(default)]
+    #[schema(schema_with = wire::s_opt_size)]
     pub disk_size: Option<String>,
     /// loop, dir: the pool's directory [default: <state-dir>/pools/NAME];
     /// btrfs: the mountpoint of a btrfs to adopt as it is.
     #[serde(default)]
+    #[schema(schema_with = wire::s_opt_path)]
     pub path: Option<String>,
-    /// Used space above which the pool adds capacity (or warns): `80%`
-    /// [default], 1% to 99%.
     #[serde(default)]
+    #[schema(schema_with = wire::s_opt_watermark)]
     pub high_watermark: Option<String>,
     /// btrfs: size of each disk file the pool adds (needs `disk_file` and
     /// `max_size`).
     #[serde(default)]
+    #[schema(schema_with = wire::s_opt_size)]
     pub grow_step: Option<String>,
     /// btrfs: the pool never grows its disks past this.
     #[serde(default)]
+    #[schema(schema_with = wire::s_opt_size)]
     pub max_size: Option<String>,
     /// btrfs: block devices the pool may add, in order, before disk files.
     #[serde(default)]
+    #[schema(schema_with = wire::s_paths)]
     pub spare_disks: Vec<String>,
-    /// Provisioned bytes may reach this multiple of the pool's capacity
-    /// (for a pool that can grow: of its max size) [default: 1.0].
     #[serde(default)]
+    #[schema(schema_with = wire::s_opt_ratio)]
     pub overcommit_ratio: Option<f64>,
 }
 
 impl CreatePoolBody {
     pub fn into_request(self) -> Result<CreatePool, InvalidInput> {
+        wire::check_name("pool", &self.name, MAX_NAME_LEN)?;
+        for (what, v) in [
+            ("size", &self.disk_size),
+            ("grow step", &self.grow_step),
+            ("max size", &self.max_size),
+        ] {
+            if let Some(v) = v {
+                wire::check_size(what, v)?;
+            }
+        }
+        if let Some(w) = &self.high_watermark {
+            wire::check_watermark(w)?;
+        }
+        for (what, p) in self
+            .disks
+            .iter()
+            .map(|d| ("disk", d))
+            .chain(self.spare_disks.iter().map(|d| ("spare disk", d)))
+            .chain(self.disk_file.iter().map(|f| ("disk file", f)))
+            .chain(self.path.iter().map(|p| ("path", p)))
+        {
+            wire::check_path(what, p)?;
+        }
+        if let Some(r) = self.overcommit_ratio {
+            wire::check_ratio(r)?;
+        }
         let disk_file = match (self.disk_file, self.disk_size) {
             (Some(f), Some(s)) => Some((PathBuf::from(f), parse_size(&s)?)),
             (Some(_), None) => {
@@ -294,7 +367,15 @@ pub struct ErrorDetail {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotBody {
+    #[schema(schema_with = wire::s_snapshot_name)]
     pub name: String,
+}
+
+impl SnapshotBody {
+    pub fn into_name(self) -> Result<String, InvalidInput> {
+        wire::check_name("snapshot", &self.name, MAX_NAME_LEN)?;
+        Ok(self.name)
+    }
 }
 
 /// A snapshot as the API shows it.
@@ -333,26 +414,47 @@ impl From<Snapshot> for SnapshotView {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AcquireClaimBody {
-    /// The claim's volumes by short name: `data` is the volume
-    /// `GROUP-N-data`. At least one, no duplicates, no `-`.
+    #[schema(schema_with = wire::s_claim_volumes)]
     pub volumes: Vec<String>,
     /// Size of the volumes this acquire creates; volumes that exist are
     /// reused as they are.
     #[serde(default)]
+    #[schema(schema_with = wire::s_opt_size)]
     pub size: Option<String>,
-    /// Pool of the volumes this acquire creates [default: default].
     #[serde(default)]
+    #[schema(schema_with = wire::s_opt_pool)]
     pub pool: Option<String>,
-    /// The claim lapses unless renewed within this: `500ms`, `2s`, `5m`,
-    /// `1h`. Omitted: held until released.
+    /// The claim lapses unless renewed within this; omitted: held until
+    /// released.
     #[serde(default)]
+    #[schema(schema_with = wire::s_opt_ttl)]
     pub ttl: Option<String>,
-    /// Who holds the claim; renew and release must name the same holder.
+    #[schema(schema_with = wire::s_holder)]
     pub holder: String,
 }
 
 impl AcquireClaimBody {
     pub fn into_request(self, group: String) -> Result<AcquireClaim, InvalidInput> {
+        wire::check_name("claim group", &group, wire::MAX_CLAIM_PART_LEN)?;
+        if self.volumes.is_empty() {
+            return Err(InvalidInput::new(
+                "volumes",
+                "must name at least one volume (for example config,data)",
+            ));
+        }
+        for v in &self.volumes {
+            wire::check_claim_volume(v)?;
+        }
+        if let Some(p) = &self.pool {
+            wire::check_name("pool", p, MAX_NAME_LEN)?;
+        }
+        if let Some(s) = &self.size {
+            wire::check_size("size", s)?;
+        }
+        if let Some(t) = &self.ttl {
+            wire::check_ttl(t)?;
+        }
+        wire::check_holder(&self.holder)?;
         Ok(AcquireClaim {
             group,
             volumes: self.volumes,
@@ -368,17 +470,41 @@ impl AcquireClaimBody {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenewClaimBody {
+    #[schema(schema_with = wire::s_holder)]
     pub holder: String,
-    /// A new TTL (`500ms`, `2s`, `5m`, `1h`); omitted: the claim's own.
+    /// A new TTL; omitted: the claim's own.
     #[serde(default)]
+    #[schema(schema_with = wire::s_opt_ttl)]
     pub ttl: Option<String>,
+}
+
+impl RenewClaimBody {
+    pub fn into_parts(self) -> Result<(String, Option<std::time::Duration>), InvalidInput> {
+        wire::check_holder(&self.holder)?;
+        let ttl = match &self.ttl {
+            Some(t) => {
+                wire::check_ttl(t)?;
+                Some(parse_ttl(t)?)
+            }
+            None => None,
+        };
+        Ok((self.holder, ttl))
+    }
 }
 
 /// Body of `POST /v1/claims/{group}/{ordinal}/release`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseClaimBody {
+    #[schema(schema_with = wire::s_holder)]
     pub holder: String,
+}
+
+impl ReleaseClaimBody {
+    pub fn into_holder(self) -> Result<String, InvalidInput> {
+        wire::check_holder(&self.holder)?;
+        Ok(self.holder)
+    }
 }
 
 /// A claim: the reply to acquire, renew and release, and what

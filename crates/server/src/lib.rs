@@ -10,7 +10,9 @@ pub mod docker;
 pub mod h2_authority;
 pub mod listen;
 pub mod metrics;
+pub mod openapi;
 pub mod rest;
+pub mod wire;
 
 use std::sync::Arc;
 

@@ -4,22 +4,25 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use ballast_core::model::{parse_size, ConsumerKind, ConsumerRef, InvalidInput};
+use ballast_core::model::{ConsumerKind, ConsumerRef, InvalidInput};
 use ballast_core::{Error, VolumeService};
 use serde::Deserialize;
 use utoipa::OpenApi;
 
 use crate::api::*;
+use crate::openapi::Common;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 1 << 20;
+
+/// Most events one list (or a stream's backlog) returns.
+pub const MAX_EVENTS: usize = 1000;
 
 /// Who is on the other end of a connection; set by the listener.
 #[derive(Debug, Clone)]
@@ -99,30 +102,47 @@ pub struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
-    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    T: serde::de::DeserializeOwned,
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(rej) => {
-                // axum answers 422 for a well-formed body of the wrong shape
-                // (an unknown field) and 415 for a missing content type; to
-                // clients every one of these is a bad argument, so 400.
-                let err = if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "payload_too_large",
-                        rej.body_text(),
-                    )
-                } else {
-                    ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", rej.body_text())
-                };
-                Err(err)
-            }
+        let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", m);
+        let json_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|m| m.trim().to_ascii_lowercase())
+            .is_some_and(|m| m == "application/json" || m.ends_with("+json"));
+        if !json_type {
+            return Err(bad(
+                "Expected request with `Content-Type: application/json`".into(),
+            ));
         }
+        let bytes = match axum::body::Bytes::from_request(req, state).await {
+            Ok(b) => b,
+            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    rej.body_text(),
+                ))
+            }
+            Err(rej) => return Err(bad(rej.body_text())),
+        };
+        // Every body is an object: serde would take a struct from an array
+        // of its fields too, which the document does not allow.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(bad("the body must be a JSON object".into()));
+        }
+        // axum's own decoding names the field at fault and refuses
+        // duplicate fields; its 422 for a wrong shape is a 400 here, like
+        // every bad argument.
+        Json::<T>::from_bytes(&bytes)
+            .map(|Json(v)| ApiJson(v))
+            .map_err(|rej| bad(rej.body_text()))
     }
 }
 
@@ -143,6 +163,7 @@ where
         title = "ballast",
         description = "Persistent volumes for containers: the REST API. Over the unix socket no token is needed; over TCP every call needs `Authorization: Bearer <token>` (the token is in <state-dir>/token), except read-only calls from loopback that name a loopback host (localhost, 127.0.0.1, [::1]) in their Host header."
     ),
+    modifiers(&Common),
     paths(
         list_volumes,
         create_volume,
@@ -242,6 +263,7 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             require_token,
         ))
+        .layer(axum::middleware::from_fn(refuse_declared_large_body))
         // The dashboard's static assets, outside the token layer: they hold
         // no data, and the page reads the API under its token rule.
         .merge(crate::dashboard::router())
@@ -316,6 +338,32 @@ async fn require_token(State(state): State<ApiState>, req: Request, next: Next) 
     }
 }
 
+/// A body declared larger than the limit is refused before any of it is
+/// read: the client learns at once, and nothing waits for bytes that would
+/// be thrown away.
+async fn refuse_declared_large_body(req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        let mut resp = ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {MAX_BODY} bytes"),
+        )
+        .into_response();
+        // The unread body makes the connection unusable for another request.
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        return resp;
+    }
+    next.run(req).await
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -336,7 +384,10 @@ async fn list_volumes(State(state): State<ApiState>) -> Json<Vec<VolumeView>> {
 
 #[utoipa::path(post, path = "/v1/volumes", request_body = CreateVolumeBody,
     responses((status = 200, body = VolumeView), (status = 400, body = ErrorReply),
-        (status = 409, body = ErrorReply), (status = 507, body = ErrorReply)))]
+        (status = 404, description = "No such pool, source volume or snapshot", body = ErrorReply),
+        (status = 409, description = "The name is taken, or the source is busy", body = ErrorReply),
+        (status = 500, body = ErrorReply),
+        (status = 507, description = "The pool cannot hold the volume", body = ErrorReply)))]
 async fn create_volume(
     State(state): State<ApiState>,
     ApiJson(body): ApiJson<CreateVolumeBody>,
@@ -362,6 +413,7 @@ async fn get_volume(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DeleteQuery {
     /// Unmount first if the volume is in use.
@@ -370,7 +422,9 @@ struct DeleteQuery {
 }
 
 #[utoipa::path(delete, path = "/v1/volumes/{name}", params(DeleteQuery),
-    responses((status = 204), (status = 404, body = ErrorReply), (status = 409, body = ErrorReply)))]
+    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorReply),
+        (status = 409, description = "In use (without force), or busy", body = ErrorReply),
+        (status = 500, body = ErrorReply)))]
 async fn delete_volume(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -382,18 +436,19 @@ async fn delete_volume(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn cli_consumer(body: MountBody) -> ConsumerRef {
-    ConsumerRef::new(ConsumerKind::Cli, body.id.unwrap_or_default())
+fn cli_consumer(body: MountBody) -> Result<ConsumerRef, ApiError> {
+    Ok(ConsumerRef::new(ConsumerKind::Cli, body.into_id()?))
 }
 
 #[utoipa::path(post, path = "/v1/volumes/{name}/mount", request_body = MountBody,
-    responses((status = 200, body = MountReply), (status = 404, body = ErrorReply)))]
+    responses((status = 200, body = MountReply), (status = 404, body = ErrorReply),
+        (status = 409, description = "Busy", body = ErrorReply), (status = 500, body = ErrorReply)))]
 async fn mount_volume(
     State(state): State<ApiState>,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<MountBody>,
 ) -> Result<Json<MountReply>, ApiError> {
-    let consumer = cli_consumer(body);
+    let consumer = cli_consumer(body)?;
     let vol = blocking(&state, move |s| s.mount(&name, consumer)).await?;
     let view = VolumeView::new(vol, None);
     Ok(Json(MountReply {
@@ -403,30 +458,35 @@ async fn mount_volume(
 }
 
 #[utoipa::path(post, path = "/v1/volumes/{name}/unmount", request_body = MountBody,
-    responses((status = 200, body = VolumeView), (status = 404, body = ErrorReply), (status = 409, body = ErrorReply)))]
+    responses((status = 200, body = VolumeView), (status = 404, body = ErrorReply),
+        (status = 409, description = "Busy", body = ErrorReply), (status = 500, body = ErrorReply)))]
 async fn unmount_volume(
     State(state): State<ApiState>,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<MountBody>,
 ) -> Result<Json<VolumeView>, ApiError> {
-    let consumer = cli_consumer(body);
+    let consumer = cli_consumer(body)?;
     let vol = blocking(&state, move |s| s.unmount(&name, &consumer)).await?;
     Ok(Json(VolumeView::new(vol, None)))
 }
 
 #[utoipa::path(post, path = "/v1/volumes/{name}/resize", request_body = ResizeBody,
-    responses((status = 200, body = VolumeView), (status = 400, body = ErrorReply), (status = 507, body = ErrorReply)))]
+    responses((status = 200, body = VolumeView), (status = 400, body = ErrorReply),
+        (status = 404, body = ErrorReply), (status = 409, description = "Busy", body = ErrorReply),
+        (status = 500, body = ErrorReply),
+        (status = 507, description = "The pool cannot hold the new size", body = ErrorReply)))]
 async fn resize_volume(
     State(state): State<ApiState>,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<ResizeBody>,
 ) -> Result<Json<VolumeView>, ApiError> {
-    let size = parse_size(&body.size)?;
+    let size = body.into_size()?;
     let vol = blocking(&state, move |s| s.resize(&name, size)).await?;
     Ok(Json(VolumeView::new(vol, None)))
 }
 
-#[utoipa::path(get, path = "/v1/pools", responses((status = 200, body = [PoolView])))]
+#[utoipa::path(get, path = "/v1/pools", responses((status = 200, body = [PoolView]),
+    (status = 500, body = ErrorReply)))]
 async fn list_pools(State(state): State<ApiState>) -> Result<Json<Vec<PoolView>>, ApiError> {
     let pools = blocking(&state, |s| {
         let vols = s.list_volumes();
@@ -444,7 +504,8 @@ async fn list_pools(State(state): State<ApiState>) -> Result<Json<Vec<PoolView>>
 }
 
 #[utoipa::path(get, path = "/v1/pools/{name}",
-    responses((status = 200, body = PoolView), (status = 404, body = ErrorReply)))]
+    responses((status = 200, body = PoolView), (status = 404, body = ErrorReply),
+        (status = 500, body = ErrorReply)))]
 async fn get_pool(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -464,7 +525,8 @@ async fn get_pool(
 /// same pool.
 #[utoipa::path(post, path = "/v1/pools", request_body = CreatePoolBody,
     responses((status = 200, body = PoolView), (status = 400, body = ErrorReply),
-        (status = 409, body = ErrorReply)))]
+        (status = 409, description = "The name is taken by another pool, or a disk is in use", body = ErrorReply),
+        (status = 500, body = ErrorReply)))]
 async fn create_pool(
     State(state): State<ApiState>,
     ApiJson(body): ApiJson<CreatePoolBody>,
@@ -482,7 +544,9 @@ async fn create_pool(
 /// Delete an empty pool. A btrfs pool ballast made is unmounted and its disk
 /// files removed; an adopted btrfs or a directory is only forgotten.
 #[utoipa::path(delete, path = "/v1/pools/{name}",
-    responses((status = 204), (status = 404, body = ErrorReply), (status = 409, body = ErrorReply)))]
+    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorReply),
+        (status = 409, description = "The pool holds volumes or snapshots", body = ErrorReply),
+        (status = 500, body = ErrorReply)))]
 async fn delete_pool(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -492,10 +556,28 @@ async fn delete_pool(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct EventsQuery {
-    /// How many recent events (default 100, at most 1000).
+    /// How many recent events (default 100 for a list, 20 for a stream's
+    /// backlog; at most 1000).
     limit: Option<usize>,
+}
+
+/// Parse a query, and refuse a limit past [`MAX_EVENTS`].
+fn events_query(
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<EventsQuery, ApiError> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", e.body_text()))?;
+    if q.limit.is_some_and(|l| l > MAX_EVENTS) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            format!("limit: must be from 0 to {MAX_EVENTS}"),
+        ));
+    }
+    Ok(q)
 }
 
 #[utoipa::path(get, path = "/v1/events", params(EventsQuery),
@@ -504,9 +586,8 @@ async fn list_events(
     State(state): State<ApiState>,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<ballast_core::events::Event>>, ApiError> {
-    let Query(q) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", e.body_text()))?;
-    let limit = q.limit.unwrap_or(100).min(1000);
+    let q = events_query(query)?;
+    let limit = q.limit.unwrap_or(100);
     Ok(Json(state.service.recent_events(limit)))
 }
 
@@ -526,12 +607,11 @@ async fn stream_events(
 > {
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
     use tokio_stream::StreamExt;
-    let Query(q) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", e.body_text()))?;
+    let q = events_query(query)?;
     // Subscribe before reading the backlog, so nothing falls in between;
     // live events already in the backlog are skipped by sequence number.
     let live = state.service.subscribe_events();
-    let backlog = state.service.recent_events(q.limit.unwrap_or(20).min(1000));
+    let backlog = state.service.recent_events(q.limit.unwrap_or(20));
     let last = backlog.last().map_or(0, |e| e.seq);
     let to_sse = |e: &ballast_core::events::Event| {
         let kind = serde_json::to_value(e.kind)
@@ -575,20 +655,24 @@ async fn version() -> Json<VersionReply> {
 
 #[utoipa::path(post, path = "/v1/volumes/{name}/snapshots", request_body = SnapshotBody,
     responses((status = 200, body = SnapshotView), (status = 404, body = ErrorReply),
-        (status = 409, body = ErrorReply), (status = 507, body = ErrorReply)))]
+        (status = 409, description = "The snapshot name is taken, or the volume is busy", body = ErrorReply),
+        (status = 500, body = ErrorReply),
+        (status = 507, description = "The pool cannot hold the snapshot", body = ErrorReply)))]
 async fn create_snapshot(
     State(state): State<ApiState>,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<SnapshotBody>,
 ) -> Result<Json<SnapshotView>, ApiError> {
+    let snap_name = body.into_name()?;
     let snap = blocking(&state, move |s| {
-        s.create_snapshot(&name, &body.name, ballast_core::Wait::Block)
+        s.create_snapshot(&name, &snap_name, ballast_core::Wait::Block)
     })
     .await?;
     Ok(Json(snap.into()))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct SnapshotsQuery {
     /// Only snapshots of this volume.
@@ -614,6 +698,9 @@ async fn list_snapshots(
 ) -> Result<Json<Vec<SnapshotView>>, ApiError> {
     let Query(q) = query
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", e.body_text()))?;
+    if let Some(v) = &q.volume {
+        ballast_core::model::validate_name("volume", v)?;
+    }
     Ok(Json(
         state
             .service
@@ -635,7 +722,8 @@ async fn get_snapshot(
 }
 
 #[utoipa::path(delete, path = "/v1/snapshots/{name}",
-    responses((status = 204), (status = 404, body = ErrorReply)))]
+    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorReply),
+        (status = 409, description = "Busy", body = ErrorReply), (status = 500, body = ErrorReply)))]
 async fn delete_snapshot(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -658,7 +746,8 @@ struct ClaimsQuery {
 /// Claims, of one group or all, in group and ordinal order; expired ones
 /// are listed (with `expired: true`) until their ordinal is taken again.
 #[utoipa::path(get, path = "/v1/claims", params(ClaimsQuery),
-    responses((status = 200, body = [ClaimStatusView]), (status = 400, body = ErrorReply)))]
+    responses((status = 200, body = [ClaimStatusView]), (status = 400, body = ErrorReply),
+        (status = 500, body = ErrorReply)))]
 async fn list_claims(
     State(state): State<ApiState>,
     query: Result<Query<ClaimsQuery>, axum::extract::rejection::QueryRejection>,
@@ -674,9 +763,11 @@ async fn list_claims(
 /// Take the group's lowest free ordinal (from 1; one never held, released
 /// or expired) and create its volumes `GROUP-N-VOLUME` unless they exist.
 #[utoipa::path(post, path = "/v1/claims/{group}/acquire", request_body = AcquireClaimBody,
-    params(("group" = String, Path, description = "The claim group")),
     responses((status = 200, body = ClaimView), (status = 400, body = ErrorReply),
-        (status = 404, body = ErrorReply), (status = 507, body = ErrorReply)))]
+        (status = 404, description = "No such pool", body = ErrorReply),
+        (status = 409, description = "A volume of the claim is busy, or every ordinal is held", body = ErrorReply),
+        (status = 500, body = ErrorReply),
+        (status = 507, description = "The pool cannot hold the claim's volumes", body = ErrorReply)))]
 async fn acquire_claim(
     State(state): State<ApiState>,
     Path(group): Path<String>,
@@ -690,23 +781,18 @@ async fn acquire_claim(
 /// Extend a claim by its TTL (or a new one). 404: no such claim; 409: it is
 /// held by another holder (named in the message).
 #[utoipa::path(post, path = "/v1/claims/{group}/{ordinal}/renew", request_body = RenewClaimBody,
-    params(("group" = String, Path, description = "The claim group"),
-        ("ordinal" = u64, Path, description = "The claim's ordinal")),
     responses((status = 200, body = ClaimView), (status = 400, body = ErrorReply),
-        (status = 404, body = ErrorReply), (status = 409, body = ErrorReply)))]
+        (status = 404, body = ErrorReply), (status = 409, body = ErrorReply),
+        (status = 500, body = ErrorReply)))]
 async fn renew_claim(
     State(state): State<ApiState>,
     Path((group, ordinal)): Path<(String, String)>,
     ApiJson(body): ApiJson<RenewClaimBody>,
 ) -> Result<Json<ClaimView>, ApiError> {
     let ordinal = ballast_core::claims::parse_ordinal(&ordinal)?;
-    let ttl = body
-        .ttl
-        .as_deref()
-        .map(ballast_core::claims::parse_ttl)
-        .transpose()?;
+    let (holder, ttl) = body.into_parts()?;
     let claim = blocking(&state, move |s| {
-        s.renew_claim(&group, ordinal, &body.holder, ttl)
+        s.renew_claim(&group, ordinal, &holder, ttl)
     })
     .await?;
     Ok(Json(claim.into()))
@@ -715,20 +801,17 @@ async fn renew_claim(
 /// Give a claim back; its volumes stay, with their data, for the ordinal's
 /// next holder. Replies with the claim as it was.
 #[utoipa::path(post, path = "/v1/claims/{group}/{ordinal}/release", request_body = ReleaseClaimBody,
-    params(("group" = String, Path, description = "The claim group"),
-        ("ordinal" = u64, Path, description = "The claim's ordinal")),
     responses((status = 200, body = ClaimView), (status = 400, body = ErrorReply),
-        (status = 404, body = ErrorReply), (status = 409, body = ErrorReply)))]
+        (status = 404, body = ErrorReply), (status = 409, body = ErrorReply),
+        (status = 500, body = ErrorReply)))]
 async fn release_claim(
     State(state): State<ApiState>,
     Path((group, ordinal)): Path<(String, String)>,
     ApiJson(body): ApiJson<ReleaseClaimBody>,
 ) -> Result<Json<ClaimView>, ApiError> {
     let ordinal = ballast_core::claims::parse_ordinal(&ordinal)?;
-    let claim = blocking(&state, move |s| {
-        s.release_claim(&group, ordinal, &body.holder)
-    })
-    .await?;
+    let holder = body.into_holder()?;
+    let claim = blocking(&state, move |s| s.release_claim(&group, ordinal, &holder)).await?;
     Ok(Json(claim.into()))
 }
 
