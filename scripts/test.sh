@@ -33,6 +33,14 @@ if ! python3 -m schemathesis.cli --version 2>/dev/null | grep -q '4.32.5$'; then
   python3 -m pip install -q 'schemathesis==4.32.5'
 fi
 
+# Python's grpcio, a C-core gRPC client, talks to the CSI socket in
+# crates/ballast/tests/csi.rs.
+if command -v python3 >/dev/null && ! python3 -c 'import grpc' 2>/dev/null; then
+  echo "installing grpcio"
+  python3 -m pip install --quiet grpcio==1.85.1 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages grpcio==1.85.1
+fi
+
 # The Docker tests need a running dockerd.
 if command -v docker >/dev/null && ! docker info >/dev/null 2>&1 && [[ $(id -u) == 0 ]]; then
   echo "starting dockerd"

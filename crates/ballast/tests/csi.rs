@@ -5,10 +5,12 @@
 //! snapshots and clones — checked over gRPC against a real `ballast serve` on its unix socket, with
 //! real loop devices, filesystems and mounts.
 //!
-//! The paths a CO owns (staging directories, the parents of targets) live in
-//! a [`CoPaths`] directory inside the daemon's scratch directory, so
-//! `host_leftovers()` sees every mount the plugin makes there, and its drop
-//! guard lazily unmounts whatever a failed test left behind.
+//! The cases run one after another against one daemon, in a random order
+//! (see [`csi_conformance_cases_in_random_order`]). The paths a CO owns
+//! (staging directories, the parents of targets) live in a fresh
+//! [`CoPaths`] directory per case inside the daemon's scratch directory, so
+//! `host_leftovers()` sees every mount the plugin makes there; the runner
+//! reports what a case left and removes it before the next.
 
 mod common;
 
