@@ -21,7 +21,10 @@ use crate::config::{Config, LogFormat, ServeArgs};
 /// How long a stopping daemon waits for blocking work before it leaves it:
 /// a worker stuck in the kernel (a pool on a hung filesystem) must not keep
 /// the process, and its sockets, alive.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+/// Healthy work (a copy, an mkfs) gets this long to finish; what is cut off
+/// is reconciled from its intent at the next start. Below the 10 s a stop
+/// may take.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(7);
 
 /// `api_socket`: the global `--socket` (or `BALLAST_SOCKET`), which the
 /// daemon serves instead of `<run-dir>/api.sock`.
@@ -32,11 +35,40 @@ pub fn serve(args: &ServeArgs, api_socket: Option<PathBuf>) -> anyhow::Result<()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let result = rt.block_on(run(config, api_socket));
+    let dirs = Dirs::take(&config)?;
+    let result = rt.block_on(run(config, api_socket, &dirs));
     // Dropping the runtime would wait for every blocking task, forever if
     // one is stuck; after the grace period they die with the process.
     rt.shutdown_timeout(SHUTDOWN_GRACE);
+    // Held until no work of ours runs any more, so a next daemon never
+    // overlaps with this one's last steps.
+    drop(dirs);
     result
+}
+
+/// The state and run directories, made, checked and locked (an exclusive
+/// flock on each) before the store is opened or anything reconciled.
+struct Dirs {
+    state: PathBuf,
+    run: PathBuf,
+    _locks: Vec<nix::fcntl::Flock<std::fs::File>>,
+}
+
+impl Dirs {
+    fn take(config: &Config) -> anyhow::Result<Dirs> {
+        let state = make_dir(&config.state_dir, 0o700)?;
+        check_state_dir(&state)?;
+        let run = make_dir(&config.run_dir, 0o755)?;
+        let mut locks = vec![lock_dir(&state, "state dir")?];
+        if run != state {
+            locks.push(lock_dir(&run, "run dir")?);
+        }
+        Ok(Dirs {
+            state,
+            run,
+            _locks: locks,
+        })
+    }
 }
 
 fn init_tracing(format: LogFormat) {
@@ -202,20 +234,11 @@ fn open_store_quietly(path: &Path) -> Result<RedbStore, ballast_core::store::Sto
     result
 }
 
-async fn run(config: Config, api_socket: Option<PathBuf>) -> anyhow::Result<()> {
+async fn run(config: Config, api_socket: Option<PathBuf>, dirs: &Dirs) -> anyhow::Result<()> {
     // Watch the stop signals before anything answers: a SIGTERM that comes
     // as soon as the sockets serve must still get a clean exit.
     let mut stop = ShutdownSignal::watch()?;
-    let state_dir = make_dir(&config.state_dir, 0o700)?;
-    check_state_dir(&state_dir)?;
-    let run_dir = make_dir(&config.run_dir, 0o755)?;
-    // Before the store is opened or anything reconciled.
-    let _state_lock = lock_dir(&state_dir, "state dir")?;
-    let _run_lock = if run_dir == state_dir {
-        None
-    } else {
-        Some(lock_dir(&run_dir, "run dir")?)
-    };
+    let (state_dir, run_dir) = (dirs.state.clone(), dirs.run.clone());
     let mut made = MadeFiles::default();
     let store =
         Arc::new(open_store_quietly(&state_dir.join("ballast.redb")).context("opening the store")?);

@@ -1299,7 +1299,11 @@ impl VolumeService {
             if let Some(t) = target {
                 self.host.unmount(&t.path).map_err(DriverError::from)?;
             }
-            node.unmount(before, &mountpoint)?;
+            // Only our own mount: a stage that failed because something
+            // else is mounted there must leave that alone.
+            if self.our_mount_at(pool, before, &mountpoint)? {
+                node.unmount(before, &mountpoint)?;
+            }
             node.detach(pool, before)?;
             remove_mountpoint(&mountpoint);
             self.persist(
@@ -1313,6 +1317,23 @@ impl VolumeService {
         if let Err(e) = result {
             tracing::error!(volume = %before.name, error = %e, "undo stage failed; the intent stays for the reconciler");
         }
+    }
+
+    /// Whether the mount visible at `mountpoint` is this volume's: a loop
+    /// device backed by its image (drivers without an image serve in place
+    /// and decide for themselves).
+    fn our_mount_at(&self, pool: &Pool, vol: &Volume, mountpoint: &Path) -> Result<bool> {
+        let Some(image) = self.driver(pool.driver)?.backing_file(pool, vol) else {
+            return Ok(true);
+        };
+        let mounts = self.host.mounts().map_err(DriverError::from)?;
+        let Some(top) = mounts.iter().rev().find(|m| m.target == mountpoint) else {
+            return Ok(false);
+        };
+        let loops = self.host.loop_devices().map_err(DriverError::from)?;
+        Ok(loops
+            .iter()
+            .any(|l| l.backing_file == image && Path::new(&top.source) == l.device))
     }
 
     /// Release `consumer`; the last one out unmounts and detaches. An
@@ -1435,6 +1456,16 @@ impl VolumeService {
         }
     }
 
+    /// Whether the volume's staged device is mounted anywhere in our mount
+    /// namespace.
+    fn device_mounted_here(&self, vol: &Volume) -> Result<bool> {
+        let Some(device) = vol.staging.as_ref().and_then(|s| s.device.as_ref()) else {
+            return Ok(false);
+        };
+        let mounts = self.host.mounts().map_err(DriverError::from)?;
+        Ok(mounts.iter().any(|m| Path::new(&m.source) == device))
+    }
+
     /// Unmount the staging mount and detach the device. Idempotent.
     pub(crate) fn unstage_steps(&self, vol: &Volume) -> Result<()> {
         let pool = self.get_pool(&vol.pool)?;
@@ -1473,8 +1504,19 @@ impl VolumeService {
             // device has autoclear: the kernel frees it when that copy goes,
             // and a mount before then reuses it (one device, one filesystem
             // instance per image). For us the volume is unstaged.
-            Err(DriverError::Host(crate::host::HostError::Busy { .. })) => {
+            Err(DriverError::Host(crate::host::HostError::Busy { .. }))
+                if !vol.block && !self.device_mounted_here(vol)? =>
+            {
                 tracing::info!(volume = %vol.name, "unmounted; the loop device is still referenced from another mount namespace and is left for autoclear");
+            }
+            // A raw block volume's device held open, or the device mounted
+            // elsewhere in our own namespace: really in use.
+            Err(DriverError::Host(crate::host::HostError::Busy { .. })) => {
+                return Err(Error::Busy {
+                    kind: "volume",
+                    name: vol.name.clone(),
+                    detail: "its device is still in use on the host".into(),
+                })
             }
             Err(e) => return Err(e.into()),
         }

@@ -70,7 +70,10 @@ where
     if stuck(op) {
         return Err(timed_out());
     }
-    let (tx, rx) = mpsc::sync_channel(1);
+    // A rendezvous: the thread's send succeeds only if the caller takes the
+    // answer, so a call that ends just as the caller gives up still counts
+    // itself back (and is unmarked as stuck).
+    let (tx, rx) = mpsc::sync_channel(0);
     let name = op.to_string();
     let spawned = std::thread::Builder::new()
         .name("ballast-host-call".into())

@@ -244,8 +244,10 @@ fn backing_identity(device: &File) -> Option<(u64, u64)> {
 /// server that stopped). Only a device naming our own path is then checked
 /// against the image's inode, so a file that replaced the image under the
 /// same name is not mistaken for it.
-fn find_attached(canonical: &Path, identity: (u64, u64)) -> Option<LoopDevice> {
-    let candidates = list().ok()?;
+fn find_attached(canonical: &Path, identity: (u64, u64)) -> Result<Option<LoopDevice>, HostError> {
+    // An unreadable list is an error, not "not attached": a second device
+    // on one image would be a second filesystem instance on it.
+    let candidates = list()?;
     for info in candidates
         .into_iter()
         .filter(|info| info.backing_file == canonical)
@@ -261,10 +263,10 @@ fn find_attached(canonical: &Path, identity: (u64, u64)) -> Option<LoopDevice> {
                     image = %canonical.display(),
                     "image already attached; reusing device"
                 );
-                return Some(LoopDevice {
+                return Ok(Some(LoopDevice {
                     path: info.device,
                     hold: Some(OwnedFd::from(file)),
-                });
+                }));
             }
             // ENXIO: being torn down right now; attach a fresh device instead.
             Err(e) => tracing::debug!(
@@ -274,7 +276,7 @@ fn find_attached(canonical: &Path, identity: (u64, u64)) -> Option<LoopDevice> {
             ),
         }
     }
-    None
+    Ok(None)
 }
 
 /// Attach `image` with autoclear and direct I/O, or return the device that
@@ -292,7 +294,7 @@ pub(crate) fn attach(image: &Path) -> Result<LoopDevice, HostError> {
             Ok((canonical, backing, (md.dev(), md.ino())))
         })?
     };
-    if let Some(existing) = find_attached(&canonical, identity) {
+    if let Some(existing) = find_attached(&canonical, identity)? {
         return Ok(existing);
     }
     let control = open_rw(Path::new(LOOP_CONTROL))
