@@ -30,7 +30,9 @@ fi
 
 # schemathesis fuzzes the REST API in crates/ballast/tests/schemathesis.rs.
 if ! python3 -m schemathesis.cli --version 2>/dev/null | grep -q '4.32.5$'; then
-  python3 -m pip install -q 'schemathesis==4.32.5'
+  # A Debian-managed python3 refuses a plain install (PEP 668).
+  python3 -m pip install -q 'schemathesis==4.32.5' 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages 'schemathesis==4.32.5'
 fi
 
 # Python's grpcio, a C-core gRPC client, talks to the CSI socket in
