@@ -9,26 +9,72 @@ use crate::host::{HostError, LoopDevice};
 use crate::model::{DriverKind, Pool, PoolDisk, Snapshot, Volume};
 use crate::progress::Progress;
 
-/// A driver failure: a host operation, or the driver's own file work.
+/// A driver failure: a host operation, or the driver's own file work. The
+/// kinds (not found, no space, busy, unavailable, timeout, unsupported) are
+/// variants, so the core and the surfaces map them without reading text.
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
     #[error(transparent)]
     Host(#[from] HostError),
+    /// Any other I/O failure of the driver's own files.
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
     #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The backing storage is full (ENOSPC, EDQUOT).
+    #[error("{0}")]
+    NoSpace(String),
+    #[error("{0}")]
+    Busy(String),
+    /// A backend that cannot be reached now; a retry may succeed.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
     Unsupported(String),
 }
 
 impl DriverError {
+    /// An I/O error on `path`, classified by its errno.
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        DriverError::Io {
-            path: path.to_path_buf(),
-            source,
+        let text = || format!("{}: {source}", path.display());
+        match source.raw_os_error() {
+            Some(libc::ENOENT) => DriverError::NotFound(text()),
+            Some(libc::EEXIST) => DriverError::AlreadyExists(text()),
+            Some(libc::ENOSPC | libc::EDQUOT) => DriverError::NoSpace(text()),
+            Some(libc::EBUSY) => DriverError::Busy(text()),
+            Some(libc::ETIMEDOUT) => DriverError::Timeout(text()),
+            Some(libc::EAGAIN | libc::ENOTCONN) => DriverError::Unavailable(text()),
+            Some(libc::EOPNOTSUPP | libc::ENOSYS) => DriverError::Unsupported(text()),
+            _ => DriverError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
         }
+    }
+
+    /// The backing storage is full: the caller asked for more than there is.
+    pub fn is_no_space(&self) -> bool {
+        matches!(
+            self,
+            DriverError::NoSpace(_) | DriverError::Host(HostError::NoSpace { .. })
+        )
+    }
+
+    /// Worth retrying later: a deadline passed or a backend was unreachable.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            DriverError::Unavailable(_)
+                | DriverError::Timeout(_)
+                | DriverError::Host(HostError::TimedOut { .. } | HostError::Unavailable { .. })
+        )
     }
 }
 

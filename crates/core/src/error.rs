@@ -40,10 +40,19 @@ pub enum Error {
     /// A host call did not answer before its deadline (a hung filesystem,
     /// a stuck tool): the operation gave up and released its lock; a retry
     /// may succeed.
-    #[error("{0}; the host did not answer in time, retry later")]
-    Unavailable(DriverError),
+    #[error("{0}; retry later")]
+    Unavailable(String),
+    /// The backing storage ran out of space (ENOSPC, EDQUOT) while the
+    /// operation wrote to it: unlike [`Error::Capacity`], admission allowed
+    /// it but the disk did not.
+    #[error("{0}")]
+    NoSpace(DriverError),
     #[error(transparent)]
     Driver(DriverError),
+    /// A bug or a broken invariant (a panicked operation); never the
+    /// caller's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -66,7 +75,9 @@ impl Error {
             Error::Capacity { .. } => "capacity",
             Error::Conflict { .. } => "conflict",
             Error::Unavailable(_) => "unavailable",
+            Error::NoSpace(_) => "no_space",
             Error::Driver(_) => "driver",
+            Error::Internal(_) => "internal",
             Error::Store(_) => "store",
         }
     }
@@ -74,11 +85,84 @@ impl Error {
 
 impl From<DriverError> for Error {
     fn from(e: DriverError) -> Self {
-        match e {
-            DriverError::Host(crate::host::HostError::TimedOut { .. }) => Error::Unavailable(e),
-            e => Error::Driver(e),
+        if e.is_unavailable() {
+            Error::Unavailable(match &e {
+                DriverError::Host(crate::host::HostError::TimedOut { .. })
+                | DriverError::Timeout(_) => format!("{e}; the host did not answer in time"),
+                _ => e.to_string(),
+            })
+        } else if e.is_no_space() {
+            Error::NoSpace(e)
+        } else {
+            Error::Driver(e)
         }
     }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::HostError;
+    use std::io;
+    use std::path::Path;
+
+    fn os(errno: i32) -> io::Error {
+        io::Error::from_raw_os_error(errno)
+    }
+
+    #[test]
+    fn driver_errors_are_classified_by_errno() {
+        let p = Path::new("/pool/x.img");
+        assert!(matches!(
+            DriverError::io(p, os(libc::ENOENT)),
+            DriverError::NotFound(_)
+        ));
+        assert!(matches!(
+            DriverError::io(p, os(libc::EDQUOT)),
+            DriverError::NoSpace(_)
+        ));
+        assert!(matches!(
+            DriverError::io(p, os(libc::EBUSY)),
+            DriverError::Busy(_)
+        ));
+        assert!(matches!(
+            DriverError::io(p, os(libc::EIO)),
+            DriverError::Io { .. }
+        ));
+        assert!(matches!(
+            HostError::io("mount", &os(libc::ENOSPC)),
+            HostError::NoSpace { .. }
+        ));
+        assert!(matches!(
+            HostError::os("attach", libc::EEXIST, "exists"),
+            HostError::AlreadyExists { .. }
+        ));
+    }
+
+    #[test]
+    fn each_kind_reaches_its_core_error() {
+        let p = Path::new("/pool/x.img");
+        assert!(matches!(
+            Error::from(DriverError::io(p, os(libc::ENOSPC))),
+            Error::NoSpace(_)
+        ));
+        let timed = Error::from(DriverError::Host(HostError::TimedOut {
+            op: "statvfs".into(),
+            secs: 10,
+        }));
+        assert!(
+            matches!(&timed, Error::Unavailable(m) if m.contains("did not answer in time")),
+            "{timed}"
+        );
+        assert!(matches!(
+            Error::from(DriverError::Unavailable("mon down".into())),
+            Error::Unavailable(_)
+        ));
+        assert!(matches!(
+            Error::from(DriverError::io(p, os(libc::EIO))),
+            Error::Driver(_)
+        ));
+    }
+}

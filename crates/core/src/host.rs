@@ -86,7 +86,9 @@ pub struct BtrfsDevice {
     pub size_bytes: u64,
 }
 
-/// A failed host operation. `detail` carries the tool's stderr or the errno text.
+/// A failed host operation. `detail` carries the tool's stderr or the errno
+/// text. The variants say what kind of failure it is, so the core can answer
+/// "no space" or "retry later" without reading messages.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
     #[error("{op}: {detail}")]
@@ -97,6 +99,18 @@ pub enum HostError {
     Busy { op: String },
     #[error("{op}: {detail}")]
     Unsupported { op: String, detail: String },
+    /// A path or device the operation needs is not there.
+    #[error("{op}: {detail}")]
+    NotFound { op: String, detail: String },
+    #[error("{op}: {detail}")]
+    AlreadyExists { op: String, detail: String },
+    /// ENOSPC or EDQUOT: the backing storage is full.
+    #[error("{op}: {detail}")]
+    NoSpace { op: String, detail: String },
+    /// Something the operation needs cannot be reached now (EAGAIN, a
+    /// device or server that does not answer); a retry may succeed.
+    #[error("{op}: {detail}")]
+    Unavailable { op: String, detail: String },
 }
 
 impl HostError {
@@ -104,6 +118,31 @@ impl HostError {
         HostError::Failed {
             op: op.into(),
             detail: detail.to_string(),
+        }
+    }
+
+    /// An error from a system call or file operation, classified by errno.
+    pub fn os(op: impl Into<String>, errno: i32, detail: impl std::fmt::Display) -> Self {
+        let (op, detail) = (op.into(), detail.to_string());
+        match errno {
+            libc::ENOENT | libc::ENXIO | libc::ENODEV => HostError::NotFound { op, detail },
+            libc::EEXIST => HostError::AlreadyExists { op, detail },
+            libc::ENOSPC | libc::EDQUOT => HostError::NoSpace { op, detail },
+            libc::EBUSY => HostError::Busy { op },
+            libc::ETIMEDOUT => HostError::TimedOut { op, secs: 0 },
+            libc::EAGAIN | libc::EHOSTUNREACH | libc::ENOTCONN | libc::ECONNREFUSED => {
+                HostError::Unavailable { op, detail }
+            }
+            libc::EOPNOTSUPP | libc::ENOSYS | libc::ENOTTY => HostError::Unsupported { op, detail },
+            _ => HostError::Failed { op, detail },
+        }
+    }
+
+    /// An `io::Error`, classified by its errno where it has one.
+    pub fn io(op: impl Into<String>, e: &std::io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(errno) => HostError::os(op, errno, e),
+            None => HostError::failed(op, e),
         }
     }
 }

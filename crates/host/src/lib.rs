@@ -109,7 +109,7 @@ fn per_mount_flags(opts: MountOptions, inherited: FsFlags) -> MsFlags {
 }
 
 fn errno_failed(op: String, e: Errno) -> HostError {
-    HostError::failed(op, e.desc())
+    HostError::os(op, e as i32, e.desc())
 }
 
 impl Host for LinuxHost {
@@ -588,7 +588,7 @@ fn fs_ioctl(
 ) -> Result<(), HostError> {
     use std::os::fd::AsRawFd;
     let op = format!("{name} {}", mountpoint.display());
-    let dir = std::fs::File::open(mountpoint).map_err(|e| HostError::failed(&op, e))?;
+    let dir = std::fs::File::open(mountpoint).map_err(|e| HostError::io(&op, &e))?;
     // SAFETY: FIFREEZE and FITHAW take an int argument they ignore; the fd
     // is open for the duration of the call.
     let ret = unsafe { libc::ioctl(dir.as_raw_fd(), request, 0) };
@@ -597,7 +597,7 @@ fn fs_ioctl(
         if einval_ok && err == Errno::EINVAL {
             return Ok(());
         }
-        return Err(HostError::failed(&op, err.desc()));
+        return Err(HostError::os(&op, err as i32, err.desc()));
     }
     Ok(())
 }

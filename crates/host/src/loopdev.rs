@@ -288,9 +288,9 @@ pub(crate) fn attach(image: &Path) -> Result<LoopDevice, HostError> {
         let image = image.to_path_buf();
         let op = op.clone();
         crate::deadline::within(&op.clone(), move || {
-            let canonical = fs::canonicalize(&image).map_err(|e| HostError::failed(&op, e))?;
-            let backing = open_rw(&canonical).map_err(|e| HostError::failed(&op, e))?;
-            let md = backing.metadata().map_err(|e| HostError::failed(&op, e))?;
+            let canonical = fs::canonicalize(&image).map_err(|e| HostError::io(&op, &e))?;
+            let backing = open_rw(&canonical).map_err(|e| HostError::io(&op, &e))?;
+            let md = backing.metadata().map_err(|e| HostError::io(&op, &e))?;
             Ok((canonical, backing, (md.dev(), md.ino())))
         })?
     };
@@ -303,8 +303,9 @@ pub(crate) fn attach(image: &Path) -> Result<LoopDevice, HostError> {
     let mut flags = LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO;
     let mut last_err = None;
     for attempt in 1..=ATTACH_ATTEMPTS {
-        let number = ioctl_none(&control, LOOP_CTL_GET_FREE)
-            .map_err(|e| HostError::failed(&op, format!("LOOP_CTL_GET_FREE: {}", e.desc())))?;
+        let number = ioctl_none(&control, LOOP_CTL_GET_FREE).map_err(|e| {
+            HostError::os(&op, e as i32, format!("LOOP_CTL_GET_FREE: {}", e.desc()))
+        })?;
         let path = PathBuf::from(format!("/dev/loop{number}"));
         let device = match open_rw(&path) {
             Ok(f) => f,
@@ -382,7 +383,7 @@ pub(crate) fn detach(device: &Path) -> Result<(), HostError> {
             tracing::debug!(device = %device.display(), error = %e, "loop device already gone");
             return Ok(());
         }
-        Err(e) => return Err(HostError::failed(op, e)),
+        Err(e) => return Err(HostError::io(op, &e)),
     };
     match ioctl_none(&file, LOOP_CLR_FD) {
         Ok(_) => {}
@@ -409,7 +410,7 @@ pub(crate) fn detach(device: &Path) -> Result<(), HostError> {
 /// Make `device` pick up the current size of its backing file.
 pub(crate) fn refresh_capacity(device: &Path) -> Result<(), HostError> {
     let op = format!("refresh capacity of {}", device.display());
-    let file = open_rw(device).map_err(|e| HostError::failed(&op, e))?;
+    let file = open_rw(device).map_err(|e| HostError::io(&op, &e))?;
     ioctl_none(&file, LOOP_SET_CAPACITY)
         .map_err(|e| HostError::failed(&op, format!("LOOP_SET_CAPACITY: {}", e.desc())))?;
     Ok(())
@@ -419,7 +420,7 @@ pub(crate) fn refresh_capacity(device: &Path) -> Result<(), HostError> {
 /// device, so its device must not go away when ballast closes it.
 pub(crate) fn set_autoclear(device: &Path, on: bool) -> Result<(), HostError> {
     let op = format!("set autoclear of {}", device.display());
-    let file = open_rw(device).map_err(|e| HostError::failed(&op, e))?;
+    let file = open_rw(device).map_err(|e| HostError::io(&op, &e))?;
     let mut info = get_status(&file)
         .map_err(|e| HostError::failed(&op, format!("LOOP_GET_STATUS64: {}", e.desc())))?;
     if on {

@@ -41,7 +41,8 @@ pub fn status(e: Error) -> Status {
         Error::Capacity { .. } => Status::resource_exhausted(msg),
         Error::Conflict { .. } => Status::aborted(msg),
         Error::Unavailable(_) => Status::unavailable(msg),
-        Error::Driver(_) => Status::internal(msg),
+        Error::NoSpace(_) => Status::resource_exhausted(msg),
+        Error::Driver(_) | Error::Internal(_) => Status::internal(msg),
         Error::Store(_) => Status::internal(msg),
     }
 }

@@ -75,7 +75,9 @@ fn docker_err(e: Error) -> Reply {
         | Error::Capacity { .. }
         | Error::Conflict { .. }
         | Error::Unavailable(_)
+        | Error::NoSpace(_)
         | Error::Driver(_)
+        | Error::Internal(_)
         | Error::Store(_) => e.to_string(),
     };
     Reply::err(message)

@@ -28,8 +28,8 @@ where
     let svc = svc.clone();
     match tokio::task::spawn_blocking(move || f(&svc)).await {
         Ok(r) => r,
-        Err(e) => Err(ballast_core::Error::Driver(
-            ballast_core::DriverError::Unsupported(format!("operation panicked: {e}")),
-        )),
+        Err(e) => Err(ballast_core::Error::Internal(format!(
+            "operation panicked: {e}"
+        ))),
     }
 }

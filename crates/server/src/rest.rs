@@ -71,7 +71,8 @@ impl From<Error> for ApiError {
             Error::Conflict { .. } => StatusCode::CONFLICT,
             Error::Capacity { .. } => StatusCode::INSUFFICIENT_STORAGE,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Driver(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
+            Error::Driver(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.code(), e.to_string())
