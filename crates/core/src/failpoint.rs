@@ -33,11 +33,26 @@ pub const ALL: &[&str] = &[
     "pooladd.after_device_add",
     "claim.after_record",
     "claim.after_volumes",
+    "autogrow.decided",
 ];
 
-#[derive(Debug, Default, Clone)]
+/// A test's code run when a failpoint is reached (to race an operation
+/// deterministically), instead of dying there.
+pub type Hook = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
+#[derive(Default, Clone)]
 pub struct Failpoints {
     armed: HashSet<String>,
+    hook: Option<(String, Hook)>,
+}
+
+impl std::fmt::Debug for Failpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Failpoints")
+            .field("armed", &self.armed)
+            .field("hook", &self.hook.as_ref().map(|(n, _)| n))
+            .finish()
+    }
 }
 
 impl Failpoints {
@@ -49,7 +64,15 @@ impl Failpoints {
             .filter(|s| !s.is_empty())
             .map(String::from)
             .collect();
-        Self { armed }
+        Self { armed, hook: None }
+    }
+
+    /// Run `hook` each time `name` is reached (tests of races).
+    pub fn with_hook(name: &str, hook: Hook) -> Self {
+        Self {
+            armed: HashSet::new(),
+            hook: Some((name.to_string(), hook)),
+        }
     }
 
     pub fn none() -> Self {
@@ -59,6 +82,11 @@ impl Failpoints {
     /// Die here if `name` is armed.
     pub fn hit(&self, name: &str) {
         debug_assert!(ALL.contains(&name), "unknown failpoint {name}");
+        if let Some((at, hook)) = &self.hook {
+            if at == name {
+                hook(name);
+            }
+        }
         if self.armed.contains(name) {
             tracing::error!(failpoint = name, "failpoint reached: killing the daemon");
             // Kill as `kill -9` would: no unwinding, no cleanup.

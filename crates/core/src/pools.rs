@@ -15,15 +15,15 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::driver::{DriverError, SourceRef};
+use crate::driver::{DriverError, PoolUsage, SourceRef};
 use crate::error::{Error, Result};
 use crate::events::{event_key, Event, EventKind, KEEP};
 use crate::model::{
     format_size, validate_name, validate_overcommit_ratio, DiskKind, DriverKind, InvalidInput,
-    Pool, PoolDisk, PoolState, Snapshot, Volume, VolumeState, BTRFS_MIN_DISK_SIZE,
+    Pool, PoolCapacity, PoolDisk, PoolState, Snapshot, Volume, VolumeState, BTRFS_MIN_DISK_SIZE,
 };
 use crate::reconcile::ReconcileReport;
-use crate::service::{pool_key, to_json, VolumeService};
+use crate::service::{pool_key, to_json, VolumeService, USAGE_TTL};
 use crate::store::Txn;
 
 /// A request to make a pool.
@@ -158,7 +158,12 @@ impl VolumeService {
     }
 
     /// A create of an existing name must ask for the same pool.
-    fn check_same_pool(&self, existing: &Pool, req: &CreatePool, driver: DriverKind) -> Result<()> {
+    pub(crate) fn check_same_pool(
+        &self,
+        existing: &Pool,
+        req: &CreatePool,
+        driver: DriverKind,
+    ) -> Result<()> {
         let mut diffs = Vec::new();
         if existing.driver != driver {
             diffs.push(format!("driver is {}", existing.driver));
@@ -189,7 +194,7 @@ impl VolumeService {
     }
 
     /// A loop or dir pool: a directory, no disks, and growth it cannot do.
-    fn shape_plain_pool(&self, req: &CreatePool, pool: &mut Pool) -> Result<()> {
+    pub(crate) fn shape_plain_pool(&self, req: &CreatePool, pool: &mut Pool) -> Result<()> {
         let only_btrfs = [
             ("--disk", !req.disks.is_empty()),
             ("--disk-file", req.disk_file.is_some()),
@@ -217,7 +222,7 @@ impl VolumeService {
     }
 
     /// A btrfs pool: made on disks or a disk file, or adopted at a path.
-    fn shape_btrfs_pool(&self, req: &CreatePool, pool: &mut Pool) -> Result<()> {
+    pub(crate) fn shape_btrfs_pool(&self, req: &CreatePool, pool: &mut Pool) -> Result<()> {
         let sources = usize::from(!req.disks.is_empty())
             + usize::from(req.disk_file.is_some())
             + usize::from(req.path.is_some());
@@ -351,7 +356,7 @@ impl VolumeService {
     }
 
     /// A block device that can join a pool: its size.
-    fn check_free_disk(&self, what: &str, path: &Path) -> Result<u64> {
+    pub(crate) fn check_free_disk(&self, what: &str, path: &Path) -> Result<u64> {
         absolute(what, path)?;
         let label = format!("{what} {}", path.display());
         let dev = self
@@ -400,7 +405,7 @@ impl VolumeService {
     }
 
     /// A disk (file or device) no pool has or may take.
-    fn check_not_in_pool(&self, what: &str, path: &Path) -> Result<()> {
+    pub(crate) fn check_not_in_pool(&self, what: &str, path: &Path) -> Result<()> {
         for p in self.pools.read().values() {
             let taken = p
                 .disks
@@ -422,7 +427,7 @@ impl VolumeService {
     /// Pools must not nest: a path inside another pool, or another pool
     /// inside it, would mix their storage (a disk file on a btrfs pool would
     /// be written through that pool).
-    fn check_outside_pools(&self, what: &str, path: &Path) -> Result<()> {
+    pub(crate) fn check_outside_pools(&self, what: &str, path: &Path) -> Result<()> {
         for p in self.pools.read().values() {
             if path.starts_with(&p.path) {
                 return Err(invalid(
@@ -501,7 +506,7 @@ impl VolumeService {
     }
 
     /// Record the intent, make the storage, bring it up, record the pool.
-    fn make_pool(&self, mut pool: Pool) -> Result<Pool> {
+    pub(crate) fn make_pool(&self, mut pool: Pool) -> Result<Pool> {
         let driver = self.driver(pool.driver)?.clone();
         pool.state = PoolState::Creating;
         self.store.commit(
@@ -730,6 +735,124 @@ impl VolumeService {
         }
         self.store.commit(txn)?;
         self.events.publish(ev);
+        Ok(())
+    }
+}
+
+// ----- pools of the service (records, capacity, admission) -----
+
+impl VolumeService {
+    pub fn list_pools(&self) -> Vec<Pool> {
+        self.pools.read().values().cloned().collect()
+    }
+
+    pub fn get_pool(&self, name: &str) -> Result<Pool> {
+        self.pools
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::not_found("pool", name))
+    }
+
+    /// The pool's backing usage, measured at most every [`USAGE_TTL`]:
+    /// measuring walks every image, which at 10,000 volumes is too slow to
+    /// repeat on each create. Provisioned bytes, which admission mostly
+    /// turns on, are always current.
+    pub(crate) fn pool_usage(&self, pool: &Pool) -> Result<PoolUsage> {
+        if let Some((at, usage)) = self.usage_cache.lock().get(&pool.name) {
+            if at.elapsed() < USAGE_TTL {
+                return Ok(*usage);
+            }
+        }
+        let usage = self.driver(pool.driver)?.usage(pool)?;
+        self.usage_cache
+            .lock()
+            .insert(pool.name.clone(), (std::time::Instant::now(), usage));
+        Ok(usage)
+    }
+
+    pub fn pool_capacity(&self, pool: &Pool) -> Result<PoolCapacity> {
+        let usage = self.pool_usage(pool)?;
+        let (provisioned, exclusive) = self.pool_charges(pool);
+        let capacity = usage
+            .backing_avail_bytes
+            .saturating_add(usage.volumes_used_bytes);
+        let limit = crate::model::overcommitted(
+            self.provisionable_bytes(pool, capacity),
+            pool.overcommit_ratio,
+        );
+        Ok(PoolCapacity {
+            capacity_bytes: capacity,
+            used_bytes: usage.volumes_used_bytes,
+            provisioned_bytes: provisioned,
+            exclusive_bytes: exclusive,
+            available_bytes: limit.saturating_sub(exclusive),
+        })
+    }
+
+    /// Record a pool and prepare its storage; an identical existing pool is
+    /// fine.
+    pub fn ensure_pool(&self, pool: Pool) -> Result<Pool> {
+        validate_name("pool", &pool.name)?;
+        crate::model::validate_overcommit_ratio(pool.overcommit_ratio)?;
+        crate::pools::check_not_system_path("path", &pool.path)?;
+        let _g = self.locks.lock(&format!("pool:{}", pool.name));
+        if let Some(existing) = self.pools.read().get(&pool.name) {
+            if existing.driver != pool.driver || existing.path != pool.path {
+                return Err(Error::AlreadyExists {
+                    kind: "pool",
+                    name: pool.name.clone(),
+                    detail: format!(
+                        "pool exists with driver {} at {}",
+                        existing.driver,
+                        existing.path.display()
+                    ),
+                });
+            }
+            self.driver(existing.driver)?.init_pool(existing)?;
+            return Ok(existing.clone());
+        }
+        self.driver(pool.driver)?.init_pool(&pool)?;
+        self.store.commit(
+            Txn::new()
+                .require_absent(pool_key(&pool.name))
+                .put(pool_key(&pool.name), to_json(&pool)),
+        )?;
+        self.pools.write().insert(pool.name.clone(), pool.clone());
+        Ok(pool)
+    }
+
+    /// Change a pool's overcommit ratio.
+    pub fn set_overcommit(&self, name: &str, ratio: f64) -> Result<Pool> {
+        crate::model::validate_overcommit_ratio(ratio)?;
+        let _g = self.locks.lock(&format!("pool:{name}"));
+        let mut pool = self.get_pool(name)?;
+        if pool.overcommit_ratio == ratio {
+            return Ok(pool);
+        }
+        pool.overcommit_ratio = ratio;
+        self.store
+            .commit(Txn::new().put(pool_key(name), to_json(&pool)))?;
+        self.pools.write().insert(name.to_string(), pool.clone());
+        Ok(pool)
+    }
+
+    // ----- create ------------------------------------------------------
+
+    /// Refuse a volume the pool cannot back. Callers hold `admission`.
+    pub(crate) fn admit(&self, pool: &Pool, extra: u64) -> Result<()> {
+        if pool.driver == DriverKind::Dir {
+            // Sizes of dir volumes are advisory.
+            return Ok(());
+        }
+        let cap = self.pool_capacity(pool)?;
+        if extra > cap.available_bytes {
+            return Err(Error::Capacity {
+                pool: pool.name.clone(),
+                requested: extra,
+                available: cap.available_bytes,
+            });
+        }
         Ok(())
     }
 }

@@ -62,6 +62,10 @@ impl Env {
 
     /// Open a service on this store and host, as a daemon start does.
     fn open(&self) -> (VolumeService, ReconcileReport) {
+        self.open_with(Failpoints::none())
+    }
+
+    fn open_with(&self, failpoints: Failpoints) -> (VolumeService, ReconcileReport) {
         let host: Arc<dyn Host> = self.host.clone();
         VolumeService::open(ServiceParts {
             store: self.store.clone(),
@@ -76,7 +80,7 @@ impl Env {
                 default_size: 64 * MIB,
                 default_fs: FsType::Ext4,
             },
-            failpoints: Failpoints::none(),
+            failpoints,
         })
         .expect("open the service")
     }
@@ -1641,4 +1645,60 @@ fn dir_volume_force_delete_while_mounted() {
         Err(Error::NotFound { .. })
     ));
     env.assert_no_intents(&svc);
+}
+
+/// The autogrow pass decides from the in-memory copy without the volume's
+/// lock; a mount made between its read and its write must survive (the old
+/// pass wrote its stale copy back with its warning and erased it).
+#[test]
+fn autogrow_never_writes_back_a_stale_copy() {
+    use ballast_core::model::{Autogrow, GrowStep};
+    let env = Env::new();
+    let svc_slot: Arc<std::sync::OnceLock<Arc<VolumeService>>> = Arc::default();
+    let hook_slot = svc_slot.clone();
+    let hook: ballast_core::failpoint::Hook = Arc::new(move |_| {
+        if let Some(svc) = hook_slot.get() {
+            svc.mount("grow", cli("late"))
+                .expect("mount during the pass");
+        }
+    });
+    let (svc, _) = env.open_with(Failpoints::with_hook("autogrow.decided", hook));
+    let svc = Arc::new(svc);
+    svc.ensure_pool(env.pool("default", DriverKind::Loop))
+        .unwrap();
+    svc_slot.set(svc.clone()).ok().unwrap();
+    let mut r = req("grow", 64 * MIB);
+    r.autogrow = Some(Autogrow {
+        threshold_pct: 80,
+        step: GrowStep::Bytes(64 * MIB),
+        max_bytes: 512 * MIB,
+    });
+    svc.create_volume(r).unwrap();
+    let vol = svc.mount("grow", cli("first")).unwrap();
+    let mountpoint = vol.mountpoint().unwrap().to_path_buf();
+    env.host.set_fs_stats(
+        &mountpoint,
+        ballast_core::host::FsStats {
+            total_bytes: 64 * MIB,
+            free_bytes: 2 * MIB,
+            avail_bytes: 2 * MIB,
+            total_inodes: 0,
+            free_inodes: 0,
+        },
+    );
+    // Warning branch: the filesystem cannot grow while mounted.
+    env.host.set_no_online_grow(true);
+    assert!(svc.autogrow_tick().is_empty());
+    let after = svc.get_volume("grow").unwrap();
+    assert!(
+        after.consumers.contains_key(&cli("late").key()),
+        "the mount made during the pass was erased: {:?}",
+        after.consumers.keys()
+    );
+    assert!(after.consumers.contains_key(&cli("first").key()));
+    // What the store holds says the same (a restart would read it).
+    drop(svc_slot);
+    let stored = env.store.get("vol/grow").unwrap().expect("record");
+    let stored: Volume = serde_json::from_slice(&stored).unwrap();
+    assert!(stored.consumers.contains_key(&cli("late").key()));
 }

@@ -1,0 +1,346 @@
+//! `VolumeService`: every rule about volumes lives here.
+//!
+//! It validates input, serialises operations per volume, journals intents
+//! before side effects, keeps consumer reference counts in the store, and
+//! emits events. It is the only caller of drivers and of the store. Reads are
+//! served from an in-memory copy of the store's records, which only this
+//! service writes, so `list` never touches a backend.
+//!
+//! Every operation that changes the host follows one pattern:
+//! 1. under the volume's lock, write the intent (and the record's new
+//!    transitional state) in one transaction;
+//! 2. run the idempotent steps, with a failpoint after each;
+//! 3. write the result and delete the intent in one transaction.
+//!
+//! A failed step undoes what the operation did and deletes the intent. A
+//! crash leaves the intent for [`crate::reconcile`] to finish or undo.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::Utc;
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use crate::driver::{Driver, DriverError, PoolUsage, SourceRef};
+use crate::error::{Error, Result};
+use crate::events::{event_key, Event, EventKind, EventLog, KEEP};
+use crate::failpoint::Failpoints;
+use crate::host::{Host, LoopDevice, MountOptions};
+use crate::model::Sharing;
+use crate::model::{
+    validate_consumer_id, validate_label, validate_name, Autogrow, Consumer, ConsumerRef,
+    CreateSource, DriverKind, FsType, InvalidInput, Pool, PublishTarget, Snapshot, Staging, Volume,
+    VolumeState,
+};
+use crate::stats::Operation;
+use crate::store::{Store, Txn};
+
+pub(crate) const POOL_PREFIX: &str = "pool/";
+pub(crate) const VOL_PREFIX: &str = "vol/";
+pub(crate) const INTENT_PREFIX: &str = "intent/";
+pub(crate) const EVENT_PREFIX: &str = "event/";
+pub(crate) const BOOT_ID_KEY: &str = "meta/boot_id";
+pub(crate) const SNAP_PREFIX: &str = "snap/";
+
+pub(crate) fn snap_key(name: &str) -> String {
+    format!("{SNAP_PREFIX}{name}")
+}
+
+/// How long a measurement of a pool's backing usage is reused.
+pub const USAGE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long a waiting operation queues behind another one on the same
+/// volume before it answers [`Error::Conflict`] (longer than any copy or
+/// tool the other may be running, short of forever).
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// What an operation does when another one holds its volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Wait for it (the CLI, REST and Docker: operations queue).
+    Block,
+    /// Fail with [`Error::Conflict`] (CSI answers ABORTED and the CO retries).
+    Fail,
+}
+
+/// A consumer's target must be an absolute, normalised path.
+fn validate_target(path: &Path) -> Result<(), InvalidInput> {
+    let bad = |reason: &str| Err(InvalidInput::new(format!("target path {path:?}"), reason));
+    if !path.is_absolute() {
+        return bad("must be absolute");
+    }
+    if path.components().any(|c| {
+        matches!(
+            c,
+            std::path::Component::ParentDir | std::path::Component::CurDir
+        )
+    }) {
+        return bad("must not contain '.' or '..'");
+    }
+    if path.as_os_str().len() > 4096 || path.to_string_lossy().chars().any(char::is_control) {
+        return bad("must be at most 4096 bytes without control characters");
+    }
+    Ok(())
+}
+
+/// Settings the service needs; the daemon fills them from its config.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Where volumes are mounted: `<run-dir>/mounts/<name>`.
+    pub mounts_dir: PathBuf,
+    /// Where pools ballast makes live: `<state-dir>/pools/<name>` (a btrfs
+    /// pool is mounted at `<name>/mnt` there).
+    pub pools_dir: PathBuf,
+    pub default_size: u64,
+    pub default_fs: FsType,
+}
+
+/// A request to create a volume. Unset fields take the pool's defaults.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CreateVolume {
+    pub name: String,
+    pub size_bytes: Option<u64>,
+    pub fs: Option<FsType>,
+    pub pool: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// A raw block volume (loop pools only): never formatted or mounted.
+    pub block: bool,
+    /// Copy the new volume's data from a snapshot or another volume.
+    pub source: Option<CreateSource>,
+    /// Grow online before the filesystem fills.
+    pub autogrow: Option<Autogrow>,
+}
+
+/// Live usage of a mounted volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VolumeUsage {
+    pub used_bytes: u64,
+    pub total_bytes: u64,
+    pub used_inodes: u64,
+    pub total_inodes: u64,
+}
+
+/// What an unfinished operation was doing; stored before its first side
+/// effect and deleted with its result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Intent {
+    pub op: IntentOp,
+    /// The volume record as the operation found it (for a create: as it
+    /// will be).
+    pub before: Volume,
+    pub started: chrono::DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum IntentOp {
+    Create,
+    Stage {
+        consumer: ConsumerRef,
+        #[serde(default)]
+        target: Option<PublishTarget>,
+    },
+    /// Bind an already staged volume onto a consumer's target.
+    Publish {
+        consumer: ConsumerRef,
+        target: PublishTarget,
+    },
+    /// Unbind a consumer's target; other consumers remain.
+    Unpublish {
+        consumer: ConsumerRef,
+    },
+    Unstage {
+        consumer: ConsumerRef,
+    },
+    Resize {
+        from: u64,
+        to: u64,
+    },
+    Delete,
+    /// Copy the volume into this snapshot.
+    Snapshot {
+        snapshot: Snapshot,
+    },
+}
+
+impl IntentOp {
+    pub fn name(&self) -> &'static str {
+        match self {
+            IntentOp::Create => "create",
+            IntentOp::Stage { .. } => "stage",
+            IntentOp::Publish { .. } => "publish",
+            IntentOp::Unpublish { .. } => "unpublish",
+            IntentOp::Unstage { .. } => "unstage",
+            IntentOp::Resize { .. } => "resize",
+            IntentOp::Delete => "delete",
+            IntentOp::Snapshot { .. } => "snapshot",
+        }
+    }
+}
+
+pub(crate) enum IntentWrite {
+    Set(Box<Intent>),
+    Clear,
+}
+
+pub(crate) fn vol_key(name: &str) -> String {
+    format!("{VOL_PREFIX}{name}")
+}
+pub(crate) fn intent_key(name: &str) -> String {
+    format!("{INTENT_PREFIX}{name}")
+}
+pub(crate) fn pool_key(name: &str) -> String {
+    format!("{POOL_PREFIX}{name}")
+}
+
+pub(crate) fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    // Our records are plain data (strings, numbers, maps with string keys):
+    // serialising them cannot fail.
+    serde_json::to_vec(v).expect("records serialise")
+}
+
+pub struct VolumeService {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) host: Arc<dyn Host>,
+    pub(crate) drivers: HashMap<DriverKind, Arc<dyn Driver>>,
+    pub(crate) config: ServiceConfig,
+    pub(crate) volumes: RwLock<BTreeMap<String, Volume>>,
+    pub(crate) pools: RwLock<BTreeMap<String, Pool>>,
+    pub(crate) locks: crate::locks::NameLocks,
+    /// Serialises capacity checks with the records they admit.
+    pub(crate) admission: Mutex<()>,
+    pub(crate) events: EventLog,
+    pub(crate) failpoints: Failpoints,
+    pub(crate) usage_cache: Mutex<HashMap<String, (std::time::Instant, PoolUsage)>>,
+    pub(crate) snapshots: RwLock<BTreeMap<String, Snapshot>>,
+    /// Operation durations and errors; see [`crate::stats`].
+    pub(crate) stats: crate::stats::Stats,
+    /// Volumes already warned about reaching their autogrow max.
+    pub(crate) autogrow_at_max: Mutex<std::collections::HashSet<String>>,
+    /// What the pool watcher remembers between passes.
+    pub(crate) pool_watch: crate::remediation::PoolWatches,
+    /// Copies in flight and how far they have got.
+    pub(crate) operations: Arc<crate::progress::Operations>,
+}
+
+mod autogrow;
+mod create;
+mod delete;
+mod health;
+mod journal;
+mod publish;
+mod resize;
+mod snapshot;
+mod unpublish;
+
+pub(crate) use unpublish::remove_mountpoint;
+
+impl VolumeService {
+    // ----- reads -------------------------------------------------------
+
+    pub fn list_volumes(&self) -> Vec<Volume> {
+        self.volumes.read().values().cloned().collect()
+    }
+
+    /// Up to `limit` volumes in name order after `after` (exclusive), and
+    /// whether more follow. Clones only the page, so paging through 10,000
+    /// volumes stays cheap.
+    pub fn volumes_page(&self, after: Option<&str>, limit: usize) -> (Vec<Volume>, bool) {
+        use std::ops::Bound;
+        let vols = self.volumes.read();
+        let lower = match after {
+            Some(a) => Bound::Excluded(a.to_string()),
+            None => Bound::Unbounded,
+        };
+        let mut it = vols.range((lower, Bound::Unbounded)).map(|(_, v)| v);
+        let page: Vec<Volume> = it.by_ref().take(limit).cloned().collect();
+        let more = it.next().is_some();
+        (page, more)
+    }
+
+    pub fn volume_count(&self) -> usize {
+        self.volumes.read().len()
+    }
+
+    pub fn get_volume(&self, name: &str) -> Result<Volume> {
+        validate_name("volume", name)?;
+        self.volumes
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::not_found("volume", name))
+    }
+
+    /// Long operations in flight (full copies), with their progress.
+    pub fn operations(&self) -> Vec<crate::progress::Operation> {
+        self.operations.list()
+    }
+
+    pub fn recent_events(&self, limit: usize) -> Vec<Event> {
+        self.events.recent(limit)
+    }
+
+    pub fn subscribe_events(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// The size given to volumes created without one.
+    pub fn default_size(&self) -> u64 {
+        self.config.default_size
+    }
+
+    // ----- helpers -----------------------------------------------------
+
+    pub(crate) fn driver(&self, kind: DriverKind) -> Result<&Arc<dyn Driver>> {
+        self.drivers.get(&kind).ok_or_else(|| {
+            DriverError::Unsupported(format!("driver {kind} is not available in this build")).into()
+        })
+    }
+
+    /// Names (volumes, `pool:<name>`, `claim:<group>`) whose operation is
+    /// running now.
+    pub fn operations_in_flight(&self) -> Vec<String> {
+        self.locks.held()
+    }
+
+    /// Take the volume's lock, waiting (at most [`LOCK_WAIT`]) or not.
+    pub(crate) fn lock_op(&self, name: &str, wait: Wait) -> Result<crate::locks::NameGuard<'_>> {
+        match wait {
+            // Bounded: an operation stuck on the host (a pool whose own
+            // filesystem hangs) must not queue every later call behind it.
+            Wait::Block => self
+                .locks
+                .lock_for(name, LOCK_WAIT)
+                .ok_or_else(|| Error::Conflict {
+                    name: name.to_string(),
+                }),
+            Wait::Fail => self.locks.try_lock(name).ok_or_else(|| Error::Conflict {
+                name: name.to_string(),
+            }),
+        }
+    }
+
+    pub fn mountpoint_for(&self, name: &str) -> PathBuf {
+        self.config.mounts_dir.join(name)
+    }
+
+    /// Refuse to work on a volume whose last operation is unfinished (only
+    /// possible if the reconciler could not finish it).
+    pub(crate) fn check_settled(&self, vol: &Volume) -> Result<()> {
+        match vol.state {
+            VolumeState::Available | VolumeState::Mounted => Ok(()),
+            VolumeState::Creating | VolumeState::Resizing | VolumeState::Deleting => {
+                Err(Error::Busy {
+                    kind: "volume",
+                    name: vol.name.clone(),
+                    detail: format!(
+                        "an interrupted {} is unfinished; restart the daemon to reconcile it",
+                        vol.state.as_str()
+                    ),
+                })
+            }
+        }
+    }
+}
