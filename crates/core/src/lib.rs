@@ -20,6 +20,7 @@ pub mod remediation;
 pub mod service;
 pub mod stats;
 pub mod store;
+pub mod store_conformance;
 pub mod testing;
 
 pub use driver::{Driver, DriverError, NodeOps};

@@ -122,7 +122,12 @@ impl Txn {
         self.writes.push(Write::Put(key.into(), value));
         self
     }
-    pub fn put_with_lease(mut self, key: impl Into<String>, value: Vec<u8>, lease: LeaseId) -> Self {
+    pub fn put_with_lease(
+        mut self,
+        key: impl Into<String>,
+        value: Vec<u8>,
+        lease: LeaseId,
+    ) -> Self {
         self.writes
             .push(Write::PutWithLease(key.into(), value, lease));
         self
@@ -259,6 +264,10 @@ struct HubState {
     /// The last `keep` changes, in revision order.
     log: VecDeque<WatchEvent>,
     /// Changes at or below this revision are no longer in the log.
+    trimmed: u64,
+    /// A new watch must start after this revision. A compaction moves it
+    /// but leaves the log to the watches already open, which, like etcd's,
+    /// have been promised those changes.
     compacted: u64,
 }
 
@@ -268,6 +277,7 @@ impl WatchHub {
         Arc::new(Self {
             state: Mutex::new(HubState {
                 log: VecDeque::new(),
+                trimmed: revision,
                 compacted: revision,
             }),
             changed: Condvar::new(),
@@ -286,19 +296,18 @@ impl WatchHub {
         }
         while s.log.len() > self.keep {
             if let Some(old) = s.log.pop_front() {
-                s.compacted = s.compacted.max(old.revision());
+                s.trimmed = s.trimmed.max(old.revision());
+                s.compacted = s.compacted.max(s.trimmed);
             }
         }
         drop(s);
         self.changed.notify_all();
     }
 
-    /// Forget history at or below `revision` (as etcd's compaction does).
+    /// Refuse new watches at or below `revision` (as etcd's compaction
+    /// does); open watches still get what they have not read.
     pub fn compact(&self, revision: u64) {
         let mut s = self.state.lock().expect("watch hub poisoned");
-        while s.log.front().is_some_and(|e| e.revision() <= revision) {
-            s.log.pop_front();
-        }
         s.compacted = s.compacted.max(revision);
     }
 
@@ -330,10 +339,10 @@ impl Watch for HubWatch {
         let deadline = Instant::now() + timeout;
         let mut s = self.hub.state.lock().expect("watch hub poisoned");
         loop {
-            if self.after < s.compacted {
+            if self.after < s.trimmed {
                 return Err(StoreError::Compacted {
                     requested: self.after,
-                    compact_revision: s.compacted,
+                    compact_revision: s.trimmed,
                 });
             }
             let newer: Vec<WatchEvent> = s
@@ -390,9 +399,7 @@ impl Leases {
         }
     }
     pub fn is_live(&self, id: LeaseId) -> bool {
-        self.live
-            .get(&id)
-            .is_some_and(|(_, d)| *d > Instant::now())
+        self.live.get(&id).is_some_and(|(_, d)| *d > Instant::now())
     }
     /// Remove and return every lease past its deadline.
     pub fn take_expired(&mut self) -> Vec<LeaseId> {
@@ -505,7 +512,10 @@ impl Store for MemStore {
     fn txn(&self, txn: Txn) -> Result<u64, StoreError> {
         let mut inner = self.lock();
         check_compares(&txn.compares, |k| {
-            inner.map.get(k).map(|kv| (kv.value.clone(), kv.mod_revision))
+            inner
+                .map
+                .get(k)
+                .map(|kv| (kv.value.clone(), kv.mod_revision))
         })?;
         if txn.writes.is_empty() {
             return Ok(inner.revision);

@@ -13,10 +13,19 @@
 //! has passed those checks. A valid store left behind by a crash is recovered
 //! by redb when opened for writing; that is crash recovery, not repair.
 //!
-//! Layout: table `kv` (`&str` → `&[u8]`) holds the data; table `meta`
-//! (`&str` → `u64`) holds `schema_version`. The meta table's name and types
-//! never change from one schema version to the next, so every ballast can
-//! tell what version a file is before touching it.
+//! Layout: table `kv` (`&str` → `&[u8]`) holds the data; table `rev`
+//! (`&str` → `(u64, u64, u64)`) each key's create revision, mod revision and
+//! lease (0: none); table `meta` (`&str` → `u64`) holds `schema_version` and
+//! `revision` (the store's last). The meta table's name and types never
+//! change from one schema version to the next, so every ballast can tell
+//! what version a file is before touching it.
+//!
+//! Schema 1 (until revisions came) had no `rev` table: opening one migrates
+//! it in one write transaction (every key gets revision 1). Watches and
+//! leases live in this process (one daemon owns the file: it holds a
+//! flock): a watch's history is the last [`WATCH_HISTORY`] changes since
+//! the open, and leases do not survive a restart, so the keys put under a
+//! lease are deleted when the file is opened.
 
 mod overlay;
 #[cfg(test)]
@@ -29,16 +38,29 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ballast_core::store::{check_compares, Compare, Store, StoreError, Txn, Write};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ballast_core::store::{
+    apply_writes, check_compares, KeyValue, LeaseId, Leases, Range, Store, StoreError, Txn, Watch,
+    WatchEvent, WatchHub, Write,
+};
 use redb::{Builder, Database, DatabaseError, ReadableTable, TableDefinition, TableError};
 
 use crate::overlay::ReadOnlyOverlay;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
+
+/// How many changes a watch can catch up on.
+pub const WATCH_HISTORY: usize = 10_000;
 
 /// The data: every key the core stores.
 const DATA: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+/// Each key's (create revision, mod revision, lease or 0).
+const REVS: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("rev");
+const REVISION_KEY: &str = "revision";
 /// Facts about the file itself. Name and types fixed for all schema versions.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SCHEMA_KEY: &str = "schema_version";
@@ -48,6 +70,10 @@ const SCHEMA_KEY: &str = "schema_version";
 pub struct RedbStore {
     db: Database,
     path: PathBuf,
+    /// Held across a commit and its watch publication, so watchers see
+    /// transactions in revision order.
+    writer: Mutex<Leases>,
+    hub: Arc<WatchHub>,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -87,65 +113,255 @@ impl RedbStore {
     }
 }
 
-impl Store for RedbStore {
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let read = self.db.begin_read().map_err(|e| self.err(e))?;
-        let table = read.open_table(DATA).map_err(|e| self.err(e))?;
-        let value = table.get(key).map_err(|e| self.err(e))?;
-        Ok(value.map(|v| v.value().to_vec()))
+impl RedbStore {
+    fn read_kv(
+        &self,
+        revs: &impl ReadableTable<&'static str, (u64, u64, u64)>,
+        key: &str,
+        value: &[u8],
+    ) -> Result<KeyValue, StoreError> {
+        let (create_revision, mod_revision, lease) = revs
+            .get(key)
+            .map_err(|e| self.err(e))?
+            .map(|v| v.value())
+            .ok_or_else(|| corrupt(&self.path, &format!("key {key} has no revision")))?;
+        Ok(KeyValue {
+            key: key.to_owned(),
+            value: value.to_vec(),
+            create_revision,
+            mod_revision,
+            lease: (lease != 0).then_some(lease),
+        })
     }
 
-    fn scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    /// Commit `writes` at the next revision, under the writer lock; the
+    /// caller has checked the compares in the same write transaction.
+    fn write(&self, txn: Txn, leases: &Leases) -> Result<(u64, Vec<WatchEvent>), StoreError> {
+        let Txn { compares, writes } = txn;
+        let write = self.db.begin_write().map_err(|e| self.err(e))?;
+        let outcome = (|| {
+            let mut data = write.open_table(DATA).map_err(|e| self.err(e))?;
+            let mut revs = write.open_table(REVS).map_err(|e| self.err(e))?;
+            let mut meta = write.open_table(META).map_err(|e| self.err(e))?;
+            let revision = meta
+                .get(REVISION_KEY)
+                .map_err(|e| self.err(e))?
+                .map_or(0, |v| v.value());
+            let mut current: HashMap<String, Option<(Vec<u8>, u64)>> = HashMap::new();
+            for c in &compares {
+                let key = c.key();
+                if !current.contains_key(key) {
+                    let value = data
+                        .get(key)
+                        .map_err(|e| self.err(e))?
+                        .map(|v| v.value().to_vec());
+                    let rev = revs.get(key).map_err(|e| self.err(e))?.map(|v| v.value().1);
+                    current.insert(key.to_owned(), value.map(|v| (v, rev.unwrap_or(0))));
+                }
+            }
+            check_compares(&compares, |k| current.get(k).cloned().flatten())?;
+            if writes.is_empty() {
+                return Ok(None);
+            }
+            for w in &writes {
+                if let Write::PutWithLease(_, _, lease) = w {
+                    if !leases.is_live(*lease) {
+                        return Err(StoreError::LeaseExpired(*lease));
+                    }
+                }
+            }
+            let rev = revision + 1;
+            // Existing create revisions, so apply_writes keeps them.
+            let mut touched: BTreeMap<String, KeyValue> = BTreeMap::new();
+            for w in &writes {
+                let key = match w {
+                    Write::Put(k, _) | Write::PutWithLease(k, _, _) | Write::Delete(k) => k,
+                };
+                if touched.contains_key(key) {
+                    continue;
+                }
+                if let Some((create, modr, lease)) = revs
+                    .get(key.as_str())
+                    .map_err(|e| self.err(e))?
+                    .map(|v| v.value())
+                {
+                    touched.insert(
+                        key.clone(),
+                        KeyValue {
+                            key: key.clone(),
+                            value: Vec::new(),
+                            create_revision: create,
+                            mod_revision: modr,
+                            lease: (lease != 0).then_some(lease),
+                        },
+                    );
+                }
+            }
+            let mut after = touched.clone();
+            let events = apply_writes(&mut after, writes, rev);
+            for e in &events {
+                match e {
+                    WatchEvent::Put(kv) => {
+                        data.insert(kv.key.as_str(), kv.value.as_slice())
+                            .map_err(|e| self.err(e))?;
+                        revs.insert(
+                            kv.key.as_str(),
+                            (kv.create_revision, kv.mod_revision, kv.lease.unwrap_or(0)),
+                        )
+                        .map_err(|e| self.err(e))?;
+                    }
+                    WatchEvent::Delete { key, .. } => {
+                        data.remove(key.as_str()).map_err(|e| self.err(e))?;
+                        revs.remove(key.as_str()).map_err(|e| self.err(e))?;
+                    }
+                }
+            }
+            if events.is_empty() {
+                return Ok(None);
+            }
+            meta.insert(REVISION_KEY, rev).map_err(|e| self.err(e))?;
+            Ok(Some((rev, events)))
+        })();
+        match outcome {
+            Ok(Some((rev, events))) => {
+                // Durability::Immediate (redb's default): fsync'd before returning.
+                write.commit().map_err(|e| self.err(e))?;
+                Ok((rev, events))
+            }
+            Ok(None) => {
+                // Nothing to write: end the transaction without a commit (and
+                // its fsync).
+                write.abort().map_err(|e| self.err(e))?;
+                Ok((self.revision()?, Vec::new()))
+            }
+            Err(e) => {
+                write.abort().map_err(|e| self.err(e))?;
+                Err(e)
+            }
+        }
+    }
+
+    fn revision(&self) -> Result<u64, StoreError> {
         let read = self.db.begin_read().map_err(|e| self.err(e))?;
-        let table = read.open_table(DATA).map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for entry in table.range(prefix..).map_err(|e| self.err(e))? {
+        let meta = read.open_table(META).map_err(|e| self.err(e))?;
+        Ok(meta
+            .get(REVISION_KEY)
+            .map_err(|e| self.err(e))?
+            .map_or(0, |v| v.value()))
+    }
+
+    /// Delete the keys of lapsed leases (leases lapse lazily: at the next
+    /// call after their deadline).
+    fn expire(&self, leases: &mut Leases) -> Result<(), StoreError> {
+        for lease in leases.take_expired() {
+            self.delete_lease_keys(leases, lease)?;
+        }
+        Ok(())
+    }
+
+    fn delete_lease_keys(&self, leases: &Leases, lease: LeaseId) -> Result<(), StoreError> {
+        let keys = self.keys_with_lease(|l| l == lease)?;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let txn = keys.into_iter().fold(Txn::new(), |t, k| t.delete(k));
+        let (_, events) = self.write(txn, leases)?;
+        self.hub.publish(events);
+        Ok(())
+    }
+
+    fn keys_with_lease(&self, pick: impl Fn(u64) -> bool) -> Result<Vec<String>, StoreError> {
+        let read = self.db.begin_read().map_err(|e| self.err(e))?;
+        let revs = read.open_table(REVS).map_err(|e| self.err(e))?;
+        let mut keys = Vec::new();
+        for entry in revs.iter().map_err(|e| self.err(e))? {
+            let (k, v) = entry.map_err(|e| self.err(e))?;
+            let lease = v.value().2;
+            if lease != 0 && pick(lease) {
+                keys.push(k.value().to_owned());
+            }
+        }
+        Ok(keys)
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Leases>, StoreError> {
+        let mut leases = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Io("store writer lock poisoned".into()))?;
+        self.expire(&mut leases)?;
+        Ok(leases)
+    }
+}
+
+impl Store for RedbStore {
+    fn get_kv(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        drop(self.lock()?);
+        let read = self.db.begin_read().map_err(|e| self.err(e))?;
+        let data = read.open_table(DATA).map_err(|e| self.err(e))?;
+        let revs = read.open_table(REVS).map_err(|e| self.err(e))?;
+        let Some(value) = data.get(key).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        self.read_kv(&revs, key, value.value()).map(Some)
+    }
+
+    fn range(&self, prefix: &str) -> Result<Range, StoreError> {
+        drop(self.lock()?);
+        let read = self.db.begin_read().map_err(|e| self.err(e))?;
+        let data = read.open_table(DATA).map_err(|e| self.err(e))?;
+        let revs = read.open_table(REVS).map_err(|e| self.err(e))?;
+        let meta = read.open_table(META).map_err(|e| self.err(e))?;
+        let revision = meta
+            .get(REVISION_KEY)
+            .map_err(|e| self.err(e))?
+            .map_or(0, |v| v.value());
+        let mut kvs = Vec::new();
+        for entry in data.range(prefix..).map_err(|e| self.err(e))? {
             let (key, value) = entry.map_err(|e| self.err(e))?;
             let key = key.value();
             if !key.starts_with(prefix) {
                 break;
             }
-            out.push((key.to_owned(), value.value().to_vec()));
+            kvs.push(self.read_kv(&revs, key, value.value())?);
         }
-        Ok(out)
+        Ok(Range { kvs, revision })
     }
 
-    fn commit(&self, txn: Txn) -> Result<(), StoreError> {
-        let Txn { compares, writes } = txn;
-        let write = self.db.begin_write().map_err(|e| self.err(e))?;
-        {
-            let mut table = write.open_table(DATA).map_err(|e| self.err(e))?;
-            let mut current: HashMap<&str, Option<Vec<u8>>> = HashMap::new();
-            for compare in &compares {
-                let (Compare::Absent(key) | Compare::Equals(key, _)) = compare;
-                if !current.contains_key(key.as_str()) {
-                    let value = table.get(key.as_str()).map_err(|e| self.err(e))?;
-                    current.insert(key, value.map(|v| v.value().to_vec()));
-                }
-            }
-            let checked = check_compares(&compares, |k| current.get(k).cloned().flatten());
-            if checked.is_err() || writes.is_empty() {
-                // Nothing to write: end the transaction without a commit (and
-                // its fsync).
-                drop(table);
-                write.abort().map_err(|e| self.err(e))?;
-                return checked;
-            }
-            for w in writes {
-                match w {
-                    Write::Put(key, value) => {
-                        table
-                            .insert(key.as_str(), value.as_slice())
-                            .map_err(|e| self.err(e))?;
-                    }
-                    Write::Delete(key) => {
-                        table.remove(key.as_str()).map_err(|e| self.err(e))?;
-                    }
-                }
-            }
+    fn txn(&self, txn: Txn) -> Result<u64, StoreError> {
+        let leases = self.lock()?;
+        let (rev, events) = self.write(txn, &leases)?;
+        self.hub.publish(events);
+        Ok(rev)
+    }
+
+    fn watch(&self, prefix: &str, after: u64) -> Result<Box<dyn Watch>, StoreError> {
+        // Under the writer lock: no commit slips between the check and the watch.
+        let _leases = self.lock()?;
+        self.hub.watch(prefix, after)
+    }
+
+    fn lease_grant(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        let mut leases = self.lock()?;
+        // IDs must not meet a key left under an older lease of this file.
+        let mut id = leases.grant(ttl);
+        while !self.keys_with_lease(|l| l == id)?.is_empty() {
+            leases.revoke(id);
+            id = leases.grant(ttl);
         }
-        // Durability::Immediate (redb's default): fsync'd before returning.
-        write.commit().map_err(|e| self.err(e))
+        Ok(id)
+    }
+
+    fn lease_keepalive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.lock()?.keepalive(lease)
+    }
+
+    fn lease_revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
+        let mut leases = self.lock()?;
+        if leases.revoke(lease) {
+            self.delete_lease_keys(&leases, lease)?;
+        }
+        Ok(())
     }
 }
 
@@ -167,12 +383,31 @@ fn open_existing(path: &Path) -> Result<RedbStore, StoreError> {
     let db = Builder::new().open(path).map_err(|e| open_error(path, e))?;
     // Checked again on the real handle, in case another process replaced the
     // file between the two opens.
-    check_schema(&db, path)?;
-    tracing::debug!(path = %path.display(), "opened store");
-    Ok(RedbStore {
+    if check_schema(&db, path)? < SCHEMA_VERSION {
+        migrate_v1(&db, path)?;
+    }
+    let mut store = RedbStore {
         db,
         path: path.to_owned(),
-    })
+        writer: Mutex::new(Leases::default()),
+        hub: WatchHub::new(0, WATCH_HISTORY),
+    };
+    let revision = store.revision()?;
+    store.hub = WatchHub::new(revision, WATCH_HISTORY);
+    // Leases end with the process that granted them.
+    let leased = store.keys_with_lease(|_| true)?;
+    if !leased.is_empty() {
+        tracing::info!(
+            keys = leased.len(),
+            "deleting keys of leases from before this start"
+        );
+        let txn = leased.into_iter().fold(Txn::new(), |t, k| t.delete(k));
+        let leases = Leases::default();
+        let (_, events) = store.write(txn, &leases)?;
+        store.hub.publish(events);
+    }
+    tracing::debug!(path = %path.display(), revision, "opened store");
+    Ok(store)
 }
 
 /// Open `path` read-only, with redb's writes kept in memory, and check the
@@ -188,7 +423,7 @@ fn peek(path: &Path) -> Result<(), StoreError> {
         check_schema(&db, path)
     }));
     match outcome {
-        Ok(result) => result,
+        Ok(result) => result.map(drop),
         Err(payload) => {
             let message = payload
                 .downcast_ref::<&str>()
@@ -206,7 +441,8 @@ fn peek(path: &Path) -> Result<(), StoreError> {
 }
 
 /// Is this a ballast store whose schema this build understands?
-fn check_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
+/// Returns the file's schema version.
+fn check_schema(db: &Database, path: &Path) -> Result<u64, StoreError> {
     let err = |e: redb::Error| redb_error(path, e);
     let read = db.begin_read().map_err(|e| err(e.into()))?;
     let meta = match read.open_table(META) {
@@ -220,7 +456,8 @@ fn check_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
         Err(e) => return Err(err(e.into())),
     };
     let version = meta.get(SCHEMA_KEY).map_err(|e| err(e.into()))?;
-    match version.map(|v| v.value()) {
+    let version = version.map(|v| v.value());
+    match version {
         None => {
             return Err(corrupt(
                 path,
@@ -235,17 +472,55 @@ fn check_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
             })
         }
         Some(0) => return Err(corrupt(path, "schema version 0 is not a ballast schema")),
-        // Only version 1 exists, so there is nothing to migrate from.
         Some(_) => {}
     }
+    let version = version.unwrap_or(SCHEMA_VERSION);
+    if version >= 2 {
+        match read.open_table(REVS) {
+            Ok(_) => {}
+            Err(TableError::TableDoesNotExist(_)) => {
+                return Err(corrupt(
+                    path,
+                    "the revision table is missing though schema version 2 is recorded",
+                ))
+            }
+            Err(e) => return Err(err(e.into())),
+        }
+    }
     match read.open_table(DATA) {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(version),
         Err(TableError::TableDoesNotExist(_)) => Err(corrupt(
             path,
             "the data table is missing though a schema version is recorded",
         )),
         Err(e) => Err(err(e.into())),
     }
+}
+
+/// Schema 1 → 2: every key gets revision 1 (create and mod), no lease; the
+/// store's revision becomes 1. One write transaction: a crash leaves schema
+/// 1, and the next open migrates again.
+fn migrate_v1(db: &Database, path: &Path) -> Result<(), StoreError> {
+    let err = |e: redb::Error| redb_error(path, e);
+    let write = db.begin_write().map_err(|e| err(e.into()))?;
+    let mut keys = 0u64;
+    {
+        let data = write.open_table(DATA).map_err(|e| err(e.into()))?;
+        let mut revs = write.open_table(REVS).map_err(|e| err(e.into()))?;
+        for entry in data.iter().map_err(|e| err(e.into()))? {
+            let (k, _) = entry.map_err(|e| err(e.into()))?;
+            revs.insert(k.value(), (1, 1, 0))
+                .map_err(|e| err(e.into()))?;
+            keys += 1;
+        }
+        let mut meta = write.open_table(META).map_err(|e| err(e.into()))?;
+        meta.insert(REVISION_KEY, 1).map_err(|e| err(e.into()))?;
+        meta.insert(SCHEMA_KEY, SCHEMA_VERSION)
+            .map_err(|e| err(e.into()))?;
+    }
+    write.commit().map_err(|e| err(e.into()))?;
+    tracing::info!(path = %path.display(), keys, "migrated the store from schema 1 to 2");
+    Ok(())
 }
 
 /// Create a new store at `path`. It is built under a temporary name beside
@@ -307,7 +582,9 @@ fn init_file(tmp: &Path) -> Result<(), StoreError> {
         let mut meta = write.open_table(META).map_err(|e| err(e.into()))?;
         meta.insert(SCHEMA_KEY, SCHEMA_VERSION)
             .map_err(|e| err(e.into()))?;
+        meta.insert(REVISION_KEY, 0).map_err(|e| err(e.into()))?;
         write.open_table(DATA).map_err(|e| err(e.into()))?;
+        write.open_table(REVS).map_err(|e| err(e.into()))?;
     }
     write.commit().map_err(|e| err(e.into()))?;
     // A clean close, then make sure the close's header write is on disk too.

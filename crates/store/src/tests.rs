@@ -499,3 +499,86 @@ fn commit_latency() {
         times[199]
     );
 }
+
+#[test]
+fn redb_conforms_to_the_store_contract() {
+    let (_dir, _path, store) = new_store();
+    let store = Arc::new(store);
+    let s = store.clone();
+    let conflicts =
+        ballast_core::store_conformance::run_all(store, "t/", &move |rev| s.hub.compact(rev));
+    println!("redb: {conflicts} conflicts");
+}
+
+#[test]
+fn revisions_survive_a_reopen_and_keep_rising() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ballast.redb");
+    let store = RedbStore::open(&path).unwrap();
+    let r1 = store.txn(Txn::new().put("vol/a", b"1".to_vec())).unwrap();
+    drop(store);
+    let store = RedbStore::open(&path).unwrap();
+    let kv = store.get_kv("vol/a").unwrap().unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision), (r1, r1));
+    let r2 = store.txn(Txn::new().put("vol/b", b"2".to_vec())).unwrap();
+    assert!(r2 > r1, "a revision was reused after reopening");
+}
+
+#[test]
+fn keys_of_leases_from_a_previous_run_are_deleted_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ballast.redb");
+    let store = RedbStore::open(&path).unwrap();
+    let lease = store.lease_grant(Duration::from_secs(600)).unwrap();
+    store
+        .commit(
+            Txn::new()
+                .put_with_lease("node/a", b"alive".to_vec(), lease)
+                .put("vol/x", b"kept".to_vec()),
+        )
+        .unwrap();
+    drop(store);
+    let store = RedbStore::open(&path).unwrap();
+    assert_eq!(store.get("node/a").unwrap(), None);
+    assert_eq!(store.get("vol/x").unwrap().as_deref(), Some(&b"kept"[..]));
+}
+
+/// A file as ballast wrote it before revisions (schema 1: `kv` and `meta`
+/// only) opens, and every record is there with revision 1.
+#[test]
+fn a_schema_1_file_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ballast.redb");
+    {
+        let db = Builder::new().create(&path).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let mut meta = w.open_table(META).unwrap();
+            meta.insert(SCHEMA_KEY, 1u64).unwrap();
+            let mut data = w.open_table(DATA).unwrap();
+            data.insert("vol/a", &b"{\"old\":1}"[..]).unwrap();
+            data.insert("pool/default", &b"{}"[..]).unwrap();
+        }
+        w.commit().unwrap();
+    }
+    let store = RedbStore::open(&path).unwrap();
+    let range = store.range("").unwrap();
+    assert_eq!(range.kvs.len(), 2);
+    assert!(range
+        .kvs
+        .iter()
+        .all(|kv| kv.mod_revision == 1 && kv.create_revision == 1));
+    assert_eq!(range.revision, 1);
+    let r = store
+        .txn(
+            Txn::new()
+                .require_revision("vol/a", 1)
+                .put("vol/a", b"{}".to_vec()),
+        )
+        .expect("CAS on the migrated revision");
+    assert_eq!(r, 2);
+    drop(store);
+    // The file now says schema 2 and reopens without migrating again.
+    let db = Builder::new().open(&path).unwrap();
+    assert_eq!(check_schema(&db, &path).unwrap(), SCHEMA_VERSION);
+}
