@@ -232,9 +232,9 @@ impl Config {
                 .to_string_lossy()
                 .into_owned(),
         };
-        if node_id.is_empty() || node_id.len() > 128 || node_id.chars().any(char::is_control) {
-            anyhow::bail!("node id {node_id:?}: 1 to 128 printable characters");
-        }
+        // A node id is part of store keys (attachment/<volume>/<node>) and
+        // of the default pool's name on a shared store: a name's rules.
+        ballast_core::model::validate_name("node", &node_id).map_err(|e| anyhow::anyhow!("{e}"))?;
         let csi_mode = args
             .csi_mode
             .clone()

@@ -256,6 +256,7 @@ async fn run(config: Config, api_socket: Option<PathBuf>, dirs: &Dirs) -> anyhow
             pools_dir: state_dir.join("pools"),
             default_size: config.default_size,
             default_fs: config.default_fs,
+            node_id: config.node_id.clone(),
         },
         failpoints: Failpoints::from_env(),
     };
@@ -277,7 +278,8 @@ async fn run(config: Config, api_socket: Option<PathBuf>, dirs: &Dirs) -> anyhow
         "reconciled"
     );
     let service = Arc::new(service);
-    if service.get_pool("default").is_err() {
+    let default_pool = service.default_pool_name();
+    if service.get_pool(&default_pool).is_err() {
         let driver = if let Some(d) = config.default_driver {
             d
         } else if host.loop_available() {
@@ -287,9 +289,9 @@ async fn run(config: Config, api_socket: Option<PathBuf>, dirs: &Dirs) -> anyhow
             DriverKind::Dir
         };
         let pool = Pool::new(
-            "default",
+            &default_pool,
             driver,
-            make_dir(&state_dir.join("pools").join("default"), 0o700)?,
+            make_dir(&state_dir.join("pools").join(&default_pool), 0o700)?,
             config.overcommit_ratio,
         );
         let svc = service.clone();

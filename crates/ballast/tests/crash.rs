@@ -511,6 +511,11 @@ fn every_failpoint_has_a_scenario() {
             // Covered by tests/claims.rs, which crashes in acquires.
             continue;
         }
+        if op == "autogrow" {
+            // A race hook, not a crash point: the pass has no side effect
+            // before it; crates/drivers/tests/service.rs races a mount there.
+            continue;
+        }
         assert!(OPS.contains(&op), "failpoint {fp} belongs to no crash test");
         assert!(!setups(fp).is_empty(), "{fp}");
     }

@@ -34,6 +34,13 @@ pub enum Error {
         requested: u64,
         available: u64,
     },
+    /// A node-side operation on something whose storage is on another node.
+    #[error("{kind} {name:?} lives on node {node:?}; run this on that node")]
+    OtherNode {
+        kind: &'static str,
+        name: String,
+        node: String,
+    },
     /// Another operation holds the volume (only from the non-waiting calls).
     #[error("volume {name:?} has an operation in flight; retry")]
     Conflict { name: String },
@@ -74,6 +81,7 @@ impl Error {
             Error::Busy { .. } => "busy",
             Error::Capacity { .. } => "capacity",
             Error::Conflict { .. } => "conflict",
+            Error::OtherNode { .. } => "other_node",
             Error::Unavailable(_) => "unavailable",
             Error::NoSpace(_) => "no_space",
             Error::Driver(_) => "driver",

@@ -253,9 +253,19 @@ pub struct Pool {
     pub adopted: bool,
     #[serde(default)]
     pub state: PoolState,
+    /// The node whose storage this is (every pool of today's drivers is
+    /// node-local). None in records from before nodes: the node that opens
+    /// them takes them as its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl Pool {
+    /// Whether this pool's storage is on `node`.
+    pub fn is_on(&self, node: &str) -> bool {
+        self.node.as_deref().is_none_or(|n| n == node)
+    }
+
     /// A ready pool with default growth settings and no disks of its own.
     pub fn new(name: &str, driver: DriverKind, path: PathBuf, overcommit_ratio: f64) -> Self {
         Pool {
@@ -267,6 +277,7 @@ impl Pool {
             growth: PoolGrowth::default(),
             disks: Vec::new(),
             adding: None,
+            node: None,
             adopted: false,
             state: PoolState::Ready,
         }
@@ -732,12 +743,37 @@ pub struct Volume {
     /// its source's extents and is charged only what it holds exclusively.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cow: bool,
+    /// Where the volume lives: the node of its pool (None for a shared
+    /// pool, and in records from before nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// This node's attachment: where it is staged here. Stored apart from
+    /// the volume, in `attachment/<name>/<node>`; the record in `vol/`
+    /// holds none.
     pub staging: Option<Staging>,
-    /// Keyed by [`ConsumerRef::key`].
+    /// Keyed by [`ConsumerRef::key`]. This node's, as `staging`.
+    pub consumers: BTreeMap<String, Consumer>,
+}
+
+/// What happens to a volume on one node: its staging and its consumers
+/// there (`attachment/<volume>/<node>`). Only that node writes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The volume's ID: an attachment never outlives into a re-created name.
+    pub volume_id: String,
+    pub node: String,
+    /// The node's boot when this was written.
+    pub boot_id: String,
+    pub staging: Option<Staging>,
     pub consumers: BTreeMap<String, Consumer>,
 }
 
 impl Volume {
+    /// Whether the volume's storage is on `node` (or shared).
+    pub fn is_on(&self, node: &str) -> bool {
+        self.node.as_deref().is_none_or(|n| n == node)
+    }
+
     pub fn mountpoint(&self) -> Option<&std::path::Path> {
         self.staging.as_ref().map(|s| s.mountpoint.as_path())
     }
@@ -1085,6 +1121,7 @@ mod tests {
             autogrow: None,
             source: None,
             cow: false,
+            node: None,
             staging: None,
             consumers: cs
                 .iter()

@@ -508,6 +508,8 @@ impl VolumeService {
     /// Record the intent, make the storage, bring it up, record the pool.
     pub(crate) fn make_pool(&self, mut pool: Pool) -> Result<Pool> {
         let driver = self.driver(pool.driver)?.clone();
+        // Every driver so far keeps its storage on this machine.
+        pool.node = Some(self.config.node_id.clone());
         pool.state = PoolState::Creating;
         self.store.commit(
             Txn::new()
@@ -569,14 +571,15 @@ impl VolumeService {
     /// plain directory is only forgotten.
     pub fn delete_pool(&self, name: &str) -> Result<()> {
         validate_name("pool", name)?;
-        if name == "default" {
+        if name == self.default_pool_name() {
             return Err(invalid(
-                "pool \"default\"",
-                "cannot be deleted: the daemon makes it again at start",
+                format!("pool {name:?}"),
+                "cannot be deleted: it is this node's default pool, which the daemon makes again at start",
             ));
         }
         let _g = self.locks.lock(&format!("pool:{name}"));
         let pool = self.get_pool(name)?;
+        self.check_pool_here(&pool)?;
         let vols = self
             .volumes
             .read()
@@ -792,12 +795,14 @@ impl VolumeService {
 
     /// Record a pool and prepare its storage; an identical existing pool is
     /// fine.
-    pub fn ensure_pool(&self, pool: Pool) -> Result<Pool> {
+    pub fn ensure_pool(&self, mut pool: Pool) -> Result<Pool> {
         validate_name("pool", &pool.name)?;
+        pool.node = Some(self.config.node_id.clone());
         crate::model::validate_overcommit_ratio(pool.overcommit_ratio)?;
         crate::pools::check_not_system_path("path", &pool.path)?;
         let _g = self.locks.lock(&format!("pool:{}", pool.name));
         if let Some(existing) = self.pools.read().get(&pool.name) {
+            self.check_pool_here(existing)?;
             if existing.driver != pool.driver || existing.path != pool.path {
                 return Err(Error::AlreadyExists {
                     kind: "pool",

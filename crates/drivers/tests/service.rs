@@ -79,6 +79,7 @@ impl Env {
                 pools_dir: self.root().join("pools"),
                 default_size: 64 * MIB,
                 default_fs: FsType::Ext4,
+                node_id: "node-a".into(),
             },
             failpoints,
         })

@@ -30,6 +30,7 @@ fn service(tmp: &tempfile::TempDir) -> VolumeService {
             pools_dir: tmp.path().join("pools"),
             default_size: 64 * MIB,
             default_fs: FsType::Ext4,
+            node_id: "node-a".into(),
         },
         failpoints: Failpoints::none(),
     })

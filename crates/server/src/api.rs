@@ -145,6 +145,9 @@ pub struct VolumeView {
     pub labels: BTreeMap<String, String>,
     pub created_at: DateTime<Utc>,
     pub state: VolumeState,
+    /// The node whose pool holds the volume; null for a shared pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// Where the data is on this host while mounted.
     pub mountpoint: Option<String>,
     pub device: Option<String>,
@@ -174,6 +177,7 @@ impl VolumeView {
             labels: v.labels,
             created_at: v.created_at,
             state: v.state,
+            node: v.node,
             mountpoint,
             device,
             consumers: v.consumers.into_values().collect(),
@@ -187,6 +191,9 @@ impl VolumeView {
 pub struct PoolView {
     pub name: String,
     pub driver: DriverKind,
+    /// The node whose disks hold the pool; null for a shared pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     pub path: String,
     pub overcommit_ratio: f64,
     pub created_at: DateTime<Utc>,
@@ -209,6 +216,7 @@ impl PoolView {
         Self {
             name: p.name,
             driver: p.driver,
+            node: p.node,
             path: p.path.display().to_string(),
             overcommit_ratio: p.overcommit_ratio,
             created_at: p.created_at,

@@ -40,6 +40,7 @@ pub fn status(e: Error) -> Status {
         Error::Busy { .. } => Status::failed_precondition(msg),
         Error::Capacity { .. } => Status::resource_exhausted(msg),
         Error::Conflict { .. } => Status::aborted(msg),
+        Error::OtherNode { .. } => Status::failed_precondition(msg),
         Error::Unavailable(_) => Status::unavailable(msg),
         Error::NoSpace(_) => Status::resource_exhausted(msg),
         Error::Driver(_) | Error::Internal(_) => Status::internal(msg),
@@ -668,7 +669,7 @@ impl csi::controller_server::Controller for CsiPlugin {
         request: Request<csi::GetCapacityRequest>,
     ) -> Result<Response<csi::GetCapacityResponse>, Status> {
         let r = request.into_inner();
-        let mut pool = "default".to_string();
+        let mut pool = self.service.default_pool_name();
         for (k, v) in &r.parameters {
             match k.as_str() {
                 "pool" => pool = v.clone(),

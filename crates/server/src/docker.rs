@@ -74,6 +74,7 @@ fn docker_err(e: Error) -> Reply {
         | Error::Busy { .. }
         | Error::Capacity { .. }
         | Error::Conflict { .. }
+        | Error::OtherNode { .. }
         | Error::Unavailable(_)
         | Error::NoSpace(_)
         | Error::Driver(_)

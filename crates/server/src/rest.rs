@@ -68,7 +68,7 @@ impl From<Error> for ApiError {
             Error::AlreadyExists { .. } => StatusCode::CONFLICT,
             Error::InUse { .. } => StatusCode::CONFLICT,
             Error::Busy { .. } => StatusCode::CONFLICT,
-            Error::Conflict { .. } => StatusCode::CONFLICT,
+            Error::Conflict { .. } | Error::OtherNode { .. } => StatusCode::CONFLICT,
             Error::Capacity { .. } => StatusCode::INSUFFICIENT_STORAGE,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,

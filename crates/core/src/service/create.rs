@@ -31,7 +31,7 @@ impl VolumeService {
                 validate_name("pool", p)?;
                 self.get_pool(p)?
             }
-            None => self.get_pool("default")?,
+            None => self.get_pool(&self.default_pool_name())?,
         };
         let _g = self.lock_op(&req.name, wait)?;
         if let Some(existing) = self.volumes.read().get(&req.name).cloned() {
@@ -40,6 +40,7 @@ impl VolumeService {
         if let Some(source) = req.source.clone() {
             return self.create_copy(req, source, wait);
         }
+        self.check_pool_here(&pool)?;
         let (size, fs) = self.resolve_shape(&req, &pool)?;
         Self::check_autogrow(&req, &pool, size)?;
         let vol = Volume {
@@ -58,6 +59,7 @@ impl VolumeService {
             autogrow: req.autogrow,
             source: None,
             cow: false,
+            node: Some(self.config.node_id.clone()),
             staging: None,
             consumers: BTreeMap::new(),
         };
@@ -184,6 +186,7 @@ impl VolumeService {
             .into());
         }
         let pool = self.get_pool(&pool_name)?;
+        self.check_pool_here(&pool)?;
         Self::check_autogrow(&req, &pool, size)?;
         let cow = self.driver(pool.driver)?.copies_share_extents(&pool)?;
         let vol = Volume {
@@ -202,6 +205,7 @@ impl VolumeService {
             autogrow: req.autogrow,
             source: Some(source.clone()),
             cow,
+            node: Some(self.config.node_id.clone()),
             staging: None,
             consumers: BTreeMap::new(),
         };

@@ -95,6 +95,10 @@ pub struct ServiceConfig {
     pub pools_dir: PathBuf,
     pub default_size: u64,
     pub default_fs: FsType,
+    /// This daemon's node: stable across restarts, unique in the cluster
+    /// (config `node_id`, default the host name). Attachments, intents and
+    /// pools are this node's when they carry it.
+    pub node_id: String,
 }
 
 /// A request to create a volume. Unset fields take the pool's defaults.
@@ -324,6 +328,47 @@ impl VolumeService {
 
     pub fn mountpoint_for(&self, name: &str) -> PathBuf {
         self.config.mounts_dir.join(name)
+    }
+
+    /// Refuse a node-side operation on a volume whose storage is on another
+    /// node: its image, mount and devices are there, not here.
+    pub(crate) fn check_here(&self, vol: &Volume) -> Result<()> {
+        match &vol.node {
+            Some(node) if *node != self.config.node_id => Err(Error::OtherNode {
+                kind: "volume",
+                name: vol.name.clone(),
+                node: node.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    pub(crate) fn check_pool_here(&self, pool: &Pool) -> Result<()> {
+        if pool.is_on(&self.config.node_id) {
+            return Ok(());
+        }
+        Err(Error::OtherNode {
+            kind: "pool",
+            name: pool.name.clone(),
+            node: pool.node.clone().unwrap_or_default(),
+        })
+    }
+
+    /// This node.
+    pub fn node_id(&self) -> &str {
+        &self.config.node_id
+    }
+
+    /// The pool a create without `--pool` goes to: `default` on a single
+    /// node, and `default-<node>` on a node whose store already has another
+    /// node's `default`.
+    pub fn default_pool_name(&self) -> String {
+        match self.pools.read().get("default") {
+            Some(p) if !p.is_on(&self.config.node_id) => {
+                format!("default-{}", self.config.node_id)
+            }
+            _ => "default".to_string(),
+        }
     }
 
     /// Refuse to work on a volume whose last operation is unfinished (only

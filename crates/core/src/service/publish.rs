@@ -66,6 +66,7 @@ impl VolumeService {
         let _g = self.lock_op(name, wait)?;
         let mut vol = self.get_volume(name)?;
         self.check_settled(&vol)?;
+        self.check_here(&vol)?;
         let key = consumer.key();
         if let Some(existing) = vol.consumers.get(&key) {
             if target.is_some() || existing.target.is_some() {

@@ -22,6 +22,7 @@ impl VolumeService {
         let _g = self.lock_op(name, wait)?;
         let vol = self.get_volume(name)?;
         self.check_settled(&vol)?;
+        self.check_here(&vol)?;
         let new_size = new_size
             .checked_next_multiple_of(4096)
             .ok_or_else(|| InvalidInput::new("size", "is too large"))?;
@@ -140,6 +141,7 @@ impl VolumeService {
         let _g = self.lock_op(name, wait)?;
         let mut vol = self.get_volume(name)?;
         self.check_settled(&vol)?;
+        self.check_here(&vol)?;
         let (
             Some(Staging {
                 device: Some(dev),

@@ -30,6 +30,7 @@ impl VolumeService {
         let _g = self.lock_op(name, wait)?;
         let mut vol = self.get_volume(name)?;
         self.check_settled(&vol)?;
+        self.check_here(&vol)?;
         let key = consumer.key();
         let Some(c) = vol.consumers.get_mut(&key) else {
             tracing::info!(volume = name, consumer = %key, "unmount of an unknown consumer: nothing to do");
