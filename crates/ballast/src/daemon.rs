@@ -278,6 +278,8 @@ async fn run(config: Config, api_socket: Option<PathBuf>, dirs: &Dirs) -> anyhow
         "reconciled"
     );
     let service = Arc::new(service);
+    // Other daemons on a shared store (etcd) write records this one serves.
+    service.follow_store().context("starting the store watch")?;
     let default_pool = service.default_pool_name();
     if service.get_pool(&default_pool).is_err() {
         let driver = if let Some(d) = config.default_driver {

@@ -61,7 +61,7 @@ pub enum Error {
     #[error("internal error: {0}")]
     Internal(String),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
 }
 
 impl Error {
@@ -103,6 +103,20 @@ impl From<DriverError> for Error {
             Error::NoSpace(e)
         } else {
             Error::Driver(e)
+        }
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            // etcd stopped or cut off: the same call may work later, and
+            // every surface says so (503 / UNAVAILABLE).
+            StoreError::Unavailable(why) => Error::Unavailable(why),
+            // Another node wrote the record since we read it; the key names
+            // what changed.
+            StoreError::Conflict { key } => Error::Conflict { name: key },
+            e => Error::Store(e),
         }
     }
 }

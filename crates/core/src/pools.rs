@@ -648,7 +648,8 @@ impl VolumeService {
     /// disk add a crash interrupted: a disk the filesystem has is recorded,
     /// one it does not have is discarded, so none is added twice or lost.
     pub(crate) fn reconcile_pools(&self, report: &mut ReconcileReport) -> Result<()> {
-        for pool in self.list_pools() {
+        let me = self.config.node_id.clone();
+        for pool in self.list_pools().into_iter().filter(|p| p.is_on(&me)) {
             if pool.state == PoolState::Creating {
                 self.undo_create_pool(&pool);
                 if self.pools.read().contains_key(&pool.name) {

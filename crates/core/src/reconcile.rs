@@ -75,50 +75,102 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, 
 impl VolumeService {
     /// Load state and reconcile it with the host.
     pub fn open(parts: ServiceParts) -> Result<(Self, ReconcileReport)> {
+        let svc = Self::load(parts)?;
+        let report = svc.reconcile()?;
+        Ok((svc, report))
+    }
+
+    /// Load the records from one consistent read; returns the service and
+    /// the read's revision (where a watch of other nodes' writes starts).
+    fn load(parts: ServiceParts) -> Result<Self> {
         let store = parts.store;
-        let mut pools = BTreeMap::new();
-        for (k, v) in store.scan(POOL_PREFIX)? {
-            let p: Pool = decode(&k, &v)?;
-            pools.insert(p.name.clone(), p);
-        }
-        let mut volumes = BTreeMap::new();
-        for (k, v) in store.scan(VOL_PREFIX)? {
-            let vol: Volume = decode(&k, &v)?;
-            volumes.insert(vol.name.clone(), vol);
-        }
-        let mut snapshots = BTreeMap::new();
-        for (k, v) in store.scan(crate::service::SNAP_PREFIX)? {
-            let s: crate::model::Snapshot = decode(&k, &v)?;
-            snapshots.insert(s.name.clone(), s);
-        }
+        let range = store.range("")?;
         let mut events = Vec::new();
-        for (k, v) in store.scan(EVENT_PREFIX)? {
-            events.push(decode::<Event>(&k, &v)?);
+        for kv in range
+            .kvs
+            .iter()
+            .filter(|kv| kv.key.starts_with(EVENT_PREFIX))
+        {
+            events.push(decode::<Event>(&kv.key, &kv.value)?);
+        }
+        for kv in &range.kvs {
+            // A record that does not parse is a damaged store, not one to
+            // serve with holes: refuse to start, as before.
+            if kv.key.starts_with(VOL_PREFIX) {
+                decode::<Volume>(&kv.key, &kv.value)?;
+            } else if kv.key.starts_with(POOL_PREFIX) {
+                decode::<Pool>(&kv.key, &kv.value)?;
+            }
         }
         let drivers: HashMap<DriverKind, Arc<dyn Driver>> =
             parts.drivers.into_iter().map(|d| (d.kind(), d)).collect();
+        let boot_id = parts.host.boot_id().unwrap_or_default();
         let svc = VolumeService {
             store,
             host: parts.host,
             drivers,
             config: parts.config,
-            volumes: RwLock::new(volumes),
-            pools: RwLock::new(pools),
+            volumes: RwLock::new(BTreeMap::new()),
+            attachments: RwLock::new(BTreeMap::new()),
+            revs: Mutex::new(HashMap::new()),
+            boot_id,
+            store_revision: range.revision,
+            pools: RwLock::new(BTreeMap::new()),
             locks: Default::default(),
             admission: Mutex::new(()),
             events: EventLog::new(events),
             failpoints: parts.failpoints,
             usage_cache: Mutex::new(HashMap::new()),
-            snapshots: RwLock::new(snapshots),
+            snapshots: RwLock::new(BTreeMap::new()),
             stats: Default::default(),
             autogrow_at_max: Mutex::new(Default::default()),
             pool_watch: Default::default(),
             operations: Default::default(),
         };
+        svc.load_records(&range.kvs);
         std::fs::create_dir_all(&svc.config.mounts_dir)
             .map_err(|e| crate::driver::DriverError::io(&svc.config.mounts_dir, e))?;
-        let report = svc.reconcile()?;
-        Ok((svc, report))
+        svc.adopt_single_node_records(&range.kvs)?;
+        Ok(svc)
+    }
+
+    /// Records written by single-node releases carry no node: their pools
+    /// and volumes are the opening node's, and a volume's staging and
+    /// consumers, kept inline, move into this node's attachment. The old
+    /// store-wide boot id judges them first.
+    fn adopt_single_node_records(&self, kvs: &[crate::store::KeyValue]) -> Result<()> {
+        let me = self.config.node_id.clone();
+        let old_boot = self.store.get(BOOT_ID_KEY)?;
+        let rebooted = old_boot
+            .as_deref()
+            .is_some_and(|b| b != self.boot_id.as_bytes());
+        for pool in self.list_pools() {
+            if pool.node.is_none() {
+                let mut p = pool.clone();
+                p.node = Some(me.clone());
+                self.persist_pool(&p.name.clone(), Some(&p), None)?;
+            }
+        }
+        for kv in kvs.iter().filter(|kv| kv.key.starts_with(VOL_PREFIX)) {
+            let mut vol: Volume = decode(&kv.key, &kv.value)?;
+            if vol.node.is_some() {
+                continue;
+            }
+            vol.node = Some(me.clone());
+            if rebooted {
+                forget_staging(&mut vol);
+            }
+            tracing::info!(volume = %vol.name, node = %me, "adopting a volume of a single-node release");
+            self.persist(Txn::new(), &vol.name.clone(), Some(&vol), None, None)?;
+        }
+        if let Some(b) = old_boot {
+            self.store.commit(
+                Txn::new()
+                    .put(crate::service::node_boot_key(&me), b)
+                    .delete(BOOT_ID_KEY),
+            )?;
+        }
+        Ok(())
     }
 
     fn reconcile(&self) -> Result<ReconcileReport> {
@@ -138,36 +190,59 @@ impl VolumeService {
         Ok(report)
     }
 
+    /// This node's volumes, as this node sees them.
+    fn volumes_here(&self) -> Vec<Volume> {
+        let me = &self.config.node_id;
+        self.list_volumes()
+            .into_iter()
+            .filter(|v| v.is_on(me))
+            .collect()
+    }
+
+    /// An attachment written in an earlier boot of this node describes
+    /// mounts and loop devices that no longer exist. Only this node's are
+    /// judged: another node's boot is its own business.
     fn reconcile_boot(&self, report: &mut ReconcileReport) -> Result<()> {
-        let Some(boot) = self.host.boot_id() else {
-            return Ok(());
-        };
-        let stored = self.store.get(BOOT_ID_KEY)?;
-        if stored.as_deref() == Some(boot.as_bytes()) {
-            return Ok(());
-        }
-        if stored.is_some() {
+        let me = self.config.node_id.clone();
+        let key = crate::service::node_boot_key(&me);
+        let stored = self.store.get(&key)?;
+        report.rebooted = stored
+            .as_deref()
+            .is_some_and(|b| b != self.boot_id.as_bytes());
+        let stale: Vec<String> = self
+            .attachments
+            .read()
+            .iter()
+            .filter(|(_, m)| m.get(&me).is_some_and(|a| a.boot_id != self.boot_id))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
             report.rebooted = true;
-            for mut vol in self.list_volumes() {
-                if vol.staging.is_none() && vol.consumers.is_empty() {
-                    continue;
-                }
-                forget_staging(&mut vol);
-                let ev = self.event(
-                    EventKind::Reconcile,
-                    &vol,
-                    "host rebooted since last run: mounts and consumers cleared".into(),
-                );
-                self.persist(Txn::new(), &vol.name.clone(), Some(&vol), None, Some(ev))?;
-            }
+            let Ok(mut vol) = self.get_volume(&name) else {
+                continue;
+            };
+            forget_staging(&mut vol);
+            let ev = self.event(
+                EventKind::Reconcile,
+                &vol,
+                "host rebooted since last run: mounts and consumers cleared".into(),
+            );
+            self.persist(Txn::new(), &name, Some(&vol), None, Some(ev))?;
         }
-        self.store
-            .commit(Txn::new().put(BOOT_ID_KEY, boot.into_bytes()))?;
+        if stored.as_deref() != Some(self.boot_id.as_bytes()) {
+            self.store
+                .commit(Txn::new().put(key, self.boot_id.clone().into_bytes()))?;
+        }
         Ok(())
     }
 
     fn reconcile_intents(&self, report: &mut ReconcileReport) -> Result<()> {
+        let me = self.config.node_id.clone();
         for (name, intent) in self.intents()? {
+            if !intent.owner.is_empty() && intent.owner != me {
+                // Another node's operation: only it can finish or undo it.
+                continue;
+            }
             let op = intent.op.name();
             let mut before = intent.before.clone();
             if report.rebooted {
@@ -296,7 +371,7 @@ impl VolumeService {
     /// Only ballast freezes its volumes, and only during a copy: a frozen
     /// filesystem at start is one a crash left frozen.
     fn thaw_all(&self) {
-        for vol in self.list_volumes() {
+        for vol in self.volumes_here() {
             if let (Some(s), false) = (&vol.staging, vol.block) {
                 if let Err(e) = self.host.thaw(&s.mountpoint) {
                     tracing::debug!(volume = %vol.name, error = %e, "thaw at start");
@@ -306,7 +381,7 @@ impl VolumeService {
     }
 
     fn reconcile_mounts(&self, report: &mut ReconcileReport) -> Result<()> {
-        for mut vol in self.list_volumes() {
+        for mut vol in self.volumes_here() {
             let Some(staging) = vol.staging.clone() else {
                 continue;
             };
@@ -337,7 +412,7 @@ impl VolumeService {
     }
 
     fn reconcile_orphans(&self, report: &mut ReconcileReport) -> Result<()> {
-        let volumes = self.list_volumes();
+        let volumes = self.volumes_here();
         let staged_mounts: HashSet<PathBuf> = volumes
             .iter()
             .filter_map(|v| v.staging.as_ref().map(|s| s.mountpoint.clone()))
@@ -374,7 +449,12 @@ impl VolumeService {
                 }
             }
         }
-        let pools = self.list_pools();
+        let me = self.config.node_id.clone();
+        let pools: Vec<Pool> = self
+            .list_pools()
+            .into_iter()
+            .filter(|p| p.is_on(&me))
+            .collect();
         let mut owned: HashMap<PathBuf, bool> = HashMap::new();
         for v in &volumes {
             let Some(pool) = pools.iter().find(|p| p.name == v.pool) else {

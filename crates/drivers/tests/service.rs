@@ -15,7 +15,7 @@ use ballast_core::error::Error;
 use ballast_core::failpoint::Failpoints;
 use ballast_core::host::{Host, MountOptions};
 use ballast_core::model::{
-    ConsumerKind, ConsumerRef, DriverKind, FsType, Pool, Volume, VolumeState,
+    Attachment, ConsumerKind, ConsumerRef, DriverKind, FsType, Pool, Volume, VolumeState,
 };
 use ballast_core::service::{Intent, IntentOp};
 use ballast_core::store::{MemStore, Store, Txn};
@@ -122,12 +122,34 @@ impl Env {
         self.calls("grow_fs") + self.calls("grow_fs_offline")
     }
 
-    /// The volume record as the store holds it.
+    /// The volume as the store holds it for node-a: its record with the
+    /// staging and consumers of node-a's attachment.
     fn stored(&self, name: &str) -> Option<Volume> {
-        self.store
+        let mut vol: Volume = self
+            .store
             .get(&format!("vol/{name}"))
             .unwrap()
-            .map(|b| serde_json::from_slice(&b).expect("volume record parses"))
+            .map(|b| serde_json::from_slice(&b).expect("volume record parses"))?;
+        assert!(
+            vol.staging.is_none() && vol.consumers.is_empty(),
+            "the volume record holds no node's staging: {vol:?}"
+        );
+        if let Some(b) = self
+            .store
+            .get(&format!("attachment/{name}/node-a"))
+            .unwrap()
+        {
+            let a: Attachment = serde_json::from_slice(&b).expect("attachment parses");
+            assert_eq!(a.volume_id, vol.id);
+            assert_eq!(a.node, "node-a");
+            assert!(
+                a.staging.is_some() || !a.consumers.is_empty(),
+                "an empty attachment is deleted, not kept: {a:?}"
+            );
+            vol.staging = a.staging;
+            vol.consumers = a.consumers;
+        }
+        Some(vol)
     }
 
     fn store_keys(&self, prefix: &str) -> Vec<String> {
@@ -167,20 +189,34 @@ impl Env {
             op,
             before: before.clone(),
             started: record.created_at,
+            owner: "node-a".into(),
         };
-        self.store
-            .commit(
-                Txn::new()
-                    .put(
-                        format!("vol/{}", record.name),
-                        serde_json::to_vec(record).unwrap(),
-                    )
-                    .put(
-                        format!("intent/{}", record.name),
-                        serde_json::to_vec(&intent).unwrap(),
-                    ),
+        let mut bare = record.clone();
+        bare.staging = None;
+        bare.consumers.clear();
+        let attachment_key = format!("attachment/{}/node-a", record.name);
+        let mut txn = Txn::new()
+            .put(
+                format!("vol/{}", record.name),
+                serde_json::to_vec(&bare).unwrap(),
             )
-            .unwrap();
+            .put(
+                format!("intent/{}", record.name),
+                serde_json::to_vec(&intent).unwrap(),
+            );
+        txn = if record.staging.is_some() || !record.consumers.is_empty() {
+            let a = Attachment {
+                volume_id: record.id.clone(),
+                node: "node-a".into(),
+                boot_id: self.host.boot_id().unwrap_or_default(),
+                staging: record.staging.clone(),
+                consumers: record.consumers.clone(),
+            };
+            txn.put(attachment_key, serde_json::to_vec(&a).unwrap())
+        } else {
+            txn.delete(attachment_key)
+        };
+        self.store.commit(txn).unwrap();
     }
 
     /// Attach a loop device to `image` on the fake host.
@@ -1699,7 +1735,6 @@ fn autogrow_never_writes_back_a_stale_copy() {
     assert!(after.consumers.contains_key(&cli("first").key()));
     // What the store holds says the same (a restart would read it).
     drop(svc_slot);
-    let stored = env.store.get("vol/grow").unwrap().expect("record");
-    let stored: Volume = serde_json::from_slice(&stored).unwrap();
+    let stored = env.stored("grow").expect("record");
     assert!(stored.consumers.contains_key(&cli("late").key()));
 }

@@ -71,6 +71,7 @@ impl VolumeService {
                 op: IntentOp::Create,
                 before: vol.clone(),
                 started: Utc::now(),
+                owner: self.config.node_id.clone(),
             };
             let txn = Txn::new().require_absent(vol_key(&vol.name));
             self.persist(

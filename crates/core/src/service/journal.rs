@@ -35,6 +35,7 @@ impl VolumeService {
             op,
             before: before.clone(),
             started: Utc::now(),
+            owner: self.config.node_id.clone(),
         };
         self.persist(
             txn,
@@ -52,6 +53,13 @@ impl VolumeService {
 
     /// Write a volume's record (or its removal), its intent and an event in
     /// one transaction, then update the in-memory copy.
+    ///
+    /// `record` is the volume as this node sees it: the placement and shape
+    /// go to `vol/<name>`, the staging and consumers to this node's
+    /// `attachment/<name>/<node>` (deleted when empty). Both writes compare
+    /// on the revisions last seen, so a record another node changed meanwhile
+    /// is never overwritten: the write fails with [`Error::Conflict`], the
+    /// keys are read again, and a retry works on the fresh copy.
     pub(crate) fn persist(
         &self,
         mut txn: Txn,
@@ -60,9 +68,29 @@ impl VolumeService {
         intent: Option<IntentWrite>,
         event: Option<Event>,
     ) -> Result<()> {
+        let node = self.config.node_id.clone();
+        let vkey = vol_key(name);
+        let akey = attachment_key(name, &node);
+        txn = self.compare_seen(txn, &vkey);
+        txn = self.compare_seen(txn, &akey);
+        let attachment = record.and_then(|v| {
+            (v.staging.is_some() || !v.consumers.is_empty()).then(|| Attachment {
+                volume_id: v.id.clone(),
+                node: node.clone(),
+                boot_id: self.boot_id.clone(),
+                staging: v.staging.clone(),
+                consumers: v.consumers.clone(),
+            })
+        });
         txn = match record {
-            Some(v) => txn.put(vol_key(name), to_json(v)),
-            None => txn.delete(vol_key(name)),
+            Some(v) => txn.put(vkey.clone(), to_json(&stored_record(v))),
+            None => txn.delete(vkey.clone()),
+        };
+        let had_attachment = self.revs.lock().get(&akey).is_some_and(|&(_, live)| live);
+        txn = match &attachment {
+            Some(a) => txn.put(akey.clone(), to_json(a)),
+            None if had_attachment => txn.delete(akey.clone()),
+            None => txn,
         };
         txn = match &intent {
             Some(IntentWrite::Set(i)) => txn.put(intent_key(name), to_json(i)),
@@ -75,8 +103,45 @@ impl VolumeService {
                 txn = txn.delete(event_key(e.seq - KEEP));
             }
         }
-        self.store.commit(txn)?;
+        let revision = match self.store.txn(txn) {
+            Ok(r) => r,
+            Err(crate::store::StoreError::Conflict { key }) => {
+                tracing::warn!(
+                    volume = name,
+                    key,
+                    "record changed in the store since read; re-reading"
+                );
+                self.reread(&[&vkey, &akey]);
+                return Err(Error::Conflict {
+                    name: name.to_string(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
         {
+            let mut revs = self.revs.lock();
+            revs.insert(vkey, (revision, record.is_some()));
+            if attachment.is_some() || had_attachment {
+                revs.insert(akey, (revision, attachment.is_some()));
+            }
+        }
+        {
+            let mut atts = self.attachments.write();
+            match &attachment {
+                Some(a) => {
+                    atts.entry(name.to_string())
+                        .or_default()
+                        .insert(node, a.clone());
+                }
+                None => {
+                    if let Some(m) = atts.get_mut(name) {
+                        m.remove(&node);
+                        if m.is_empty() {
+                            atts.remove(name);
+                        }
+                    }
+                }
+            }
             let mut vols = self.volumes.write();
             match record {
                 Some(v) => {
@@ -84,6 +149,7 @@ impl VolumeService {
                 }
                 None => {
                     vols.remove(name);
+                    atts.remove(name);
                 }
             }
         }
@@ -91,6 +157,31 @@ impl VolumeService {
             self.events.publish(e);
         }
         Ok(())
+    }
+
+    /// Add a compare on the revision this service last saw of `key` (absent
+    /// when it never saw one).
+    pub(crate) fn compare_seen(&self, txn: Txn, key: &str) -> Txn {
+        match self.revs.lock().get(key) {
+            Some(&(r, true)) => txn.require_revision(key, r),
+            _ => txn.require_absent(key),
+        }
+    }
+
+    /// After a conflict: take the store's current records of these keys
+    /// into the in-memory copy (and their revisions).
+    pub(crate) fn reread(&self, keys: &[&str]) {
+        for key in keys {
+            match self.store.get_kv(key) {
+                Ok(Some(kv)) => self.apply_record(&kv.key, Some(&kv.value), kv.mod_revision),
+                Ok(None) => {
+                    // Gone: whatever revision deleted it is newer than ours.
+                    let rev = self.revs.lock().get(*key).map_or(0, |&(r, _)| r + 1);
+                    self.apply_record(key, None, rev);
+                }
+                Err(e) => tracing::warn!(key, error = %e, "cannot re-read a record"),
+            }
+        }
     }
 
     /// Store and publish an event that changes no record (a warning). An

@@ -30,9 +30,9 @@ use crate::failpoint::Failpoints;
 use crate::host::{Host, LoopDevice, MountOptions};
 use crate::model::Sharing;
 use crate::model::{
-    validate_consumer_id, validate_label, validate_name, Autogrow, Consumer, ConsumerRef,
-    CreateSource, DriverKind, FsType, InvalidInput, Pool, PublishTarget, Snapshot, Staging, Volume,
-    VolumeState,
+    validate_consumer_id, validate_label, validate_name, Attachment, Autogrow, Consumer,
+    ConsumerRef, CreateSource, DriverKind, FsType, InvalidInput, Pool, PublishTarget, Snapshot,
+    Staging, Volume, VolumeState,
 };
 use crate::stats::Operation;
 use crate::store::{Store, Txn};
@@ -41,7 +41,12 @@ pub(crate) const POOL_PREFIX: &str = "pool/";
 pub(crate) const VOL_PREFIX: &str = "vol/";
 pub(crate) const INTENT_PREFIX: &str = "intent/";
 pub(crate) const EVENT_PREFIX: &str = "event/";
+/// The boot the single-node releases recorded for the whole store; read once
+/// to judge their records, then replaced by each node's `nodeboot/<node>`.
 pub(crate) const BOOT_ID_KEY: &str = "meta/boot_id";
+pub(crate) const NODE_BOOT_PREFIX: &str = "nodeboot/";
+/// `attachment/<volume>/<node>`: what a volume has on one node.
+pub(crate) const ATTACH_PREFIX: &str = "attachment/";
 pub(crate) const SNAP_PREFIX: &str = "snap/";
 
 pub(crate) fn snap_key(name: &str) -> String {
@@ -135,6 +140,11 @@ pub struct Intent {
     /// will be).
     pub before: Volume,
     pub started: chrono::DateTime<Utc>,
+    /// The node that runs the operation, and the only one that finishes or
+    /// undoes it after a crash. Empty in intents of single-node releases:
+    /// those are the opening node's.
+    #[serde(default)]
+    pub owner: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -195,6 +205,12 @@ pub(crate) fn vol_key(name: &str) -> String {
 pub(crate) fn intent_key(name: &str) -> String {
     format!("{INTENT_PREFIX}{name}")
 }
+pub(crate) fn attachment_key(volume: &str, node: &str) -> String {
+    format!("{ATTACH_PREFIX}{volume}/{node}")
+}
+pub(crate) fn node_boot_key(node: &str) -> String {
+    format!("{NODE_BOOT_PREFIX}{node}")
+}
 pub(crate) fn pool_key(name: &str) -> String {
     format!("{POOL_PREFIX}{name}")
 }
@@ -210,7 +226,19 @@ pub struct VolumeService {
     pub(crate) host: Arc<dyn Host>,
     pub(crate) drivers: HashMap<DriverKind, Arc<dyn Driver>>,
     pub(crate) config: ServiceConfig,
+    /// Each volume as this node sees it: its record with the staging and
+    /// consumers of the attachment on the node that holds it.
     pub(crate) volumes: RwLock<BTreeMap<String, Volume>>,
+    /// `attachment/<volume>/<node>` records by volume, then node.
+    pub(crate) attachments: RwLock<BTreeMap<String, BTreeMap<String, Attachment>>>,
+    /// The mod revision of every record key this service has read or
+    /// written: each update compares on it, so a write over another node's
+    /// newer record fails instead of erasing it.
+    pub(crate) revs: Mutex<HashMap<String, cache::Seen>>,
+    /// This host's boot, written into our attachments.
+    pub(crate) boot_id: String,
+    /// The store revision of the read the service opened with.
+    pub(crate) store_revision: u64,
     pub(crate) pools: RwLock<BTreeMap<String, Pool>>,
     pub(crate) locks: crate::locks::NameLocks,
     /// Serialises capacity checks with the records they admit.
@@ -230,6 +258,7 @@ pub struct VolumeService {
 }
 
 mod autogrow;
+mod cache;
 mod create;
 mod delete;
 mod health;
@@ -239,6 +268,7 @@ mod resize;
 mod snapshot;
 mod unpublish;
 
+pub(crate) use cache::stored_record;
 pub(crate) use unpublish::remove_mountpoint;
 
 impl VolumeService {

@@ -74,6 +74,7 @@ impl VolumeService {
                 },
                 before: vol.clone(),
                 started: Utc::now(),
+                owner: self.config.node_id.clone(),
             };
             self.store.commit(
                 Txn::new()

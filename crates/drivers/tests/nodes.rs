@@ -1,0 +1,285 @@
+//! Several nodes on one store, without root: each node is a `VolumeService`
+//! with its own `FakeHost` (its own boot, loop devices and mounts) and its own
+//! directories, and all of them share one `MemStore`, as daemons on several
+//! machines share one etcd. What one node does must never be judged, undone
+//! or overwritten by another.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ballast_core::error::Error;
+use ballast_core::failpoint::Failpoints;
+use ballast_core::host::Host;
+use ballast_core::model::{ConsumerKind, ConsumerRef, DriverKind, FsType, Pool, Volume};
+use ballast_core::service::{Intent, IntentOp};
+use ballast_core::store::{MemStore, Store, Txn};
+use ballast_core::testing::FakeHost;
+use ballast_core::{CreateVolume, ServiceConfig, ServiceParts, VolumeService};
+use ballast_drivers::{DirDriver, LoopDriver};
+use tempfile::TempDir;
+
+const MIB: u64 = 1 << 20;
+
+/// A machine: its host and its directories.
+struct Node {
+    id: &'static str,
+    host: Arc<FakeHost>,
+    dir: PathBuf,
+}
+
+struct Cluster {
+    tmp: TempDir,
+    store: Arc<MemStore>,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        Self {
+            tmp: tempfile::tempdir().unwrap(),
+            store: Arc::new(MemStore::new()),
+        }
+    }
+
+    fn node(&self, id: &'static str) -> Node {
+        let host = Arc::new(FakeHost::new());
+        host.set_boot_id(&format!("boot-of-{id}"));
+        Node {
+            id,
+            host,
+            dir: self.tmp.path().join(id),
+        }
+    }
+
+    /// Start a daemon on `node`: open, make its default pool, follow the
+    /// store.
+    fn start(&self, node: &Node) -> Arc<VolumeService> {
+        let host: Arc<dyn Host> = node.host.clone();
+        let (svc, _) = VolumeService::open(ServiceParts {
+            store: self.store.clone(),
+            host: host.clone(),
+            drivers: vec![
+                Arc::new(LoopDriver::new(host.clone())),
+                Arc::new(DirDriver::new(host)),
+            ],
+            config: ServiceConfig {
+                mounts_dir: node.dir.join("mounts"),
+                pools_dir: node.dir.join("pools"),
+                default_size: 64 * MIB,
+                default_fs: FsType::Ext4,
+                node_id: node.id.into(),
+            },
+            failpoints: Failpoints::none(),
+        })
+        .expect("open");
+        let svc = Arc::new(svc);
+        let pool = svc.default_pool_name();
+        svc.ensure_pool(Pool::new(
+            &pool,
+            DriverKind::Loop,
+            node.dir.join("pools").join(&pool),
+            1.0,
+        ))
+        .expect("default pool");
+        svc.follow_store().unwrap();
+        svc
+    }
+}
+
+fn cli(id: &str) -> ConsumerRef {
+    ConsumerRef::new(ConsumerKind::Cli, id)
+}
+
+fn create(svc: &VolumeService, name: &str) -> Volume {
+    svc.create_volume(CreateVolume {
+        name: name.into(),
+        size_bytes: Some(32 * MIB),
+        ..CreateVolume::default()
+    })
+    .unwrap()
+}
+
+/// Wait (bounded) until `svc` sees what `ok` asks for: other nodes' writes
+/// arrive through the store's watch.
+fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ok() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn each_node_has_its_default_pool_and_sees_the_others_volumes() {
+    let c = Cluster::new();
+    let (na, nb) = (c.node("node-a"), c.node("node-b"));
+    let a = c.start(&na);
+    let b = c.start(&nb);
+    assert_eq!(a.default_pool_name(), "default");
+    assert_eq!(b.default_pool_name(), "default-node-b");
+    assert_eq!(
+        b.get_pool("default").unwrap().node.as_deref(),
+        Some("node-a")
+    );
+
+    let va = create(&a, "va");
+    assert_eq!(va.node.as_deref(), Some("node-a"));
+    a.mount("va", cli("app")).unwrap();
+    let vb = create(&b, "vb");
+    assert_eq!(vb.pool, "default-node-b");
+    assert_eq!(vb.node.as_deref(), Some("node-b"));
+
+    // Each sees the other's volume, with its consumers on its node.
+    eventually("b sees va mounted", || {
+        b.get_volume("va")
+            .is_ok_and(|v| v.consumers.contains_key(&cli("app").key()))
+    });
+    eventually("a sees vb", || a.get_volume("vb").is_ok());
+    assert_eq!(b.list_volumes().len(), 2);
+
+    // A node-side call for another node's volume names the node that has
+    // it and changes nothing.
+    for err in [
+        b.mount("va", cli("x")).unwrap_err(),
+        b.delete_volume("va", false).unwrap_err(),
+        b.resize("va", 64 * MIB).unwrap_err(),
+    ] {
+        match err {
+            Error::OtherNode { node, name, .. } => {
+                assert_eq!((node.as_str(), name.as_str()), ("node-a", "va"))
+            }
+            e => panic!("expected OtherNode, got {e}"),
+        }
+    }
+    // Names are cluster-wide: the same create again is the same volume
+    // (idempotent, as on one node), never a second one on node-b, and one
+    // for node-b's pool is refused.
+    let again = create(&b, "va");
+    assert_eq!(
+        (again.id.as_str(), again.node.as_deref()),
+        (va.id.as_str(), Some("node-a"))
+    );
+    let err = b
+        .create_volume(CreateVolume {
+            name: "va".into(),
+            size_bytes: Some(32 * MIB),
+            pool: Some("default-node-b".into()),
+            ..CreateVolume::default()
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
+    assert!(nb.host.loop_devices().unwrap().is_empty());
+    assert_eq!(a.get_volume("va").unwrap(), b.get_volume("va").unwrap());
+    // Deletes travel too.
+    b.delete_volume("vb", false).unwrap();
+    eventually("a sees vb gone", || a.get_volume("vb").is_err());
+}
+
+#[test]
+fn a_node_with_another_boot_never_clears_a_mount_of_another_node() {
+    let c = Cluster::new();
+    let (na, nb) = (c.node("node-a"), c.node("node-b"));
+    let a = c.start(&na);
+    create(&a, "data");
+    let staged = a.mount("data", cli("app")).unwrap();
+    assert!(staged.staging.is_some());
+
+    // node-b starts (and restarts after a reboot of its own host): its
+    // reconcile judges its own attachments only.
+    let b = c.start(&nb);
+    drop(b);
+    nb.host.reboot("boot-of-node-b-2");
+    let (b, report) = {
+        let host: Arc<dyn Host> = nb.host.clone();
+        VolumeService::open(ServiceParts {
+            store: c.store.clone(),
+            host: host.clone(),
+            drivers: vec![Arc::new(LoopDriver::new(host))],
+            config: ServiceConfig {
+                mounts_dir: nb.dir.join("mounts"),
+                pools_dir: nb.dir.join("pools"),
+                default_size: 64 * MIB,
+                default_fs: FsType::Ext4,
+                node_id: "node-b".into(),
+            },
+            failpoints: Failpoints::none(),
+        })
+        .unwrap()
+    };
+    assert!(report.rebooted);
+    assert!(report.lost_mounts.is_empty(), "{report:?}");
+    // The store still has node-a's attachment, and node-b shows it.
+    assert!(c.store.get("attachment/data/node-a").unwrap().is_some());
+    let seen = b.get_volume("data").unwrap();
+    assert_eq!(seen.staging, staged.staging);
+    assert!(seen.consumers.contains_key(&cli("app").key()));
+    // node-a's own reboot does clear it.
+    drop(a);
+    na.host.reboot("boot-of-node-a-2");
+    let a = c.start(&na);
+    let v = a.get_volume("data").unwrap();
+    assert!(v.staging.is_none() && v.consumers.is_empty(), "{v:?}");
+    assert!(c.store.get("attachment/data/node-a").unwrap().is_none());
+}
+
+#[test]
+fn an_intent_is_finished_or_undone_only_by_its_owner() {
+    let c = Cluster::new();
+    let (na, nb) = (c.node("node-a"), c.node("node-b"));
+    let a = c.start(&na);
+    let vol = create(&a, "half");
+    drop(a);
+    // What a crash of node-a in the middle of a delete leaves.
+    let intent = Intent {
+        op: IntentOp::Delete,
+        before: vol.clone(),
+        started: vol.created_at,
+        owner: "node-a".into(),
+    };
+    c.store
+        .commit(Txn::new().put("intent/half", serde_json::to_vec(&intent).unwrap()))
+        .unwrap();
+
+    let b = c.start(&nb);
+    assert!(
+        c.store.get("intent/half").unwrap().is_some(),
+        "node-b took node-a's intent"
+    );
+    assert!(b.get_volume("half").is_ok());
+    drop(b);
+    // node-a finishes it when it comes back.
+    let a = c.start(&na);
+    assert!(c.store.get("intent/half").unwrap().is_none());
+    assert!(a.get_volume("half").is_err());
+}
+
+#[test]
+fn an_update_over_a_record_changed_elsewhere_conflicts_and_a_retry_works() {
+    let c = Cluster::new();
+    let na = c.node("node-a");
+    let a = c.start(&na);
+    create(&a, "v");
+    // Someone else (an operator's tool, a controller) relabels the record
+    // behind node-a's back.
+    let mut changed: Volume =
+        serde_json::from_slice(&c.store.get("vol/v").unwrap().unwrap()).unwrap();
+    changed.labels.insert("team".into(), "db".into());
+    c.store
+        .commit(Txn::new().put("vol/v", serde_json::to_vec(&changed).unwrap()))
+        .unwrap();
+
+    // The stale copy is never written over it.
+    let err = a.mount("v", cli("app")).unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err}");
+    let stored: Volume = serde_json::from_slice(&c.store.get("vol/v").unwrap().unwrap()).unwrap();
+    assert_eq!(stored.labels.get("team").map(String::as_str), Some("db"));
+    assert!(
+        na.host.mounts().unwrap().is_empty(),
+        "the failed mount left a mount"
+    );
+    // The conflict re-read the record: a retry works on it and keeps it.
+    let v = a.mount("v", cli("app")).unwrap();
+    assert_eq!(v.labels.get("team").map(String::as_str), Some("db"));
+    let stored: Volume = serde_json::from_slice(&c.store.get("vol/v").unwrap().unwrap()).unwrap();
+    assert_eq!(stored.labels.get("team").map(String::as_str), Some("db"));
+}
