@@ -1,5 +1,11 @@
 //! Events: what happened to pools and volumes, kept in the store (the last
-//! [`KEEP`] of them) and broadcast live to subscribers (SSE, dashboard).
+//! [`KEEP`] of each node's) and broadcast live to subscribers (SSE,
+//! dashboard).
+//!
+//! An event's `seq` is the store revision of the transaction that recorded
+//! it, so events of every node sharing a store are in one order, and a
+//! client resuming after `seq` misses none. Its key, written before that
+//! revision is known, is `event/<node>/<n>` with the node's own counter.
 
 use std::collections::VecDeque;
 
@@ -7,6 +13,8 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
+
+use crate::store::Txn;
 use utoipa::ToSchema;
 
 /// How many events the store and memory keep.
@@ -33,7 +41,15 @@ pub enum EventKind {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Event {
+    /// The store revision that recorded the event (0 until committed).
     pub seq: u64,
+    /// The node the event happened on.
+    #[serde(default)]
+    pub node: String,
+    /// This node's counter, which names the event's key.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub slot: u64,
     pub time: DateTime<Utc>,
     pub kind: EventKind,
     pub pool: Option<String>,
@@ -41,28 +57,77 @@ pub struct Event {
     pub message: String,
 }
 
-pub fn event_key(seq: u64) -> String {
-    format!("event/{seq:020}")
+pub const EVENT_PREFIX: &str = "event/";
+
+pub fn event_key(node: &str, slot: u64) -> String {
+    format!("{EVENT_PREFIX}{node}/{slot:020}")
 }
 
-/// The in-memory tail of the event log and the live channel.
+/// The node and counter of an event key; single-node releases wrote
+/// `event/<n>` (node "").
+pub fn parse_event_key(key: &str) -> Option<(&str, u64)> {
+    let rest = key.strip_prefix(EVENT_PREFIX)?;
+    let (node, n) = rest.rsplit_once('/').unwrap_or(("", rest));
+    Some((node, n.parse().ok()?))
+}
+
+impl Event {
+    /// Add the event to `txn`, and drop this node's event [`KEEP`] older.
+    pub fn add_to(&self, txn: Txn) -> Txn {
+        let value = serde_json::to_vec(self).expect("events serialise");
+        let txn = txn.put(event_key(&self.node, self.slot), value);
+        if self.slot > KEEP {
+            txn.delete(event_key(&self.node, self.slot - KEEP))
+        } else {
+            txn
+        }
+    }
+
+    /// An event read from the store: its order is the key's revision.
+    pub fn from_record(key: &str, value: &[u8], mod_revision: u64) -> Option<Event> {
+        let (node, slot) = parse_event_key(key)?;
+        let mut ev: Event = serde_json::from_slice(value).ok()?;
+        ev.seq = mod_revision;
+        ev.slot = slot;
+        if ev.node.is_empty() {
+            ev.node = node.to_string();
+        }
+        Some(ev)
+    }
+}
+
+/// The in-memory tail of the event log (every node's, in revision order)
+/// and the live channel.
 pub struct EventLog {
+    node: String,
+    /// This node's next counter, and the tail.
     inner: Mutex<(u64, VecDeque<Event>)>,
     live: broadcast::Sender<Event>,
 }
 
 impl EventLog {
-    pub fn new(restored: Vec<Event>) -> Self {
-        let next = restored.last().map_or(1, |e| e.seq + 1);
+    pub fn new(node: &str, mut restored: Vec<Event>) -> Self {
+        restored.sort_by_key(|e| e.seq);
+        let next = restored
+            .iter()
+            .filter(|e| e.node == node)
+            .map(|e| e.slot + 1)
+            .max()
+            .unwrap_or(1);
+        let skip = restored
+            .len()
+            .saturating_sub(usize::try_from(KEEP).unwrap_or(usize::MAX));
         let (live, _) = broadcast::channel(1024);
         Self {
-            inner: Mutex::new((next, restored.into())),
+            node: node.to_string(),
+            inner: Mutex::new((next, restored.into_iter().skip(skip).collect())),
             live,
         }
     }
 
-    /// Reserve the next sequence number and build the event; it is published
-    /// with [`EventLog::publish`] once its transaction has committed.
+    /// Reserve this node's next counter and build the event; it is
+    /// published with [`EventLog::publish`], with the revision that
+    /// recorded it, once its transaction has committed.
     pub fn next(
         &self,
         kind: EventKind,
@@ -71,10 +136,12 @@ impl EventLog {
         message: String,
     ) -> Event {
         let mut inner = self.inner.lock();
-        let seq = inner.0;
+        let slot = inner.0;
         inner.0 += 1;
         Event {
-            seq,
+            seq: 0,
+            node: self.node.clone(),
+            slot,
             time: Utc::now(),
             kind,
             pool: pool.map(String::from),
@@ -83,9 +150,15 @@ impl EventLog {
         }
     }
 
+    /// Take a committed event into the tail (in revision order: another
+    /// node's event can arrive after a newer one of ours) and send it live.
     pub fn publish(&self, event: Event) {
         let mut inner = self.inner.lock();
-        inner.1.push_back(event.clone());
+        let at = inner.1.partition_point(|e| e.seq <= event.seq);
+        if at > 0 && inner.1[at - 1].seq == event.seq && inner.1[at - 1].node == event.node {
+            return;
+        }
+        inner.1.insert(at, event.clone());
         while inner.1.len() as u64 > KEEP {
             inner.1.pop_front();
         }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use crate::driver::{DriverError, PoolUsage, SourceRef};
 use crate::error::{Error, Result};
-use crate::events::{event_key, Event, EventKind, KEEP};
+use crate::events::{Event, EventKind};
 use crate::model::{
     format_size, validate_name, validate_overcommit_ratio, DiskKind, DriverKind, InvalidInput,
     Pool, PoolCapacity, PoolDisk, PoolState, Snapshot, Volume, VolumeState, BTRFS_MIN_DISK_SIZE,
@@ -623,12 +623,9 @@ impl VolumeService {
             None => Txn::new().delete(pool_key(name)),
         };
         if let Some(e) = &event {
-            txn = txn.put(event_key(e.seq), to_json(e));
-            if e.seq > KEEP {
-                txn = txn.delete(event_key(e.seq - KEEP));
-            }
+            txn = e.add_to(txn);
         }
-        self.store.commit(txn)?;
+        let revision = self.store.txn(txn)?;
         match pool {
             Some(p) => {
                 self.pools.write().insert(name.to_string(), p.clone());
@@ -637,7 +634,8 @@ impl VolumeService {
                 self.pools.write().remove(name);
             }
         }
-        if let Some(e) = event {
+        if let Some(mut e) = event {
+            e.seq = revision;
             self.events.publish(e);
         }
         Ok(())
@@ -733,12 +731,7 @@ impl VolumeService {
     /// Store and publish an event about a pool.
     pub(crate) fn pool_event(&self, kind: EventKind, pool: &str, message: String) -> Result<()> {
         let ev = self.events.next(kind, Some(pool), None, message);
-        let mut txn = Txn::new().put(event_key(ev.seq), to_json(&ev));
-        if ev.seq > KEEP {
-            txn = txn.delete(event_key(ev.seq - KEEP));
-        }
-        self.store.commit(txn)?;
-        self.events.publish(ev);
+        self.commit_event(Txn::new(), Some(ev))?;
         Ok(())
     }
 }

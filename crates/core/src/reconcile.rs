@@ -85,14 +85,12 @@ impl VolumeService {
     fn load(parts: ServiceParts) -> Result<Self> {
         let store = parts.store;
         let range = store.range("")?;
-        let mut events = Vec::new();
-        for kv in range
+        let events: Vec<Event> = range
             .kvs
             .iter()
             .filter(|kv| kv.key.starts_with(EVENT_PREFIX))
-        {
-            events.push(decode::<Event>(&kv.key, &kv.value)?);
-        }
+            .filter_map(|kv| Event::from_record(&kv.key, &kv.value, kv.mod_revision))
+            .collect();
         for kv in &range.kvs {
             // A record that does not parse is a damaged store, not one to
             // serve with holes: refuse to start, as before.
@@ -105,6 +103,7 @@ impl VolumeService {
         let drivers: HashMap<DriverKind, Arc<dyn Driver>> =
             parts.drivers.into_iter().map(|d| (d.kind(), d)).collect();
         let boot_id = parts.host.boot_id().unwrap_or_default();
+        let node_id = parts.config.node_id.clone();
         let svc = VolumeService {
             store,
             host: parts.host,
@@ -118,7 +117,7 @@ impl VolumeService {
             pools: RwLock::new(BTreeMap::new()),
             locks: Default::default(),
             admission: Mutex::new(()),
-            events: EventLog::new(events),
+            events: EventLog::new(&node_id, events),
             failpoints: parts.failpoints,
             usage_cache: Mutex::new(HashMap::new()),
             snapshots: RwLock::new(BTreeMap::new()),
@@ -350,11 +349,7 @@ impl VolumeService {
                         Some(&name),
                         msg,
                     );
-                    self.store.commit(Txn::new().put(
-                        crate::events::event_key(ev.seq),
-                        crate::service::to_json(&ev),
-                    ))?;
-                    self.events.publish(ev);
+                    self.commit_event(Txn::new(), Some(ev))?;
                 }
                 Ok(()) => report
                     .failed

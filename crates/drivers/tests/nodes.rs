@@ -283,3 +283,42 @@ fn an_update_over_a_record_changed_elsewhere_conflicts_and_a_retry_works() {
     let stored: Volume = serde_json::from_slice(&c.store.get("vol/v").unwrap().unwrap()).unwrap();
     assert_eq!(stored.labels.get("team").map(String::as_str), Some("db"));
 }
+
+#[test]
+fn events_of_every_node_are_kept_and_ordered_by_store_revision() {
+    let c = Cluster::new();
+    let (na, nb) = (c.node("node-a"), c.node("node-b"));
+    let a = c.start(&na);
+    let b = c.start(&nb);
+    for i in 0..3 {
+        create(&a, &format!("a{i}"));
+        create(&b, &format!("b{i}"));
+    }
+    let about = |svc: &VolumeService| -> Vec<(u64, String, String)> {
+        svc.recent_events(100)
+            .into_iter()
+            .filter(|e| e.message.contains("created"))
+            .map(|e| (e.seq, e.node, e.volume.unwrap_or_default()))
+            .collect()
+    };
+    eventually("both nodes see all six creates", || {
+        about(&a).len() == 6 && about(&b).len() == 6
+    });
+    let seen = about(&a);
+    assert_eq!(seen, about(&b), "one order on every node");
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "{seen:?}");
+    for (_, node, vol) in &seen {
+        assert_eq!(&vol[..1], if node == "node-a" { "a" } else { "b" });
+    }
+    // The store kept every event: no node overwrote another's.
+    let stored = c.store.scan("event/").unwrap().len();
+    assert_eq!(stored, a.recent_events(1000).len());
+    // A restarted node goes on with its own counter and the same order.
+    drop(b);
+    let b = c.start(&nb);
+    create(&b, "b3");
+    let after = about(&b);
+    assert_eq!(&after[..6], &seen[..]);
+    assert_eq!(after.len(), 7);
+    assert_eq!(c.store.scan("event/").unwrap().len(), stored + 1);
+}

@@ -230,6 +230,16 @@ impl VolumeService {
     fn apply_events(&self, events: &[WatchEvent]) {
         for ev in events {
             let key = ev.key();
+            if let (WatchEvent::Put(kv), Some((node, _))) =
+                (ev, crate::events::parse_event_key(key))
+            {
+                if node != self.config.node_id {
+                    if let Some(e) = Event::from_record(key, &kv.value, kv.mod_revision) {
+                        self.events.publish(e);
+                    }
+                }
+                continue;
+            }
             if !is_record_key(key) || self.written_here(key) {
                 continue;
             }

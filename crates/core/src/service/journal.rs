@@ -98,10 +98,7 @@ impl VolumeService {
             None => txn,
         };
         if let Some(e) = &event {
-            txn = txn.put(event_key(e.seq), to_json(e));
-            if e.seq > KEEP {
-                txn = txn.delete(event_key(e.seq - KEEP));
-            }
+            txn = e.add_to(txn);
         }
         let revision = match self.store.txn(txn) {
             Ok(r) => r,
@@ -153,10 +150,26 @@ impl VolumeService {
                 }
             }
         }
-        if let Some(e) = event {
+        if let Some(mut e) = event {
+            e.seq = revision;
             self.events.publish(e);
         }
         Ok(())
+    }
+
+    /// Commit `txn` with `event` in it, then publish the event with the
+    /// revision that recorded it.
+    pub(crate) fn commit_event(&self, txn: Txn, event: Option<Event>) -> Result<u64> {
+        let txn = match &event {
+            Some(e) => e.add_to(txn),
+            None => txn,
+        };
+        let revision = self.store.txn(txn)?;
+        if let Some(mut e) = event {
+            e.seq = revision;
+            self.events.publish(e);
+        }
+        Ok(revision)
     }
 
     /// Add a compare on the revision this service last saw of `key` (absent
@@ -188,13 +201,9 @@ impl VolumeService {
     /// event that cannot be stored is logged, never allowed to fail the
     /// operation that observed it.
     pub(crate) fn record_event(&self, ev: Event) {
-        let mut txn = Txn::new().put(event_key(ev.seq), to_json(&ev));
-        if ev.seq > KEEP {
-            txn = txn.delete(event_key(ev.seq - KEEP));
-        }
-        match self.store.commit(txn) {
-            Ok(()) => self.events.publish(ev),
-            Err(e) => tracing::warn!(error = %e, event = %ev.message, "cannot store an event"),
+        let message = ev.message.clone();
+        if let Err(e) = self.commit_event(Txn::new(), Some(ev)) {
+            tracing::warn!(error = %e, event = %message, "cannot store an event");
         }
     }
 }

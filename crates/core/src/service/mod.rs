@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::driver::{Driver, DriverError, PoolUsage, SourceRef};
 use crate::error::{Error, Result};
-use crate::events::{event_key, Event, EventKind, EventLog, KEEP};
+pub(crate) use crate::events::EVENT_PREFIX;
+use crate::events::{Event, EventKind, EventLog};
 use crate::failpoint::Failpoints;
 use crate::host::{Host, LoopDevice, MountOptions};
 use crate::model::Sharing;
@@ -40,7 +41,6 @@ use crate::store::{Store, Txn};
 pub(crate) const POOL_PREFIX: &str = "pool/";
 pub(crate) const VOL_PREFIX: &str = "vol/";
 pub(crate) const INTENT_PREFIX: &str = "intent/";
-pub(crate) const EVENT_PREFIX: &str = "event/";
 /// The boot the single-node releases recorded for the whole store; read once
 /// to judge their records, then replaced by each node's `nodeboot/<node>`.
 pub(crate) const BOOT_ID_KEY: &str = "meta/boot_id";

@@ -99,16 +99,20 @@ impl VolumeService {
         let mut done = snap;
         done.ready = true;
         let ev = self.event(EventKind::Snapshot, &vol, format!("snapshot {name} taken"));
-        self.store.commit(
-            Txn::new()
-                .put(snap_key(name), to_json(&done))
-                .delete(intent_key(volume))
-                .put(crate::events::event_key(ev.seq), to_json(&ev)),
+        let revision = self.store.txn(
+            ev.add_to(
+                Txn::new()
+                    .put(snap_key(name), to_json(&done))
+                    .delete(intent_key(volume)),
+            ),
         )?;
         self.snapshots
             .write()
             .insert(name.to_string(), done.clone());
-        self.events.publish(ev);
+        self.events.publish(Event {
+            seq: revision,
+            ..ev
+        });
         Ok(done)
     }
 
@@ -157,13 +161,14 @@ impl VolumeService {
             Some(&snap.source_volume),
             format!("snapshot {name} deleted"),
         );
-        self.store.commit(
-            Txn::new()
-                .delete(snap_key(name))
-                .put(crate::events::event_key(ev.seq), to_json(&ev)),
-        )?;
+        let revision = self
+            .store
+            .txn(ev.add_to(Txn::new().delete(snap_key(name))))?;
         self.snapshots.write().remove(name);
-        self.events.publish(ev);
+        self.events.publish(Event {
+            seq: revision,
+            ..ev
+        });
         Ok(())
     }
 }
