@@ -218,6 +218,7 @@ async fn csi_conformance_cases_in_random_order() {
         page_tokens_are_opaque_and_only_ours_are_taken,
         node_stats_and_expand_find_the_volume_before_reading_the_path,
         a_python_grpcio_client_with_default_options_is_served,
+        a_recreated_name_is_never_taken_for_the_old_volume,
     ];
     if let Ok(only) = std::env::var("BALLAST_CSI_CASES") {
         let only: BTreeSet<&str> = only.split(',').map(str::trim).collect();
@@ -571,6 +572,14 @@ fn create_req(name: &str, bytes: i64, c: csi::VolumeCapability) -> csi::CreateVo
         volume_capabilities: vec![c],
         ..Default::default()
     }
+}
+
+/// A volume's name: CSI IDs are uids, the name is in its context.
+fn name_of(v: &csi::Volume) -> String {
+    v.volume_context
+        .get("name")
+        .cloned()
+        .unwrap_or_else(|| panic!("volume {} has no name in its context", v.volume_id))
 }
 
 fn path_str(p: &Path) -> String {
@@ -1594,7 +1603,7 @@ async fn state_errors_follow_each_rpcs_table(mut f: Fixture) {
 
     // A volume to work on.
     let vol = f.create("vol", 64 * MIB, mount("ext4")).await;
-    assert_eq!(vol.volume_id, "vol");
+    assert_eq!(name_of(&vol), "vol");
     let created = world(&f.d);
     assert_eq!(created.images.len(), 1);
 
@@ -1797,6 +1806,44 @@ async fn state_errors_follow_each_rpcs_table(mut f: Fixture) {
 }
 
 // ----- 3. Idempotency -------------------------------------------------------
+
+/// CSI `volume_id`s are the volumes' uids: a CO holding the ID of a deleted
+/// volume (a retried DeleteVolume, a stale NodeStage) never reaches a new
+/// volume that took its name.
+async fn a_recreated_name_is_never_taken_for_the_old_volume(mut f: Fixture) {
+    let staging = f.co.staging("reborn");
+    let old = f.create("reborn", 64 * MIB, mount("ext4")).await;
+    assert_ne!(old.volume_id, "reborn", "the ID is the uid, not the name");
+    assert_eq!(
+        old.volume_context.get("name").map(String::as_str),
+        Some("reborn")
+    );
+    f.delete(&old.volume_id).await;
+    let new = f.create("reborn", 64 * MIB, mount("ext4")).await;
+    assert_ne!(new.volume_id, old.volume_id);
+    // The old ID: deleting it again is OK and leaves the new volume alone;
+    // node calls with it find nothing.
+    f.delete(&old.volume_id).await;
+    assert_eq!(
+        f.get(&new.volume_id).await.volume.map(|v| v.volume_id),
+        Some(new.volume_id.clone())
+    );
+    expect_code(
+        f.csi
+            .node
+            .node_stage_volume(stage_req(&old.volume_id, &staging, Some(mount("ext4"))))
+            .await,
+        Code::NotFound,
+        "NodeStageVolume with the old volume's ID",
+    );
+    assert_eq!(mounts_at(&staging), 0);
+    // The new one works by its ID.
+    f.stage(&new.volume_id, &staging, mount("ext4")).await;
+    assert_eq!(mounts_at(&staging), 1);
+    f.unstage(&new.volume_id, &staging).await;
+    f.delete(&new.volume_id).await;
+    assert!(images(&f.d).is_empty(), "{:?}", images(&f.d));
+}
 
 async fn every_call_repeated_gives_the_same_answer_and_no_second_effect(mut f: Fixture) {
     let staging = f.co.staging("idem");
@@ -2359,7 +2406,7 @@ async fn list_volumes_pages_over_a_thousand_volumes_exactly_once(mut f: Fixture)
         assert!(vols.len() <= 37, "page {pages}: {}", vols.len());
         for v in vols {
             assert_eq!(v.capacity_bytes, MIB);
-            assert!(seen.insert(v.volume_id.clone()), "{} twice", v.volume_id);
+            assert!(seen.insert(name_of(&v)), "{} twice", name_of(&v));
         }
         if next.is_empty() {
             break;
@@ -2382,21 +2429,17 @@ async fn list_volumes_pages_over_a_thousand_volumes_exactly_once(mut f: Fixture)
         let (vols, next) = f.list_page(&token, PAGE).await;
         for v in &vols {
             assert!(
-                !deleted_unseen.contains(&v.volume_id),
+                !deleted_unseen.contains(&name_of(v)),
                 "{} listed after its deletion",
-                v.volume_id
+                name_of(v)
             );
-            assert!(seen.insert(v.volume_id.clone()), "{} twice", v.volume_id);
+            assert!(seen.insert(name_of(&v)), "{} twice", name_of(&v));
         }
         if next.is_empty() {
             break;
         }
         round += 1;
-        let mut doomed = vec![vols
-            .last()
-            .expect("a page before a token")
-            .volume_id
-            .clone()];
+        let mut doomed = vec![name_of(vols.last().expect("a page before a token"))];
         if let Some(earlier) = seen.iter().nth(round * 7 % seen.len()) {
             doomed.push(earlier.clone());
         }
@@ -2746,7 +2789,7 @@ async fn calls_on_a_volume_with_an_operation_in_flight_are_aborted(mut f: Fixtur
 async fn snapshots_and_clones_keep_data_and_answer_as_the_spec_says(mut f: Fixture) {
     let staging = f.co.staging("src");
     let target = f.co.target("src");
-    f.create("src", 64 * MIB, mount("ext4")).await;
+    let src = f.create("src", 64 * MIB, mount("ext4")).await;
     f.stage("src", &staging, mount("ext4")).await;
     f.publish("src", &staging, &target, mount("ext4"), false)
         .await;
@@ -2755,7 +2798,7 @@ async fn snapshots_and_clones_keep_data_and_answer_as_the_spec_says(mut f: Fixtu
     // Of a published volume; the same request again is the same snapshot.
     let snap = f.snapshot("src", "snap-1").await;
     assert_eq!(snap.snapshot_id, "snap-1");
-    assert_eq!(snap.source_volume_id, "src");
+    assert_eq!(snap.source_volume_id, src.volume_id, "the source's uid");
     assert_eq!(snap.size_bytes, 64 * MIB);
     assert!(
         snap.ready_to_use && snap.creation_time.is_some(),
@@ -2823,7 +2866,7 @@ async fn snapshots_and_clones_keep_data_and_answer_as_the_spec_says(mut f: Fixtu
     assert_eq!(paged, all);
     let by_source = f
         .list_snapshots(csi::ListSnapshotsRequest {
-            source_volume_id: "src".into(),
+            source_volume_id: src.volume_id.clone(),
             ..Default::default()
         })
         .await
@@ -3085,7 +3128,7 @@ async fn page_tokens_are_opaque_and_only_ours_are_taken(mut f: Fixture) {
     let (second, _) = f.list_page(&token, 1).await;
     assert_eq!(second.len(), 1);
     assert!(
-        second[0].volume_id > first[0].volume_id,
+        name_of(&second[0]) > name_of(&first[0]),
         "{first:?} {second:?}"
     );
     let (_, snap_token) = f

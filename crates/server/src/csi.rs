@@ -290,10 +290,18 @@ impl CsiPlugin {
     fn csi_volume(&self, v: &Volume) -> csi::Volume {
         csi::Volume {
             capacity_bytes: i64_of(v.size_bytes),
-            volume_id: v.name.clone(),
-            volume_context: HashMap::from([("pool".to_string(), v.pool.clone())]),
+            volume_id: v.id.clone(),
+            volume_context: HashMap::from([
+                ("pool".to_string(), v.pool.clone()),
+                ("name".to_string(), v.name.clone()),
+            ]),
             content_source: None,
-            accessible_topology: vec![self.topology()],
+            accessible_topology: vec![csi::Topology {
+                segments: HashMap::from([(
+                    TOPOLOGY_KEY.to_string(),
+                    v.node.clone().unwrap_or_else(|| self.node_id.clone()),
+                )]),
+            }],
         }
     }
 
@@ -302,6 +310,26 @@ impl CsiPlugin {
             content_source: source,
             ..self.csi_volume(v)
         }
+    }
+
+    /// The name of the volume a CSI `volume_id` names. IDs are volumes'
+    /// immutable uids, so a volume deleted and created again under its name
+    /// is never taken for the old one; IDs handed out by releases before
+    /// were names, and still resolve when no uid matches.
+    fn name_of(&self, volume_id: &str) -> Result<String, Status> {
+        required(volume_id, "volume_id")?;
+        if let Some(v) = self.service.volume_by_id(volume_id) {
+            return Ok(v.name);
+        }
+        match self.service.get_volume(volume_id) {
+            Ok(v) => Ok(v.name),
+            Err(_) => Err(Status::not_found(format!("volume {volume_id:?} not found"))),
+        }
+    }
+
+    fn volume_of(&self, volume_id: &str) -> Result<Volume, Status> {
+        let name = self.name_of(volume_id)?;
+        self.service.get_volume(&name).map_err(status)
     }
 
     /// Whether a topology (from a request) names this node.
@@ -318,7 +346,7 @@ impl CsiPlugin {
     fn volume_path(&self, volume_id: &str, volume_path: &str) -> Result<PathBuf, Status> {
         required(volume_id, "volume_id")?;
         required(volume_path, "volume_path")?;
-        let vol = self.service.get_volume(volume_id).map_err(status)?;
+        let vol = self.volume_of(volume_id)?;
         let path = PathBuf::from(volume_path);
         if !vol.is_at(&path) {
             return Err(Status::not_found(format!(
@@ -472,8 +500,7 @@ impl csi::controller_server::Controller for CsiPlugin {
             }
             Some(csi::volume_content_source::Type::Volume(v)) => {
                 required(&v.volume_id, "volume_content_source.volume.volume_id")?;
-                self.service.get_volume(&v.volume_id).map_err(status)?;
-                Some(CreateSource::Volume(v.volume_id.clone()))
+                Some(CreateSource::Volume(self.name_of(&v.volume_id)?))
             }
         };
         if let Some(req) = &r.accessibility_requirements {
@@ -558,12 +585,12 @@ impl csi::controller_server::Controller for CsiPlugin {
     ) -> Result<Response<csi::DeleteVolumeResponse>, Status> {
         let r = request.into_inner();
         required(&r.volume_id, "volume_id")?;
-        if ballast_core::model::validate_name("volume", &r.volume_id).is_err() {
-            // No volume can have this ID, so it does not exist: the spec's
-            // answer for a volume that does not exist is OK.
-            return Ok(Response::new(csi::DeleteVolumeResponse {}));
-        }
-        let id = r.volume_id.clone();
+        let id = match self.name_of(&r.volume_id) {
+            Ok(name) => name,
+            // No volume has this ID: the spec's answer for a volume that
+            // does not exist is OK.
+            Err(_) => return Ok(Response::new(csi::DeleteVolumeResponse {})),
+        };
         match self
             .call(move |s| s.delete_volume_with(&id, false, Wait::Fail))
             .await
@@ -603,7 +630,7 @@ impl csi::controller_server::Controller for CsiPlugin {
         if r.volume_capabilities.is_empty() {
             return Err(Status::invalid_argument("volume_capabilities is required"));
         }
-        let vol = self.service.get_volume(&r.volume_id).map_err(status)?;
+        let vol = self.volume_of(&r.volume_id)?;
         let ok = match common_access(&r.volume_capabilities) {
             Ok(a) => fits(&vol, &a),
             Err(_) => false,
@@ -754,7 +781,7 @@ impl csi::controller_server::Controller for CsiPlugin {
                 "parameter {k:?} is not known; snapshots take none"
             )));
         }
-        let (vol, name) = (r.source_volume_id.clone(), r.name.clone());
+        let (vol, name) = (self.name_of(&r.source_volume_id)?, r.name.clone());
         let snap = self
             .call(move |s| s.create_snapshot(&vol, &name, Wait::Fail))
             .await?;
@@ -800,7 +827,11 @@ impl csi::controller_server::Controller for CsiPlugin {
             .into_iter()
             .filter(|s| s.ready)
             .filter(|s| r.snapshot_id.is_empty() || s.name == r.snapshot_id)
-            .filter(|s| r.source_volume_id.is_empty() || s.source_volume == r.source_volume_id)
+            .filter(|s| {
+                r.source_volume_id.is_empty()
+                    || s.source_volume_id == r.source_volume_id
+                    || s.source_volume == r.source_volume_id
+            })
             .collect();
         let start =
             snaps.partition_point(|s| after.as_deref().is_some_and(|a| s.name.as_str() <= a));
@@ -852,9 +883,9 @@ impl csi::controller_server::Controller for CsiPlugin {
                 "capacity_range must not be negative",
             ));
         }
-        let vol = self.service.get_volume(&r.volume_id).map_err(status)?;
+        let vol = self.volume_of(&r.volume_id)?;
         let size = size_for(Some(&range), vol.size_bytes, vol.size_bytes)?;
-        let id = r.volume_id.clone();
+        let id = self.name_of(&r.volume_id)?;
         let vol = self
             .call(move |s| s.resize_with(&id, size, Wait::Fail))
             .await?;
@@ -870,7 +901,7 @@ impl csi::controller_server::Controller for CsiPlugin {
     ) -> Result<Response<csi::ControllerGetVolumeResponse>, Status> {
         let r = request.into_inner();
         required(&r.volume_id, "volume_id")?;
-        let vol = self.service.get_volume(&r.volume_id).map_err(status)?;
+        let vol = self.volume_of(&r.volume_id)?;
         Ok(Response::new(csi::ControllerGetVolumeResponse {
             volume: Some(self.csi_volume(&vol)),
             status: Some(csi::controller_get_volume_response::VolumeStatus {
@@ -892,7 +923,7 @@ fn csi_snapshot(s: &Snapshot) -> csi::Snapshot {
     csi::Snapshot {
         size_bytes: i64_of(s.size_bytes),
         snapshot_id: s.name.clone(),
-        source_volume_id: s.source_volume.clone(),
+        source_volume_id: s.source_volume_id.clone(),
         creation_time: Some(prost_types::Timestamp {
             seconds: s.created_at.timestamp(),
             nanos: i32::try_from(s.created_at.timestamp_subsec_nanos()).unwrap_or(0),
@@ -929,7 +960,7 @@ impl csi::node_server::Node for CsiPlugin {
             .as_ref()
             .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
         let access = access(cap)?.access;
-        let vol = self.service.get_volume(&r.volume_id).map_err(status)?;
+        let vol = self.volume_of(&r.volume_id)?;
         if !fits(&vol, &access) {
             // The spec's "exceeds capabilities" of the volume.
             return Err(Status::failed_precondition(format!(
@@ -937,7 +968,7 @@ impl csi::node_server::Node for CsiPlugin {
                 vol.name
             )));
         }
-        let id = r.volume_id.clone();
+        let id = self.name_of(&r.volume_id)?;
         self.call(move |s| {
             let target = if access == Access::Block {
                 None
@@ -967,7 +998,7 @@ impl csi::node_server::Node for CsiPlugin {
         let r = request.into_inner();
         required(&r.volume_id, "volume_id")?;
         let staging = path_arg(&r.staging_target_path, "staging_target_path")?;
-        let id = r.volume_id.clone();
+        let id = self.name_of(&r.volume_id)?;
         self.call(move |s| s.unpublish(&id, &stage_consumer(&staging), Wait::Fail))
             .await?;
         Ok(Response::new(csi::NodeUnstageVolumeResponse {}))
@@ -997,7 +1028,7 @@ impl csi::node_server::Node for CsiPlugin {
             ));
         }
         let staging = path_arg(&r.staging_target_path, "staging_target_path")?;
-        let vol = self.service.get_volume(&r.volume_id).map_err(status)?;
+        let vol = self.volume_of(&r.volume_id)?;
         if !fits(&vol, &access) {
             // The spec's "exceeds capabilities" of the volume.
             return Err(Status::failed_precondition(format!(
@@ -1013,7 +1044,7 @@ impl csi::node_server::Node for CsiPlugin {
             )));
         }
         let read_only = r.readonly || mode_ro;
-        let id = r.volume_id.clone();
+        let id = self.name_of(&r.volume_id)?;
         self.call(move |s| {
             // The CO makes the parent; the plugin makes the target itself,
             // and takes it away again when the publish is refused.
@@ -1057,7 +1088,7 @@ impl csi::node_server::Node for CsiPlugin {
         let r = request.into_inner();
         required(&r.volume_id, "volume_id")?;
         let target = path_arg(&r.target_path, "target_path")?;
-        let id = r.volume_id.clone();
+        let id = self.name_of(&r.volume_id)?;
         self.call(move |s| {
             s.unpublish(&id, &target_consumer(&target), Wait::Fail)?;
             // The target was made by NodePublish; take it away again.
@@ -1080,7 +1111,7 @@ impl csi::node_server::Node for CsiPlugin {
     ) -> Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
         let r = request.into_inner();
         let path = self.volume_path(&r.volume_id, &r.volume_path)?;
-        let id = r.volume_id.clone();
+        let id = self.name_of(&r.volume_id)?;
         let (usage, problem) = self.call(move |s| s.path_usage(&id, &path)).await?;
         let bytes = csi::VolumeUsage {
             available: i64_of(usage.total_bytes.saturating_sub(usage.used_bytes)),
@@ -1109,7 +1140,7 @@ impl csi::node_server::Node for CsiPlugin {
     ) -> Result<Response<csi::NodeExpandVolumeResponse>, Status> {
         let r = request.into_inner();
         self.volume_path(&r.volume_id, &r.volume_path)?;
-        let id = r.volume_id.clone();
+        let id = self.name_of(&r.volume_id)?;
         let vol = self
             .call(move |s| s.expand_on_node(&id, Wait::Fail))
             .await?;

@@ -298,6 +298,11 @@ impl VolumeService {
         self.volumes.read().len()
     }
 
+    /// The volume with this uid (CSI's `volume_id`), if it exists.
+    pub fn volume_by_id(&self, id: &str) -> Option<Volume> {
+        self.volumes.read().values().find(|v| v.id == id).cloned()
+    }
+
     pub fn get_volume(&self, name: &str) -> Result<Volume> {
         validate_name("volume", name)?;
         self.volumes
