@@ -2433,7 +2433,7 @@ async fn list_volumes_pages_over_a_thousand_volumes_exactly_once(mut f: Fixture)
                 "{} listed after its deletion",
                 name_of(v)
             );
-            assert!(seen.insert(name_of(&v)), "{} twice", name_of(&v));
+            assert!(seen.insert(name_of(v)), "{} twice", name_of(v));
         }
         if next.is_empty() {
             break;
