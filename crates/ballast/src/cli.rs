@@ -291,13 +291,17 @@ fn volume(c: &Client, output: Output, cmd: &VolumeCmd) -> anyhow::Result<()> {
                                 v.name.clone(),
                                 v.size.clone(),
                                 v.pool.clone(),
+                                v.node.clone().unwrap_or_else(|| "-".into()),
                                 v.fs.map_or("-".into(), |f| f.to_string()),
                                 v.state.as_str().to_string(),
                                 v.mountpoint.clone().unwrap_or_else(|| "-".into()),
                             ]
                         })
                         .collect();
-                    print_table(&["NAME", "SIZE", "POOL", "FS", "STATE", "MOUNTPOINT"], rows);
+                    print_table(
+                        &["NAME", "SIZE", "POOL", "NODE", "FS", "STATE", "MOUNTPOINT"],
+                        rows,
+                    );
                     Ok(())
                 }
             }

@@ -85,6 +85,49 @@ pub struct ServeArgs {
     /// before the daemon closes it [default: 60s]
     #[arg(long, env = "BALLAST_IDLE_TIMEOUT")]
     pub idle_timeout: Option<String>,
+    /// Where the records live: `embedded` (a file in the state dir, for one
+    /// machine), or `etcd://HOST:PORT[,HOST:PORT...]` (`etcds://` for TLS)
+    /// shared by every node of a cluster [default: embedded]
+    #[arg(long, env = "BALLAST_STORE")]
+    pub store: Option<String>,
+    /// Prefix of every key in etcd, so several clusters can share one etcd
+    /// [default: /ballast/]
+    #[arg(long, env = "BALLAST_STORE_PREFIX")]
+    pub store_prefix: Option<String>,
+    /// etcd user (its password is read from --etcd-password-file)
+    #[arg(long, env = "BALLAST_ETCD_USER", requires = "etcd_password_file")]
+    pub etcd_user: Option<String>,
+    /// File holding the etcd user's password
+    #[arg(long, env = "BALLAST_ETCD_PASSWORD_FILE", requires = "etcd_user")]
+    pub etcd_password_file: Option<PathBuf>,
+    /// PEM CA that signed etcd's certificate (etcds://)
+    #[arg(long, env = "BALLAST_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// PEM client certificate for etcd (with --etcd-key)
+    #[arg(long, env = "BALLAST_ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// PEM client key for etcd (with --etcd-cert)
+    #[arg(long, env = "BALLAST_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+}
+
+/// Where the records live.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreConfig {
+    /// `<state-dir>/ballast.redb`.
+    Embedded,
+    Etcd(EtcdSettings),
+}
+
+/// How to reach etcd; turned into the etcd store's own config at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EtcdSettings {
+    /// As given: `etcd://h1:2379,h2:2379`.
+    pub url: String,
+    pub prefix: String,
+    pub user: Option<(String, PathBuf)>,
+    pub ca: Option<PathBuf>,
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 /// The config file's keys (all optional; unknown keys are errors).
@@ -111,6 +154,13 @@ struct FileConfig {
     watch_interval: Option<String>,
     header_timeout: Option<String>,
     idle_timeout: Option<String>,
+    store: Option<String>,
+    store_prefix: Option<String>,
+    etcd_user: Option<String>,
+    etcd_password_file: Option<PathBuf>,
+    etcd_ca: Option<PathBuf>,
+    etcd_cert: Option<PathBuf>,
+    etcd_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +193,7 @@ pub struct Config {
     pub watch_interval: std::time::Duration,
     /// Header and keep-alive timeouts of the HTTP listeners.
     pub conn_timeouts: ballast_server::listen::ConnTimeouts,
+    pub store: StoreConfig,
 }
 
 impl Config {
@@ -152,6 +203,7 @@ impl Config {
             None if Path::new(DEFAULT_CONFIG).exists() => read_file(Path::new(DEFAULT_CONFIG))?,
             None => FileConfig::default(),
         };
+        let store = resolve_store(args, &file)?;
         let size_text = args
             .default_size
             .clone()
@@ -301,6 +353,7 @@ impl Config {
             csi_mode,
             watch_interval,
             conn_timeouts,
+            store,
         })
     }
 
@@ -313,6 +366,66 @@ impl Config {
     pub fn listen_addr_file(&self) -> PathBuf {
         self.run_dir.join("listen.addr")
     }
+}
+
+fn resolve_store(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<StoreConfig> {
+    let url = args.store.clone().or(file.store.clone());
+    let prefix = args.store_prefix.clone().or(file.store_prefix.clone());
+    let user = args.etcd_user.clone().or(file.etcd_user.clone());
+    let password_file = args
+        .etcd_password_file
+        .clone()
+        .or(file.etcd_password_file.clone());
+    let ca = args.etcd_ca.clone().or(file.etcd_ca.clone());
+    let cert = args.etcd_cert.clone().or(file.etcd_cert.clone());
+    let key = args.etcd_key.clone().or(file.etcd_key.clone());
+    let url = match url.as_deref() {
+        None | Some("embedded") => {
+            // etcd options without etcd are a mistake worth naming.
+            let stray = [
+                ("store prefix", prefix.is_some()),
+                ("etcd user", user.is_some() || password_file.is_some()),
+                ("etcd tls", ca.is_some() || cert.is_some() || key.is_some()),
+            ];
+            if let Some((what, _)) = stray.iter().find(|(_, set)| *set) {
+                anyhow::bail!(
+                    "{what} is set but the store is embedded; use --store etcd://HOST:PORT"
+                );
+            }
+            return Ok(StoreConfig::Embedded);
+        }
+        Some(u) => u.to_string(),
+    };
+    let tls_scheme = url.starts_with("etcds://");
+    if !tls_scheme && !url.starts_with("etcd://") {
+        anyhow::bail!(
+            "store {url:?}: use embedded, etcd://HOST:PORT[,HOST:PORT...] or etcds://..."
+        );
+    }
+    if !tls_scheme && (ca.is_some() || cert.is_some()) {
+        anyhow::bail!("etcd tls options need an etcds:// store URL");
+    }
+    let prefix = prefix.unwrap_or_else(|| "/ballast/".into());
+    if prefix.is_empty() || prefix.len() > 256 || prefix.chars().any(char::is_control) {
+        anyhow::bail!("store prefix {prefix:?}: 1 to 256 characters, no control characters");
+    }
+    let user = match (user, password_file) {
+        (Some(u), Some(p)) => Some((u, p)),
+        (None, None) => None,
+        _ => anyhow::bail!("an etcd user needs --etcd-password-file, and the reverse"),
+    };
+    let client_cert = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => anyhow::bail!("an etcd client certificate needs its key, and the reverse"),
+    };
+    Ok(StoreConfig::Etcd(EtcdSettings {
+        url,
+        prefix,
+        user,
+        ca,
+        client_cert,
+    }))
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -435,5 +548,68 @@ mod tests {
         args.listen = Some("127.0.0.1:0".into());
         let c = Config::resolve(&args).unwrap();
         assert_eq!(c.listen.as_deref(), Some("127.0.0.1:0"));
+    }
+
+    #[test]
+    fn the_store_is_embedded_by_default_and_etcd_when_asked() {
+        let resolve = |a: ServeArgs| {
+            Config::resolve(&ServeArgs {
+                node_id: Some("n".into()),
+                ..a
+            })
+        };
+        assert_eq!(
+            resolve(ServeArgs::default()).unwrap().store,
+            StoreConfig::Embedded
+        );
+        let c = resolve(ServeArgs {
+            store: Some("etcd://127.0.0.1:2379,10.0.0.2:2379".into()),
+            store_prefix: Some("/prod/".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        match c.store {
+            StoreConfig::Etcd(e) => {
+                assert_eq!(e.url, "etcd://127.0.0.1:2379,10.0.0.2:2379");
+                assert_eq!(e.prefix, "/prod/");
+                assert!(e.user.is_none() && e.ca.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        for (args, msg) in [
+            (
+                ServeArgs {
+                    store: Some("redis://x:1".into()),
+                    ..Default::default()
+                },
+                "use embedded, etcd://",
+            ),
+            (
+                ServeArgs {
+                    store_prefix: Some("/p/".into()),
+                    ..Default::default()
+                },
+                "store is embedded",
+            ),
+            (
+                ServeArgs {
+                    store: Some("etcd://h:2379".into()),
+                    etcd_ca: Some("/ca.pem".into()),
+                    ..Default::default()
+                },
+                "need an etcds://",
+            ),
+            (
+                ServeArgs {
+                    store: Some("etcd://h:2379".into()),
+                    store_prefix: Some("".into()),
+                    ..Default::default()
+                },
+                "1 to 256 characters",
+            ),
+        ] {
+            let err = resolve(args).unwrap_err().to_string();
+            assert!(err.contains(msg), "{err}");
+        }
     }
 }
