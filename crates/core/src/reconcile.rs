@@ -112,6 +112,7 @@ impl VolumeService {
             volumes: RwLock::new(BTreeMap::new()),
             attachments: RwLock::new(BTreeMap::new()),
             revs: Mutex::new(HashMap::new()),
+            uncertain: Mutex::new(Default::default()),
             boot_id,
             store_revision: range.revision,
             pools: RwLock::new(BTreeMap::new()),
@@ -242,72 +243,72 @@ impl VolumeService {
                 // Another node's operation: only it can finish or undo it.
                 continue;
             }
-            let op = intent.op.name();
-            let mut before = intent.before.clone();
-            if report.rebooted {
-                // The intent predates the reboot: whatever it saw attached
-                // and mounted is gone, as step 1 recorded for the volumes.
-                forget_staging(&mut before);
+            self.settle_intent(&name, &intent, report.rebooted, report)?;
+        }
+        Ok(())
+    }
+
+    /// Finish or undo one of this node's unfinished operations: at start,
+    /// and when a write whose outcome was unknown (the store did not answer
+    /// in time) turns out to have left its intent. The caller holds the
+    /// volume's lock, or runs before any front-end serves.
+    pub(crate) fn settle_intent(
+        &self,
+        name: &str,
+        intent: &crate::service::Intent,
+        rebooted: bool,
+        report: &mut ReconcileReport,
+    ) -> Result<()> {
+        let name = name.to_string();
+        let op = intent.op.name();
+        let mut before = intent.before.clone();
+        if rebooted {
+            // The intent predates the reboot: whatever it saw attached
+            // and mounted is gone, as step 1 recorded for the volumes.
+            forget_staging(&mut before);
+        }
+        let pool = match self.get_pool(&before.pool) {
+            Ok(p) => p,
+            Err(e) => {
+                report.failed.push(format!("{op} {name}: {e}"));
+                return Ok(());
             }
-            let pool = match self.get_pool(&before.pool) {
-                Ok(p) => p,
-                Err(e) => {
-                    report.failed.push(format!("{op} {name}: {e}"));
-                    continue;
-                }
-            };
-            let (forward, result) = match &intent.op {
-                IntentOp::Create => {
-                    self.undo_create(&pool, &before);
-                    (false, Ok(()))
-                }
-                IntentOp::Stage { target, .. } => {
-                    self.undo_stage(&pool, &before, target.as_ref());
-                    (false, Ok(()))
-                }
-                IntentOp::Publish { target, .. } => (
-                    false,
-                    self.unbind(&before, &target.path).and_then(|()| {
-                        self.persist(
-                            Txn::new(),
-                            &name,
-                            Some(&before),
-                            Some(IntentWrite::Clear),
-                            None,
-                        )
-                    }),
-                ),
-                IntentOp::Unpublish { consumer } => {
-                    let target = before
-                        .consumers
-                        .get(&consumer.key())
-                        .and_then(|c| c.target.clone());
-                    let unbound = match &target {
-                        Some(t) => self.unbind(&before, t),
-                        None => Ok(()),
-                    };
-                    (
-                        true,
-                        unbound.and_then(|()| {
-                            let mut vol = before.clone();
-                            vol.consumers.remove(&consumer.key());
-                            self.persist(
-                                Txn::new(),
-                                &name,
-                                Some(&vol),
-                                Some(IntentWrite::Clear),
-                                None,
-                            )
-                        }),
+        };
+        let (forward, result) = match &intent.op {
+            IntentOp::Create => {
+                self.undo_create(&pool, &before);
+                (false, Ok(()))
+            }
+            IntentOp::Stage { target, .. } => {
+                self.undo_stage(&pool, &before, target.as_ref());
+                (false, Ok(()))
+            }
+            IntentOp::Publish { target, .. } => (
+                false,
+                self.unbind(&before, &target.path).and_then(|()| {
+                    self.persist(
+                        Txn::new(),
+                        &name,
+                        Some(&before),
+                        Some(IntentWrite::Clear),
+                        None,
                     )
-                }
-                IntentOp::Unstage { consumer } => (
+                }),
+            ),
+            IntentOp::Unpublish { consumer } => {
+                let target = before
+                    .consumers
+                    .get(&consumer.key())
+                    .and_then(|c| c.target.clone());
+                let unbound = match &target {
+                    Some(t) => self.unbind(&before, t),
+                    None => Ok(()),
+                };
+                (
                     true,
-                    self.unstage_steps(&before).and_then(|()| {
+                    unbound.and_then(|()| {
                         let mut vol = before.clone();
                         vol.consumers.remove(&consumer.key());
-                        vol.staging = None;
-                        vol.state = VolumeState::Available;
                         self.persist(
                             Txn::new(),
                             &name,
@@ -316,48 +317,61 @@ impl VolumeService {
                             None,
                         )
                     }),
-                ),
-                IntentOp::Resize { to, .. } => {
-                    (true, self.resize_steps(&pool, &before, *to).map(|_| ()))
+                )
+            }
+            IntentOp::Unstage { consumer } => (
+                true,
+                self.unstage_steps(&before).and_then(|()| {
+                    let mut vol = before.clone();
+                    vol.consumers.remove(&consumer.key());
+                    vol.staging = None;
+                    vol.state = VolumeState::Available;
+                    self.persist(
+                        Txn::new(),
+                        &name,
+                        Some(&vol),
+                        Some(IntentWrite::Clear),
+                        None,
+                    )
+                }),
+            ),
+            IntentOp::Resize { to, .. } => {
+                (true, self.resize_steps(&pool, &before, *to).map(|_| ()))
+            }
+            IntentOp::Delete => (true, self.delete_steps(&before)),
+            IntentOp::Snapshot { snapshot } => {
+                self.undo_snapshot(&pool, &name, snapshot);
+                (false, Ok(()))
+            }
+        };
+        // Rollbacks log their own failures and keep the intent.
+        let still_there = self
+            .store
+            .get(&crate::service::intent_key(&name))?
+            .is_some();
+        let msg = format!(
+            "interrupted {op} of {name} {} at start",
+            if forward { "finished" } else { "undone" }
+        );
+        match result {
+            Ok(()) if !still_there => {
+                tracing::warn!(volume = %name, op, forward, "{msg}");
+                if forward {
+                    report.rolled_forward.push(format!("{op} {name}"));
+                } else {
+                    report.rolled_back.push(format!("{op} {name}"));
                 }
-                IntentOp::Delete => (true, self.delete_steps(&before)),
-                IntentOp::Snapshot { snapshot } => {
-                    self.undo_snapshot(&pool, &name, snapshot);
-                    (false, Ok(()))
-                }
-            };
-            // Rollbacks log their own failures and keep the intent.
-            let still_there = self
-                .store
-                .get(&crate::service::intent_key(&name))?
-                .is_some();
-            let msg = format!(
-                "interrupted {op} of {name} {} at start",
-                if forward { "finished" } else { "undone" }
-            );
-            match result {
-                Ok(()) if !still_there => {
-                    tracing::warn!(volume = %name, op, forward, "{msg}");
-                    if forward {
-                        report.rolled_forward.push(format!("{op} {name}"));
-                    } else {
-                        report.rolled_back.push(format!("{op} {name}"));
-                    }
-                    let ev = self.events.next(
-                        EventKind::Reconcile,
-                        Some(&before.pool),
-                        Some(&name),
-                        msg,
-                    );
-                    self.commit_event(Txn::new(), Some(ev))?;
-                }
-                Ok(()) => report
-                    .failed
-                    .push(format!("{op} {name}: could not be reconciled")),
-                Err(e) => {
-                    tracing::error!(volume = %name, op, error = %e, "reconcile failed; intent kept");
-                    report.failed.push(format!("{op} {name}: {e}"));
-                }
+                let ev =
+                    self.events
+                        .next(EventKind::Reconcile, Some(&before.pool), Some(&name), msg);
+                self.commit_event(Txn::new(), Some(ev))?;
+            }
+            Ok(()) => report
+                .failed
+                .push(format!("{op} {name}: could not be reconciled")),
+            Err(e) => {
+                tracing::error!(volume = %name, op, error = %e, "reconcile failed; intent kept");
+                report.failed.push(format!("{op} {name}: {e}"));
             }
         }
         Ok(())

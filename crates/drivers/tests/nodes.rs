@@ -13,7 +13,7 @@ use ballast_core::failpoint::Failpoints;
 use ballast_core::host::Host;
 use ballast_core::model::{ConsumerKind, ConsumerRef, DriverKind, FsType, Pool, Volume};
 use ballast_core::service::{Intent, IntentOp};
-use ballast_core::store::{MemStore, Store, Txn};
+use ballast_core::store::{MemStore, Store, StoreError, Txn};
 use ballast_core::testing::FakeHost;
 use ballast_core::{CreateVolume, ServiceConfig, ServiceParts, VolumeService};
 use ballast_drivers::{DirDriver, LoopDriver};
@@ -321,4 +321,124 @@ fn events_of_every_node_are_kept_and_ordered_by_store_revision() {
     assert_eq!(&after[..6], &seen[..]);
     assert_eq!(after.len(), 7);
     assert_eq!(c.store.scan("event/").unwrap().len(), stored + 1);
+}
+
+/// A store whose next transaction is applied but answered as if the store
+/// had not answered in time: what a hung or cut-off etcd does to a write in
+/// flight.
+struct LateStore {
+    inner: MemStore,
+    lie: std::sync::atomic::AtomicBool,
+}
+
+impl Store for LateStore {
+    fn get_kv(&self, key: &str) -> Result<Option<ballast_core::store::KeyValue>, StoreError> {
+        self.inner.get_kv(key)
+    }
+    fn range(&self, prefix: &str) -> Result<ballast_core::store::Range, StoreError> {
+        self.inner.range(prefix)
+    }
+    fn txn(&self, txn: Txn) -> Result<u64, StoreError> {
+        let r = self.inner.txn(txn)?;
+        if self.lie.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Unavailable(
+                "etcd did not answer within 2s".into(),
+            ));
+        }
+        Ok(r)
+    }
+    fn watch(
+        &self,
+        prefix: &str,
+        after: u64,
+    ) -> Result<Box<dyn ballast_core::store::Watch>, StoreError> {
+        self.inner.watch(prefix, after)
+    }
+    fn lease_grant(&self, ttl: Duration) -> Result<ballast_core::store::LeaseId, StoreError> {
+        self.inner.lease_grant(ttl)
+    }
+    fn lease_keepalive(&self, lease: ballast_core::store::LeaseId) -> Result<(), StoreError> {
+        self.inner.lease_keepalive(lease)
+    }
+    fn lease_revoke(&self, lease: ballast_core::store::LeaseId) -> Result<(), StoreError> {
+        self.inner.lease_revoke(lease)
+    }
+}
+
+#[test]
+fn a_write_that_timed_out_but_landed_is_settled_before_the_next_operation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(LateStore {
+        inner: MemStore::new(),
+        lie: false.into(),
+    });
+    let host = Arc::new(FakeHost::new());
+    let open = || {
+        let h: Arc<dyn Host> = host.clone();
+        let (svc, _) = VolumeService::open(ServiceParts {
+            store: store.clone(),
+            host: h.clone(),
+            drivers: vec![Arc::new(LoopDriver::new(h))],
+            config: ServiceConfig {
+                mounts_dir: tmp.path().join("mounts"),
+                pools_dir: tmp.path().join("pools"),
+                default_size: 64 * MIB,
+                default_fs: FsType::Ext4,
+                node_id: "node-a".into(),
+            },
+            failpoints: Failpoints::none(),
+        })
+        .unwrap();
+        svc
+    };
+    let svc = open();
+    svc.ensure_pool(Pool::new(
+        "default",
+        DriverKind::Loop,
+        tmp.path().join("pools/default"),
+        1.0,
+    ))
+    .unwrap();
+    // The create's intent lands, but the answer says unavailable.
+    store.lie.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = create_err(&svc, "late");
+    assert!(matches!(err, Error::Unavailable(_)), "{err}");
+    assert!(
+        store.get("intent/late").unwrap().is_some(),
+        "the write landed"
+    );
+    // The next operation on the name settles it first (the create is
+    // undone), then runs: one volume, no intent, no second image.
+    let v = create(&svc, "late");
+    assert!(store.get("intent/late").unwrap().is_none());
+    assert_eq!(svc.get_volume("late").unwrap().id, v.id);
+    let images: Vec<_> = std::fs::read_dir(tmp.path().join("pools/default"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".img"))
+        .collect();
+    assert_eq!(images.len(), 1, "{images:?}");
+    svc.mount("late", cli("app")).unwrap();
+
+    // With the store watch running, a landed write is settled without any
+    // further request: here an unmount whose intent landed.
+    let svc = Arc::new(svc);
+    svc.follow_store().unwrap();
+    store.lie.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = svc.unmount("late", &cli("app")).unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)), "{err}");
+    eventually("the unmount is finished by the watch", || {
+        store.get("intent/late").unwrap().is_none()
+            && svc.get_volume("late").is_ok_and(|v| v.staging.is_none())
+    });
+    assert!(host.mounts().unwrap().is_empty());
+}
+
+fn create_err(svc: &VolumeService, name: &str) -> Error {
+    svc.create_volume(CreateVolume {
+        name: name.into(),
+        size_bytes: Some(32 * MIB),
+        ..CreateVolume::default()
+    })
+    .unwrap_err()
 }

@@ -287,8 +287,9 @@ fn watch_loop(weak: Weak<VolumeService>, mut after: u64) {
                     after = after.max(last.revision());
                 }
                 svc.apply_events(&events);
+                svc.settle_uncertain_all();
             }
-            Ok(None) => {}
+            Ok(None) => svc.settle_uncertain_all(),
             Err(StoreError::Compacted { .. }) => {
                 watch = None;
                 after = resync(&svc).unwrap_or(after);

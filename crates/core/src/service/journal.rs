@@ -113,7 +113,7 @@ impl VolumeService {
                     name: name.to_string(),
                 });
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(self.write_failed(name, e)),
         };
         {
             let mut revs = self.revs.lock();
@@ -170,6 +170,77 @@ impl VolumeService {
             self.events.publish(e);
         }
         Ok(revision)
+    }
+
+    /// A write of `name`'s records failed: when the store did not answer,
+    /// the write may still land, so the volume is settled before its next
+    /// operation (see [`Self::settle_uncertain`]).
+    pub(crate) fn write_failed(&self, name: &str, e: crate::store::StoreError) -> Error {
+        if e.is_retryable() {
+            tracing::warn!(volume = name, error = %e, "a write's outcome is unknown; the volume is read back before its next operation");
+            self.uncertain.lock().insert(name.to_string());
+        }
+        e.into()
+    }
+
+    /// Read back a volume whose last write's outcome is unknown, and finish
+    /// or undo the operation if its intent landed. The caller holds the
+    /// volume's lock.
+    pub(crate) fn settle_uncertain(&self, name: &str) -> Result<()> {
+        let me = self.config.node_id.clone();
+        let keys = [vol_key(name), attachment_key(name, &me), intent_key(name)];
+        let mut read = Vec::new();
+        for key in &keys {
+            read.push(self.store.get_kv(key)?);
+        }
+        for (key, kv) in keys.iter().zip(&read) {
+            match kv {
+                Some(kv) => self.apply_record(key, Some(&kv.value), kv.mod_revision),
+                None => {
+                    let rev = self.revs.lock().get(key).map_or(0, |&(r, _)| r + 1);
+                    self.apply_record(key, None, rev);
+                }
+            }
+        }
+        if let Some(kv) = &read[2] {
+            let intent: Intent = serde_json::from_slice(&kv.value).map_err(|e| {
+                crate::store::StoreError::Corrupt {
+                    path: kv.key.clone(),
+                    detail: e.to_string(),
+                }
+            })?;
+            if intent.owner.is_empty() || intent.owner == me {
+                let mut report = crate::reconcile::ReconcileReport::default();
+                self.settle_intent(name, &intent, false, &mut report)?;
+                tracing::warn!(
+                    volume = name,
+                    ?report,
+                    "settled an operation whose write's outcome was unknown"
+                );
+                if !report.failed.is_empty() {
+                    return Err(Error::Unavailable(format!(
+                        "volume {name:?}: an interrupted {} could not be settled yet",
+                        intent.op.name()
+                    )));
+                }
+            }
+        }
+        self.uncertain.lock().remove(name);
+        Ok(())
+    }
+
+    /// Settle what can be settled now (the store watch calls this when the
+    /// store answers again); a volume whose operation runs is left to it.
+    pub(crate) fn settle_uncertain_all(&self) {
+        let names: Vec<String> = self.uncertain.lock().iter().cloned().collect();
+        for name in names {
+            let Some(_g) = self.locks.try_lock(&name) else {
+                continue;
+            };
+            if let Err(e) = self.settle_uncertain(&name) {
+                tracing::debug!(volume = %name, error = %e, "not settled yet");
+            }
+        }
     }
 
     /// Add a compare on the revision this service last saw of `key` (absent

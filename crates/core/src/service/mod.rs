@@ -235,6 +235,10 @@ pub struct VolumeService {
     /// written: each update compares on it, so a write over another node's
     /// newer record fails instead of erasing it.
     pub(crate) revs: Mutex<HashMap<String, cache::Seen>>,
+    /// Volumes whose last write did not answer in time (etcd hung or cut
+    /// off): it may or may not have landed. The next operation on one, or the
+    /// store watch once the store answers, reads it back and settles it.
+    pub(crate) uncertain: Mutex<std::collections::BTreeSet<String>>,
     /// This host's boot, written into our attachments.
     pub(crate) boot_id: String,
     /// The store revision of the read the service opened with.
@@ -345,7 +349,16 @@ impl VolumeService {
     }
 
     /// Take the volume's lock, waiting (at most [`LOCK_WAIT`]) or not.
+    /// A volume whose last write's outcome is unknown is settled first.
     pub(crate) fn lock_op(&self, name: &str, wait: Wait) -> Result<crate::locks::NameGuard<'_>> {
+        let guard = self.lock_only(name, wait)?;
+        if self.uncertain.lock().contains(name) {
+            self.settle_uncertain(name)?;
+        }
+        Ok(guard)
+    }
+
+    fn lock_only(&self, name: &str, wait: Wait) -> Result<crate::locks::NameGuard<'_>> {
         match wait {
             // Bounded: an operation stuck on the host (a pool whose own
             // filesystem hangs) must not queue every later call behind it.

@@ -76,12 +76,14 @@ impl VolumeService {
                 started: Utc::now(),
                 owner: self.config.node_id.clone(),
             };
-            self.store.commit(
-                Txn::new()
-                    .require_absent(snap_key(name))
-                    .put(snap_key(name), to_json(&snap))
-                    .put(intent_key(volume), to_json(&intent)),
-            )?;
+            self.store
+                .commit(
+                    Txn::new()
+                        .require_absent(snap_key(name))
+                        .put(snap_key(name), to_json(&snap))
+                        .put(intent_key(volume), to_json(&intent)),
+                )
+                .map_err(|e| self.write_failed(volume, e))?;
             self.snapshots
                 .write()
                 .insert(name.to_string(), snap.clone());
@@ -99,13 +101,16 @@ impl VolumeService {
         let mut done = snap;
         done.ready = true;
         let ev = self.event(EventKind::Snapshot, &vol, format!("snapshot {name} taken"));
-        let revision = self.store.txn(
-            ev.add_to(
-                Txn::new()
-                    .put(snap_key(name), to_json(&done))
-                    .delete(intent_key(volume)),
-            ),
-        )?;
+        let revision = self
+            .store
+            .txn(
+                ev.add_to(
+                    Txn::new()
+                        .put(snap_key(name), to_json(&done))
+                        .delete(intent_key(volume)),
+                ),
+            )
+            .map_err(|e| self.write_failed(volume, e))?;
         self.snapshots
             .write()
             .insert(name.to_string(), done.clone());
@@ -120,11 +125,13 @@ impl VolumeService {
     pub(crate) fn undo_snapshot(&self, pool: &Pool, volume: &str, snap: &Snapshot) {
         let result = (|| -> Result<()> {
             self.driver(pool.driver)?.delete_snapshot(pool, snap)?;
-            self.store.commit(
-                Txn::new()
-                    .delete(snap_key(&snap.name))
-                    .delete(intent_key(volume)),
-            )?;
+            self.store
+                .commit(
+                    Txn::new()
+                        .delete(snap_key(&snap.name))
+                        .delete(intent_key(volume)),
+                )
+                .map_err(|e| self.write_failed(volume, e))?;
             self.snapshots.write().remove(&snap.name);
             Ok(())
         })();
