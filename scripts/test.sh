@@ -18,6 +18,10 @@ command -v fuse-overlayfs >/dev/null || need_pkgs+=(fuse-overlayfs)
 command -v prometheus >/dev/null || need_pkgs+=(prometheus)
 # Headless Chromium renders the web dashboard in crates/ballast/tests/dashboard.rs.
 command -v chromium >/dev/null || need_pkgs+=(chromium)
+# A real etcd backs the store tests of crates/etcd and crates/ballast/tests/cluster.rs.
+[[ -x /usr/bin/etcd ]] || need_pkgs+=(etcd-server)
+# etcd-client (ballast's `etcd` feature) generates its gRPC code with protoc.
+command -v protoc >/dev/null || need_pkgs+=(protobuf-compiler)
 if ((${#need_pkgs[@]})); then
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
     echo "installing ${need_pkgs[*]}"
@@ -58,10 +62,10 @@ fi
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast
+  cargo nextest run --workspace --all-features --locked --no-fail-fast
 else
-  cargo test --workspace --locked --no-fail-fast
+  cargo test --workspace --all-features --locked --no-fail-fast
 fi

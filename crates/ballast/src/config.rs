@@ -124,7 +124,8 @@ pub enum StoreConfig {
 pub struct EtcdSettings {
     /// As given: `etcd://h1:2379,h2:2379`.
     pub url: String,
-    pub prefix: String,
+    /// None: the URL's path, else `/ballast/`.
+    pub prefix: Option<String>,
     pub user: Option<(String, PathBuf)>,
     pub ca: Option<PathBuf>,
     pub client_cert: Option<(PathBuf, PathBuf)>,
@@ -405,9 +406,10 @@ fn resolve_store(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<StoreCon
     if !tls_scheme && (ca.is_some() || cert.is_some()) {
         anyhow::bail!("etcd tls options need an etcds:// store URL");
     }
-    let prefix = prefix.unwrap_or_else(|| "/ballast/".into());
-    if prefix.is_empty() || prefix.len() > 256 || prefix.chars().any(char::is_control) {
-        anyhow::bail!("store prefix {prefix:?}: 1 to 256 characters, no control characters");
+    if let Some(prefix) = &prefix {
+        if prefix.is_empty() || prefix.len() > 256 || prefix.chars().any(char::is_control) {
+            anyhow::bail!("store prefix {prefix:?}: 1 to 256 characters, no control characters");
+        }
     }
     let user = match (user, password_file) {
         (Some(u), Some(p)) => Some((u, p)),
@@ -571,7 +573,7 @@ mod tests {
         match c.store {
             StoreConfig::Etcd(e) => {
                 assert_eq!(e.url, "etcd://127.0.0.1:2379,10.0.0.2:2379");
-                assert_eq!(e.prefix, "/prod/");
+                assert_eq!(e.prefix.as_deref(), Some("/prod/"));
                 assert!(e.user.is_none() && e.ca.is_none());
             }
             other => panic!("{other:?}"),

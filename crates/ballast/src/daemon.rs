@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use ballast_core::failpoint::Failpoints;
 use ballast_core::model::{DriverKind, Pool};
+use ballast_core::store::Store;
 use ballast_core::{Host, ServiceConfig, ServiceParts, VolumeService};
 use ballast_drivers::{BtrfsDriver, DirDriver, LoopDriver};
 use ballast_host::LinuxHost;
@@ -16,7 +17,7 @@ use ballast_server::listen;
 use ballast_server::rest::{self, ApiState};
 use ballast_store::RedbStore;
 
-use crate::config::{Config, LogFormat, ServeArgs};
+use crate::config::{Config, LogFormat, ServeArgs, StoreConfig};
 
 /// How long a stopping daemon waits for blocking work before it leaves it:
 /// a worker stuck in the kernel (a pool on a hung filesystem) must not keep
@@ -214,6 +215,34 @@ fn load_token(state_dir: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
+/// The etcd store's config from the daemon's: the URL, then the prefix,
+/// the user (password from its file) and TLS files.
+#[cfg(feature = "etcd")]
+fn etcd_config(s: &crate::config::EtcdSettings) -> anyhow::Result<ballast_etcd::EtcdConfig> {
+    use ballast_etcd::{EtcdConfig, EtcdTls};
+    let mut c = EtcdConfig::parse_url(&s.url).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(p) = &s.prefix {
+        c.prefix.clone_from(p);
+    }
+    if let Some((user, file)) = &s.user {
+        let password = std::fs::read_to_string(file)
+            .with_context(|| format!("reading the etcd password from {}", file.display()))?;
+        c.user = Some((
+            user.clone(),
+            password.trim_end_matches(['\n', '\r']).to_string(),
+        ));
+    }
+    if let Some(ca) = &s.ca {
+        let (cert, key) = s.client_cert.clone().unzip();
+        c.tls = Some(EtcdTls {
+            ca: ca.clone(),
+            cert,
+            key,
+        });
+    }
+    Ok(c)
+}
+
 /// Open the store. redb asserts on some damaged files; the store turns that
 /// panic into an error naming the file, so the default hook's report of it
 /// (a second message and maybe a backtrace) is silenced on this thread while
@@ -240,8 +269,26 @@ async fn run(config: Config, api_socket: Option<PathBuf>, dirs: &Dirs) -> anyhow
     let mut stop = ShutdownSignal::watch()?;
     let (state_dir, run_dir) = (dirs.state.clone(), dirs.run.clone());
     let mut made = MadeFiles::default();
-    let store =
-        Arc::new(open_store_quietly(&state_dir.join("ballast.redb")).context("opening the store")?);
+    let store: Arc<dyn Store> = match &config.store {
+        StoreConfig::Embedded => Arc::new(
+            open_store_quietly(&state_dir.join("ballast.redb")).context("opening the store")?,
+        ),
+        #[cfg(feature = "etcd")]
+        StoreConfig::Etcd(settings) => {
+            use ballast_etcd::EtcdStore;
+            let etcd = etcd_config(settings)?;
+            tracing::info!(url = %settings.url, prefix = %etcd.prefix, node = %config.node_id, "store: etcd");
+            let store = tokio::task::spawn_blocking(move || EtcdStore::connect(&etcd))
+                .await?
+                .with_context(|| format!("connecting to the store at {}", settings.url))?;
+            Arc::new(store)
+        }
+        #[cfg(not(feature = "etcd"))]
+        StoreConfig::Etcd(settings) => anyhow::bail!(
+            "store {}: this ballast was built without etcd; build it with `cargo build --release -p ballast --features etcd` (needs protoc: apt-get install protobuf-compiler)",
+            settings.url
+        ),
+    };
     let host: Arc<dyn Host> = Arc::new(LinuxHost::new());
     let parts = ServiceParts {
         store,

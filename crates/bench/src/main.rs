@@ -18,6 +18,7 @@
 //!   btrfs volume create + mount (see `btrfs.rs`).
 //! - `dashboard`: the web dashboard's first render at N volumes in headless
 //!   Chromium (see `dashboard.rs`).
+//! - `cluster`: the store on etcd against redb (see `cluster.rs`).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -26,6 +27,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod btrfs;
+mod cluster;
 mod dashboard;
 mod loopcopy;
 mod metrics;
@@ -107,6 +109,16 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         n: usize,
     },
+    /// The store on etcd against redb: lifecycle, `volume ls` and start at
+    /// many volumes, CAS contention on one record
+    Cluster {
+        #[arg(long, default_value_t = 20)]
+        n: usize,
+        #[arg(long, default_value_t = 10_000)]
+        volumes: usize,
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+    },
     /// Everything, with the defaults
     All,
 }
@@ -127,6 +139,11 @@ fn main() -> Result<()> {
         Cmd::Btrfs { n } => btrfs::btrfs_bench(&args.dir, n),
         Cmd::Dashboard { volumes, runs } => dashboard::dashboard(&args.dir, volumes, runs),
         Cmd::Loopcopy { n } => loopcopy::loopcopy(&args.dir, n),
+        Cmd::Cluster {
+            n,
+            volumes,
+            clients,
+        } => cluster::cluster_bench(&args.dir, n, volumes, clients),
         Cmd::All => {
             lifecycle(&args.dir, 30)?;
             scale(&args.dir, 10_000)?;
@@ -174,6 +191,11 @@ impl Daemon {
     fn start(dir: &Path, extra: &[&str]) -> Result<Daemon> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir)?;
+        Self::restart(dir, extra)
+    }
+
+    /// Start on the state a daemon before left in `dir`.
+    fn restart(dir: &Path, extra: &[&str]) -> Result<Daemon> {
         let run = dir.join("run");
         let socket = run.join("api.sock");
         let child = Command::new(ballast_bin()?)

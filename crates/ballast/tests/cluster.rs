@@ -1,0 +1,287 @@
+//! Two real daemons (`ballast serve`) with their own node ids, run and state
+//! directories, on one host, sharing one real etcd: what a cluster of two
+//! machines is, as far as the store and the records go. Each works in its
+//! own pools in parallel; each sees the other's volumes; a kill -9 of one at
+//! a failpoint and its restart settle its own work and nothing of the
+//! other's.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::etcd::{require_etcd, Etcd};
+use common::{mount_targets, require_root_loop, Daemon};
+
+fn node(etcd: &Etcd, id: &str, prefix: &str) -> Daemon {
+    Daemon::start_with(
+        &[
+            "--store",
+            &etcd.url(),
+            "--store-prefix",
+            prefix,
+            "--node-id",
+            id,
+            "--watch-interval",
+            "1h",
+        ],
+        &[],
+    )
+}
+
+/// name -> (node, state) as `volume ls` on `d` shows it.
+fn listing(d: &Daemon) -> BTreeMap<String, (String, String)> {
+    let vols = d.json(&["volume", "ls"]);
+    vols.as_array()
+        .expect("a list")
+        .iter()
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap().to_string(),
+                (
+                    v["node"].as_str().unwrap_or("-").to_string(),
+                    v["state"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ok() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn mountpoint(d: &Daemon, vol: &str) -> PathBuf {
+    PathBuf::from(
+        d.json(&["volume", "inspect", vol])["mountpoint"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{vol} is not mounted"))
+            .to_string(),
+    )
+}
+
+/// One node's work loop: create, mount, write, snapshot, unmount, drop the
+/// snapshot, delete; returns how many rounds it finished.
+fn churn(d: &Daemon, me: &str, stop: &AtomicBool) -> usize {
+    let mut rounds = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let v = format!("{me}-churn-{rounds}");
+        d.ok(&["volume", "create", &v, "--size", "16M"]);
+        let mp = PathBuf::from(d.ok(&["volume", "mount", &v, "--id", "w"]).trim());
+        std::fs::write(mp.join("data"), format!("{v} was here")).unwrap();
+        d.ok(&["volume", "snapshot", &v, &format!("{v}-snap")]);
+        d.ok(&["volume", "unmount", &v, "--id", "w"]);
+        d.ok(&["snapshot", "rm", &format!("{v}-snap")]);
+        d.ok(&["volume", "rm", &v]);
+        rounds += 1;
+    }
+    rounds
+}
+
+#[test]
+fn two_daemons_on_one_etcd_work_side_by_side_and_never_touch_each_other() {
+    if !require_root_loop("cluster") || !require_etcd("cluster") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let a = Arc::new(node(&etcd, "node-a", "/cluster-test/"));
+    let b = Arc::new(node(&etcd, "node-b", "/cluster-test/"));
+
+    // A volume on each node that stays mounted throughout, with data.
+    for (d, me) in [(&a, "a"), (&b, "b")] {
+        d.ok(&["volume", "create", &format!("{me}-keep"), "--size", "32M"]);
+        let mp = PathBuf::from(
+            d.ok(&["volume", "mount", &format!("{me}-keep"), "--id", "app"])
+                .trim(),
+        );
+        std::fs::write(mp.join("kept"), me).unwrap();
+    }
+    let keep_a = mountpoint(&a, "a-keep");
+    let keep_b = mountpoint(&b, "b-keep");
+
+    // Both work in parallel; both listings show both nodes' volumes.
+    let secs: u64 = std::env::var("BALLAST_CLUSTER_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = [(a.clone(), "a"), (b.clone(), "b")]
+        .into_iter()
+        .map(|(d, me)| {
+            let stop = stop.clone();
+            std::thread::spawn(move || churn(&d, me, &stop))
+        })
+        .collect();
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut checks = 0;
+    while Instant::now() < until {
+        for d in [&a, &b] {
+            let seen = listing(d);
+            assert_eq!(
+                seen.get("a-keep"),
+                Some(&("node-a".to_string(), "mounted".to_string())),
+                "{seen:?}"
+            );
+            eventually("b-keep listed on both", || {
+                listing(d).get("b-keep") == Some(&("node-b".to_string(), "mounted".to_string()))
+            });
+            for (name, (node, _)) in &seen {
+                let want = if name.starts_with("a-") {
+                    "node-a"
+                } else {
+                    "node-b"
+                };
+                assert_eq!(node, want, "{name} is listed on the wrong node");
+            }
+        }
+        checks += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let rounds: Vec<usize> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    eprintln!("cluster: {secs} s, rounds per node {rounds:?}, {checks} listing checks");
+    assert!(rounds.iter().all(|&r| r > 0), "{rounds:?}");
+
+    // Another node's volume is refused here, naming its node.
+    let err = b.fails(&["volume", "mount", "a-keep", "--id", "x"]);
+    assert!(err.contains("node-a"), "{err}");
+
+    // kill -9 of one node at failpoints of each kind of operation: it
+    // settles its own work at restart, and the other never notices.
+    let mut a = Arc::try_unwrap(a).ok().expect("workers are done");
+    let mut b = Arc::try_unwrap(b).ok().expect("workers are done");
+    crash_and_settle(&mut a, &b, "a", &keep_b);
+    crash_and_settle(&mut b, &a, "b", &keep_a);
+
+    // Clean up through each node; nothing stays on the host or in the store.
+    for (d, me) in [(&a, "a"), (&b, "b")] {
+        d.ok(&["volume", "unmount", &format!("{me}-keep"), "--id", "app"]);
+        d.ok(&["volume", "rm", &format!("{me}-keep")]);
+    }
+    eventually("both listings empty", || {
+        listing(&a).is_empty() && listing(&b).is_empty()
+    });
+    a.assert_no_leftovers();
+    b.assert_no_leftovers();
+}
+
+/// kill -9 `crashed` at a failpoint of a create, a mount and a delete; after
+/// each restart its own work is settled and `other` noticed nothing.
+fn crash_and_settle(crashed: &mut Daemon, other: &Daemon, me: &str, other_keep: &PathBuf) {
+    let v = format!("{me}-crash");
+    crashed.crash_at(
+        "create.after_image",
+        &["volume", "create", &v, "--size", "16M"],
+    );
+    assert!(!listing(crashed).contains_key(&v), "the create was undone");
+    crashed.ok(&["volume", "create", &v, "--size", "16M"]);
+    crashed.crash_at("stage.after_mount", &["volume", "mount", &v, "--id", "c"]);
+    assert_eq!(listing(crashed)[&v].1, "available", "the mount was undone");
+    crashed.ok(&["volume", "mount", &v, "--id", "c"]);
+    crashed.crash_at("delete.after_unstage", &["volume", "rm", &v, "--force"]);
+    eventually(
+        "the delete was finished, and seen by the other node",
+        || !listing(crashed).contains_key(&v) && !listing(other).contains_key(&v),
+    );
+    // The other node's kept volume is still mounted and still shown so.
+    assert!(mount_targets().contains(other_keep), "{other_keep:?} lost");
+    let other_id = if me == "a" { "b" } else { "a" };
+    let seen = other.json(&["volume", "inspect", &format!("{other_id}-keep")]);
+    assert_eq!(seen["state"], "mounted", "{seen}");
+    assert_eq!(
+        std::fs::read_to_string(other_keep.join("kept")).unwrap(),
+        other_id
+    );
+    // The crashed node's kept volume survived its crashes too.
+    let mine = crashed.json(&["volume", "inspect", &format!("{me}-keep")]);
+    assert_eq!(mine["state"], "mounted", "{mine}");
+}
+
+#[test]
+fn a_daemon_whose_etcd_stops_serves_reads_refuses_writes_and_resumes_by_itself() {
+    if !require_root_loop("etcd stopped") || !require_etcd("etcd stopped") {
+        return;
+    }
+    let mut etcd = Etcd::start();
+    let mut d = node(&etcd, "solo", "/stopped-test/");
+    d.ok(&["volume", "create", "before", "--size", "16M"]);
+    let mp = PathBuf::from(d.ok(&["volume", "mount", "before", "--id", "app"]).trim());
+    std::fs::write(mp.join("f"), b"x").unwrap();
+    let images_before = d.images();
+
+    // A hung etcd (it takes connections and never answers): reads from the
+    // cache, writes fail at their deadline instead of hanging.
+    etcd.pause();
+    assert_eq!(d.json(&["volume", "inspect", "before"])["state"], "mounted");
+    let started = Instant::now();
+    let (status, body) = d.http("POST", "/v1/volumes", br#"{"name":"hung","size":"16M"}"#);
+    eprintln!(
+        "create with etcd hung: {status} after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(status, 503, "{body}");
+    let (status, body) = d.http("POST", "/v1/volumes/before/unmount", br#"{"id":"app"}"#);
+    assert_eq!(status, 503, "{body}");
+    assert!(mount_targets().contains(&mp), "a refused unmount unmounted");
+    assert_eq!(d.images(), images_before, "a refused create left an image");
+    etcd.resume();
+    eventually("writes work again after the hang", || {
+        d.cli(&["volume", "create", "hung", "--size", "16M"])
+            .status
+            .success()
+    });
+    d.ok(&["volume", "rm", "hung"]);
+
+    etcd.kill();
+    // Reads come from the cache.
+    let (status, vols) = d.http("GET", "/v1/volumes", b"");
+    assert_eq!(status, 200, "{vols}");
+    assert_eq!(vols.as_array().map(Vec::len), Some(1), "{vols}");
+    assert_eq!(d.json(&["volume", "inspect", "before"])["state"], "mounted");
+    // Writes fail as unavailable (a retry may work), and change nothing.
+    let started = Instant::now();
+    let (status, body) = d.http("POST", "/v1/volumes", br#"{"name":"during","size":"16M"}"#);
+    eprintln!(
+        "create with etcd down: {status} after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    let (status, body) = d.http("POST", "/v1/volumes/before/unmount", br#"{"id":"app"}"#);
+    assert_eq!(status, 503, "{body}");
+    assert!(mount_targets().contains(&mp), "a refused unmount unmounted");
+    assert_eq!(d.images(), images_before, "a refused create left an image");
+    let err = d.fails(&["volume", "create", "during2", "--size", "16M"]);
+    assert!(
+        err.contains("retry") || err.contains("unavailable"),
+        "{err}"
+    );
+
+    // Back: the same daemon, not restarted, works again by itself.
+    etcd.restart();
+    eventually("writes work again", || {
+        d.cli(&["volume", "create", "after", "--size", "16M"])
+            .status
+            .success()
+    });
+    let seen = listing(&d);
+    assert_eq!(
+        seen.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["after", "before"],
+        "{seen:?}"
+    );
+    d.ok(&["volume", "unmount", "before", "--id", "app"]);
+    d.ok(&["volume", "rm", "before"]);
+    d.ok(&["volume", "rm", "after"]);
+    d.stop();
+    d.restart();
+    assert!(listing(&d).is_empty());
+    d.assert_no_leftovers();
+}
