@@ -511,11 +511,7 @@ impl VolumeService {
         // Every driver so far keeps its storage on this machine.
         pool.node = Some(self.config.node_id.clone());
         pool.state = PoolState::Creating;
-        self.store.commit(
-            Txn::new()
-                .require_absent(pool_key(&pool.name))
-                .put(pool_key(&pool.name), to_json(&pool)),
-        )?;
+        self.persist_pool(&pool.name.clone(), Some(&pool), None)?;
         self.failpoints.hit("poolcreate.after_intent");
         let made = (|| -> Result<()> {
             driver.create_pool(&pool)?;
@@ -556,9 +552,7 @@ impl VolumeService {
     pub(crate) fn undo_create_pool(&self, pool: &Pool) {
         let result = (|| -> Result<()> {
             self.driver(pool.driver)?.destroy_pool(pool)?;
-            self.store.commit(Txn::new().delete(pool_key(&pool.name)))?;
-            self.pools.write().remove(&pool.name);
-            Ok(())
+            self.persist_pool(&pool.name, None, None)
         })();
         if let Err(e) = result {
             tracing::error!(pool = %pool.name, error = %e, "undo pool create failed; the record stays for the reconciler");
@@ -611,21 +605,35 @@ impl VolumeService {
     }
 
     /// Write a pool's record (or its removal) and an event in one
-    /// transaction, then update the in-memory copy.
+    /// transaction, then update the in-memory copy. The write compares on
+    /// the record's revision last seen (absent if never seen), as volume
+    /// writes do: a pool changed elsewhere is re-read, not overwritten.
     pub(crate) fn persist_pool(
         &self,
         name: &str,
         pool: Option<&Pool>,
         event: Option<Event>,
     ) -> Result<()> {
-        let mut txn = match pool {
-            Some(p) => Txn::new().put(pool_key(name), to_json(p)),
-            None => Txn::new().delete(pool_key(name)),
+        let key = pool_key(name);
+        let mut txn = self.compare_seen(Txn::new(), &key);
+        txn = match pool {
+            Some(p) => txn.put(key.clone(), to_json(p)),
+            None => txn.delete(key.clone()),
         };
         if let Some(e) = &event {
             txn = e.add_to(txn);
         }
-        let revision = self.store.txn(txn)?;
+        let revision = match self.store.txn(txn) {
+            Ok(r) => r,
+            Err(crate::store::StoreError::Conflict { .. }) => {
+                self.reread(&[&key]);
+                return Err(Error::Conflict {
+                    name: format!("pool:{name}"),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.revs.lock().insert(key, (revision, pool.is_some()));
         match pool {
             Some(p) => {
                 self.pools.write().insert(name.to_string(), p.clone());
@@ -812,12 +820,7 @@ impl VolumeService {
             return Ok(existing.clone());
         }
         self.driver(pool.driver)?.init_pool(&pool)?;
-        self.store.commit(
-            Txn::new()
-                .require_absent(pool_key(&pool.name))
-                .put(pool_key(&pool.name), to_json(&pool)),
-        )?;
-        self.pools.write().insert(pool.name.clone(), pool.clone());
+        self.persist_pool(&pool.name.clone(), Some(&pool), None)?;
         Ok(pool)
     }
 
@@ -830,9 +833,7 @@ impl VolumeService {
             return Ok(pool);
         }
         pool.overcommit_ratio = ratio;
-        self.store
-            .commit(Txn::new().put(pool_key(name), to_json(&pool)))?;
-        self.pools.write().insert(name.to_string(), pool.clone());
+        self.persist_pool(name, Some(&pool), None)?;
         Ok(pool)
     }
 

@@ -442,3 +442,78 @@ fn create_err(svc: &VolumeService, name: &str) -> Error {
     })
     .unwrap_err()
 }
+
+/// What a single-node release left in its store: a pool and volumes without
+/// a node, a volume's staging and consumers inline in its record, one boot
+/// id for the whole store, events keyed by a counter.
+fn single_node_store(c: &Cluster, na: &Node, mounted: bool) -> Volume {
+    let a = c.start(na);
+    create(&a, "old");
+    let staged = if mounted {
+        a.mount("old", cli("app")).unwrap()
+    } else {
+        a.get_volume("old").unwrap()
+    };
+    drop(a);
+    let mut legacy = staged.clone();
+    legacy.node = None;
+    let mut pool: Pool =
+        serde_json::from_slice(&c.store.get("pool/default").unwrap().unwrap()).unwrap();
+    pool.node = None;
+    let keys: Vec<String> = c
+        .store
+        .scan("")
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("attachment/") || k.starts_with("nodeboot/"))
+        .collect();
+    let mut txn = Txn::new()
+        .put("vol/old", serde_json::to_vec(&legacy).unwrap())
+        .put("pool/default", serde_json::to_vec(&pool).unwrap())
+        .put("meta/boot_id", b"boot-of-node-a".to_vec());
+    for k in keys {
+        txn = txn.delete(k);
+    }
+    c.store.commit(txn).unwrap();
+    staged
+}
+
+#[test]
+fn records_of_a_single_node_release_are_adopted_by_the_node_that_opens_them() {
+    let c = Cluster::new();
+    let na = c.node("node-a");
+    let staged = single_node_store(&c, &na, true);
+    let a = c.start(&na);
+    // The record is this node's, its staging moved into this node's
+    // attachment, and the mount is still known (same boot).
+    let v = a.get_volume("old").unwrap();
+    assert_eq!(v.node.as_deref(), Some("node-a"));
+    assert_eq!(v.staging, staged.staging);
+    assert!(v.consumers.contains_key(&cli("app").key()));
+    let stored: Volume = serde_json::from_slice(&c.store.get("vol/old").unwrap().unwrap()).unwrap();
+    assert!(
+        stored.staging.is_none() && stored.consumers.is_empty(),
+        "{stored:?}"
+    );
+    assert!(c.store.get("attachment/old/node-a").unwrap().is_some());
+    let pool = a.get_pool("default").unwrap();
+    assert_eq!(pool.node.as_deref(), Some("node-a"));
+    assert!(c.store.get("meta/boot_id").unwrap().is_none());
+    assert_eq!(
+        c.store.get("nodeboot/node-a").unwrap().as_deref(),
+        Some(&b"boot-of-node-a"[..])
+    );
+    a.unmount("old", &cli("app")).unwrap();
+    a.delete_volume("old", false).unwrap();
+
+    // After a reboot, the old store-wide boot id judges the inline staging.
+    let c = Cluster::new();
+    let na = c.node("node-a");
+    single_node_store(&c, &na, true);
+    na.host.reboot("boot-of-node-a-2");
+    let a = c.start(&na);
+    let v = a.get_volume("old").unwrap();
+    assert!(v.staging.is_none() && v.consumers.is_empty(), "{v:?}");
+    assert!(c.store.get("attachment/old/node-a").unwrap().is_none());
+}
