@@ -172,36 +172,93 @@ fn two_daemons_on_one_etcd_work_side_by_side_and_never_touch_each_other() {
     b.assert_no_leftovers();
 }
 
-/// kill -9 `crashed` at a failpoint of a create, a mount and a delete; after
-/// each restart its own work is settled and `other` noticed nothing.
+/// kill -9 `crashed` at every failpoint of the volume operations (create,
+/// stage, unstage, resize, delete, snapshot); after each restart its own
+/// work is settled (undone or finished, as on one node) and `other` noticed
+/// nothing.
 fn crash_and_settle(crashed: &mut Daemon, other: &Daemon, me: &str, other_keep: &PathBuf) {
-    let v = format!("{me}-crash");
-    crashed.crash_at(
-        "create.after_image",
-        &["volume", "create", &v, "--size", "16M"],
-    );
-    assert!(!listing(crashed).contains_key(&v), "the create was undone");
-    crashed.ok(&["volume", "create", &v, "--size", "16M"]);
-    crashed.crash_at("stage.after_mount", &["volume", "mount", &v, "--id", "c"]);
-    assert_eq!(listing(crashed)[&v].1, "available", "the mount was undone");
-    crashed.ok(&["volume", "mount", &v, "--id", "c"]);
-    crashed.crash_at("delete.after_unstage", &["volume", "rm", &v, "--force"]);
-    eventually(
-        "the delete was finished, and seen by the other node",
-        || !listing(crashed).contains_key(&v) && !listing(other).contains_key(&v),
-    );
-    // The other node's kept volume is still mounted and still shown so.
-    assert!(mount_targets().contains(other_keep), "{other_keep:?} lost");
     let other_id = if me == "a" { "b" } else { "a" };
-    let seen = other.json(&["volume", "inspect", &format!("{other_id}-keep")]);
-    assert_eq!(seen["state"], "mounted", "{seen}");
-    assert_eq!(
-        std::fs::read_to_string(other_keep.join("kept")).unwrap(),
-        other_id
-    );
-    // The crashed node's kept volume survived its crashes too.
-    let mine = crashed.json(&["volume", "inspect", &format!("{me}-keep")]);
-    assert_eq!(mine["state"], "mounted", "{mine}");
+    let v = format!("{me}-crash");
+    let snap = format!("{v}-snap");
+    let mut crashes = 0;
+    for &fp in ballast_core::failpoint::ALL {
+        let (op, _) = fp.split_once('.').unwrap();
+        // What must exist before the command, the command, and what the
+        // restart must have made of it.
+        let (setup, cmd, want): (&[&str], Vec<&str>, Option<&str>) = match op {
+            "create" => (&[], vec!["volume", "create", &v, "--size", "16M"], None),
+            "stage" => (
+                &["create"],
+                vec!["volume", "mount", &v, "--id", "c"],
+                Some("available"),
+            ),
+            "unstage" => (
+                &["create", "mount"],
+                vec!["volume", "unmount", &v, "--id", "c"],
+                Some("available"),
+            ),
+            "resize" => (
+                &["create"],
+                vec!["volume", "resize", &v, "--size", "32M"],
+                Some("available"),
+            ),
+            "delete" => (
+                &["create", "mount"],
+                vec!["volume", "rm", &v, "--force"],
+                None,
+            ),
+            "snapshot" => (
+                &["create", "mount"],
+                vec!["volume", "snapshot", &v, &snap],
+                Some("mounted"),
+            ),
+            _ => continue,
+        };
+        for step in setup {
+            match *step {
+                "create" => crashed.ok(&["volume", "create", &v, "--size", "16M"]),
+                _ => crashed.ok(&["volume", "mount", &v, "--id", "c"]),
+            };
+        }
+        crashed.crash_at(fp, &cmd);
+        crashes += 1;
+        let seen = listing(crashed);
+        assert_eq!(
+            seen.get(&v).map(|(_, state)| state.as_str()),
+            want,
+            "{fp}: {seen:?}"
+        );
+        if op == "resize" {
+            let size = &crashed.json(&["volume", "inspect", &v])["size_bytes"];
+            assert_eq!(size, 32 << 20, "{fp}: an interrupted resize is finished");
+        }
+        if op == "snapshot" {
+            let snaps = crashed.json(&["snapshot", "ls"]);
+            assert_eq!(snaps.as_array().map(Vec::len), Some(0), "{fp}: {snaps}");
+        }
+        // The other node's view agrees, and its own volume never moved.
+        eventually("the other node sees the settled state", || {
+            listing(other).get(&v).map(|(_, s)| s.as_str()) == want
+        });
+        assert!(
+            mount_targets().contains(other_keep),
+            "{fp}: {other_keep:?} lost"
+        );
+        let seen = other.json(&["volume", "inspect", &format!("{other_id}-keep")]);
+        assert_eq!(seen["state"], "mounted", "{fp}: {seen}");
+        assert_eq!(
+            std::fs::read_to_string(other_keep.join("kept")).unwrap(),
+            other_id
+        );
+        let mine = crashed.json(&["volume", "inspect", &format!("{me}-keep")]);
+        assert_eq!(mine["state"], "mounted", "{fp}: {mine}");
+        // Back to nothing for the next failpoint.
+        if want.is_some() {
+            crashed.ok(&["volume", "rm", &v, "--force"]);
+        }
+    }
+    eprintln!("cluster: node {me} crashed at {crashes} failpoints");
+    assert!(crashes >= 15, "{crashes}");
 }
 
 #[test]
