@@ -517,3 +517,46 @@ fn records_of_a_single_node_release_are_adopted_by_the_node_that_opens_them() {
     assert!(v.staging.is_none() && v.consumers.is_empty(), "{v:?}");
     assert!(c.store.get("attachment/old/node-a").unwrap().is_none());
 }
+
+#[test]
+fn a_watch_that_fell_behind_a_compaction_reloads_and_misses_nothing() {
+    let c = Cluster::new();
+    let (na, nb) = (c.node("node-a"), c.node("node-b"));
+    let a = c.start(&na);
+    create(&a, "gone-later");
+    create(&a, "stays");
+    // node-b loads now, but its watch starts only after node-a changed
+    // things and the store compacted what node-b would have needed.
+    let host: Arc<dyn Host> = nb.host.clone();
+    let (b, _) = VolumeService::open(ServiceParts {
+        store: c.store.clone(),
+        host: host.clone(),
+        drivers: vec![Arc::new(LoopDriver::new(host))],
+        config: ServiceConfig {
+            mounts_dir: nb.dir.join("mounts"),
+            pools_dir: nb.dir.join("pools"),
+            default_size: 64 * MIB,
+            default_fs: FsType::Ext4,
+            node_id: "node-b".into(),
+        },
+        failpoints: Failpoints::none(),
+    })
+    .unwrap();
+    assert!(b.get_volume("gone-later").is_ok());
+    a.delete_volume("gone-later", false).unwrap();
+    create(&a, "new");
+    a.mount("stays", cli("app")).unwrap();
+    let now = c.store.range("").unwrap().revision;
+    c.store.compact(now);
+    let b = Arc::new(b);
+    b.follow_store().unwrap();
+    eventually("node-b reloaded after the compaction", || {
+        b.get_volume("new").is_ok()
+            && b.get_volume("gone-later").is_err()
+            && b.get_volume("stays")
+                .is_ok_and(|v| v.consumers.contains_key(&cli("app").key()))
+    });
+    // And it follows live changes again from there.
+    create(&a, "after");
+    eventually("node-b sees later writes", || b.get_volume("after").is_ok());
+}
