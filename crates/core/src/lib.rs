@@ -13,6 +13,7 @@ pub mod failpoint;
 pub mod host;
 pub(crate) mod locks;
 pub mod model;
+pub mod nodes;
 pub mod pools;
 pub mod progress;
 pub mod reconcile;

@@ -111,6 +111,7 @@ impl VolumeService {
             config: parts.config,
             volumes: RwLock::new(BTreeMap::new()),
             attachments: RwLock::new(BTreeMap::new()),
+            nodes: RwLock::new(BTreeMap::new()),
             revs: Mutex::new(HashMap::new()),
             uncertain: Mutex::new(Default::default()),
             boot_id,

@@ -560,3 +560,66 @@ fn a_watch_that_fell_behind_a_compaction_reloads_and_misses_nothing() {
     create(&a, "after");
     eventually("node-b sees later writes", || b.get_volume("after").is_ok());
 }
+
+#[test]
+fn nodes_register_under_a_lease_and_a_dead_one_is_shown_unreachable() {
+    use ballast_core::nodes::{NodeInfo, NodeState};
+    let c = Cluster::new();
+    let (na, nb) = (c.node("node-a"), c.node("node-b"));
+    let a = c.start(&na);
+    let b = c.start(&nb);
+    let ttl = Duration::from_millis(600);
+    for (svc, zone) in [(&a, "z1"), (&b, "z2")] {
+        svc.start_heartbeat(
+            NodeInfo {
+                version: "test".into(),
+                address: None,
+                labels: [("zone".to_string(), zone.to_string())].into(),
+            },
+            ttl,
+            Duration::from_millis(200),
+        )
+        .unwrap();
+    }
+    create(&b, "on-b");
+    let states = |svc: &VolumeService| -> Vec<(String, NodeState)> {
+        svc.list_nodes()
+            .into_iter()
+            .map(|n| (n.id, n.state))
+            .collect()
+    };
+    let ready = vec![
+        ("node-a".to_string(), NodeState::Ready),
+        ("node-b".to_string(), NodeState::Ready),
+    ];
+    eventually("both nodes see both ready", || {
+        states(&a) == ready && states(&b) == ready
+    });
+    let seen = a.get_node("node-b").unwrap();
+    let record = seen.record.expect("a live record");
+    assert_eq!(record.labels.get("zone").map(String::as_str), Some("z2"));
+    assert_eq!(record.boot_id, "boot-of-node-b");
+    assert_eq!(record.pools.len(), 1);
+    assert_eq!(record.pools[0].name, "default-node-b");
+    assert!(record.pools[0].capacity.capacity_bytes > 0);
+    assert_eq!(seen.volumes, 1);
+    // node-b dies (no revoke): its lease lapses and node-a shows it
+    // unreachable, with what still lives there.
+    drop(b);
+    eventually("node-b unreachable on node-a", || {
+        a.get_node("node-b")
+            .is_ok_and(|n| n.state == NodeState::Unreachable && n.record.is_none())
+    });
+    let gone = a.get_node("node-b").unwrap();
+    assert_eq!(gone.pools, ["default-node-b"]);
+    assert_eq!(gone.volumes, 1);
+    assert!(matches!(a.get_node("node-c"), Err(Error::NotFound { .. })));
+    // It comes back: ready again.
+    let b = c.start(&nb);
+    b.start_heartbeat(NodeInfo::default(), ttl, Duration::from_millis(200))
+        .unwrap();
+    eventually("node-b ready again", || {
+        a.get_node("node-b")
+            .is_ok_and(|n| n.state == NodeState::Ready)
+    });
+}

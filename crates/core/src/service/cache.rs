@@ -16,6 +16,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::*;
+use crate::nodes::NODE_PREFIX;
 use crate::store::{KeyValue, StoreError, WatchEvent};
 
 /// What the service last saw of a key: its revision, and whether it exists.
@@ -164,6 +165,12 @@ impl VolumeService {
                 Some(s) => snaps.insert(name.to_string(), s),
                 None => snaps.remove(name),
             };
+        } else if let Some(id) = key.strip_prefix(NODE_PREFIX) {
+            let mut nodes = self.nodes.write();
+            match value.and_then(|b| decode::<crate::nodes::NodeRecord>(key, b)) {
+                Some(n) => nodes.insert(id.to_string(), n),
+                None => nodes.remove(id),
+            };
         }
     }
 
@@ -173,6 +180,7 @@ impl VolumeService {
         let mut pools = BTreeMap::new();
         let mut bases = BTreeMap::new();
         let mut snaps = BTreeMap::new();
+        let mut nodes = BTreeMap::new();
         let mut atts: BTreeMap<String, BTreeMap<String, Attachment>> = BTreeMap::new();
         let mut revs = HashMap::new();
         for kv in kvs {
@@ -197,6 +205,10 @@ impl VolumeService {
                 if let Some(s) = decode::<Snapshot>(key, &kv.value) {
                     snaps.insert(name.to_string(), s);
                 }
+            } else if let Some(id) = key.strip_prefix(NODE_PREFIX) {
+                if let Some(n) = decode::<crate::nodes::NodeRecord>(key, &kv.value) {
+                    nodes.insert(id.to_string(), n);
+                }
             } else {
                 continue;
             }
@@ -211,6 +223,7 @@ impl VolumeService {
             .collect();
         *self.pools.write() = pools;
         *self.snapshots.write() = snaps;
+        *self.nodes.write() = nodes;
         *self.attachments.write() = atts;
         *self.volumes.write() = vols;
         *self.revs.lock() = revs;
@@ -254,9 +267,15 @@ impl VolumeService {
 }
 
 fn is_record_key(key: &str) -> bool {
-    [VOL_PREFIX, ATTACH_PREFIX, POOL_PREFIX, SNAP_PREFIX]
-        .iter()
-        .any(|p| key.starts_with(p))
+    [
+        VOL_PREFIX,
+        ATTACH_PREFIX,
+        POOL_PREFIX,
+        SNAP_PREFIX,
+        NODE_PREFIX,
+    ]
+    .iter()
+    .any(|p| key.starts_with(p))
 }
 
 fn watch_loop(weak: Weak<VolumeService>, mut after: u64) {

@@ -229,6 +229,8 @@ pub struct VolumeService {
     /// Each volume as this node sees it: its record with the staging and
     /// consumers of the attachment on the node that holds it.
     pub(crate) volumes: RwLock<BTreeMap<String, Volume>>,
+    /// Live `node/<id>` records (under their nodes' leases).
+    pub(crate) nodes: RwLock<BTreeMap<String, crate::nodes::NodeRecord>>,
     /// `attachment/<volume>/<node>` records by volume, then node.
     pub(crate) attachments: RwLock<BTreeMap<String, BTreeMap<String, Attachment>>>,
     /// The mod revision of every record key this service has read or

@@ -1,0 +1,219 @@
+//! Nodes: each daemon registers `node/<id>` under a lease it keeps alive, so
+//! every node (and the CLI on any of them) knows which nodes are up, what
+//! they run and what their pools can hold. A node whose lease lapsed (dead,
+//! or cut off from the store) loses its record; nodes still named by pools
+//! or volumes are then shown unreachable.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::{Error, Result};
+use crate::model::{validate_name, DriverKind, PoolCapacity};
+use crate::service::{to_json, VolumeService};
+use crate::store::{LeaseId, StoreError, Txn};
+
+pub const NODE_PREFIX: &str = "node/";
+
+/// How long a node's record outlives its last keepalive.
+pub const NODE_TTL: Duration = Duration::from_secs(10);
+
+pub fn node_key(id: &str) -> String {
+    format!("{NODE_PREFIX}{id}")
+}
+
+/// What a node says about itself in `node/<id>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NodeRecord {
+    pub id: String,
+    pub boot_id: String,
+    pub version: String,
+    /// The node's REST/metrics listener (`--listen`), if it has one.
+    pub address: Option<String>,
+    /// From the config: zone, rack, ...
+    pub labels: BTreeMap<String, String>,
+    pub started_at: DateTime<Utc>,
+    /// When this record was last written (capacity is as of then).
+    pub updated_at: DateTime<Utc>,
+    pub pools: Vec<NodePool>,
+}
+
+/// A pool of the node and its capacity when the node last wrote its record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NodePool {
+    pub name: String,
+    pub driver: DriverKind,
+    #[serde(flatten)]
+    pub capacity: PoolCapacity,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Its lease is alive.
+    Ready,
+    /// Named by pools or volumes, but its lease lapsed: down, or cut off.
+    Unreachable,
+}
+
+/// A node as `node ls` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NodeView {
+    pub id: String,
+    pub state: NodeState,
+    /// Its own record while it is ready.
+    pub record: Option<NodeRecord>,
+    /// Pools and volumes the store places on it.
+    pub pools: Vec<String>,
+    pub volumes: usize,
+}
+
+/// What the daemon tells its heartbeat about itself.
+#[derive(Debug, Clone, Default)]
+pub struct NodeInfo {
+    pub version: String,
+    pub address: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl VolumeService {
+    /// Every node the store knows: those with a live record, and those that
+    /// pools or volumes name, in id order.
+    pub fn list_nodes(&self) -> Vec<NodeView> {
+        let records = self.nodes.read().clone();
+        let mut views: BTreeMap<String, NodeView> = BTreeMap::new();
+        fn view<'a>(views: &'a mut BTreeMap<String, NodeView>, id: &str) -> &'a mut NodeView {
+            views.entry(id.to_string()).or_insert_with(|| NodeView {
+                id: id.to_string(),
+                state: NodeState::Unreachable,
+                record: None,
+                pools: Vec::new(),
+                volumes: 0,
+            })
+        }
+        for (id, r) in &records {
+            let v = view(&mut views, id);
+            v.state = NodeState::Ready;
+            v.record = Some(r.clone());
+        }
+        for p in self.list_pools() {
+            if let Some(n) = &p.node {
+                view(&mut views, n).pools.push(p.name.clone());
+            }
+        }
+        for vol in self.volumes.read().values() {
+            if let Some(n) = &vol.node {
+                view(&mut views, n).volumes += 1;
+            }
+        }
+        views.into_values().collect()
+    }
+
+    pub fn get_node(&self, id: &str) -> Result<NodeView> {
+        validate_name("node", id)?;
+        self.list_nodes()
+            .into_iter()
+            .find(|n| n.id == id)
+            .ok_or_else(|| Error::not_found("node", id))
+    }
+
+    /// This node's record as of now (its pools' capacity measured).
+    fn node_record(&self, info: &NodeInfo, started_at: DateTime<Utc>) -> NodeRecord {
+        let me = &self.config.node_id;
+        let pools = self
+            .list_pools()
+            .into_iter()
+            .filter(|p| p.node.as_deref() == Some(me.as_str()))
+            .filter_map(|p| {
+                let capacity = self.pool_capacity(&p).ok()?;
+                Some(NodePool {
+                    name: p.name,
+                    driver: p.driver,
+                    capacity,
+                })
+            })
+            .collect();
+        NodeRecord {
+            id: me.clone(),
+            boot_id: self.boot_id.clone(),
+            version: info.version.clone(),
+            address: info.address.clone(),
+            labels: info.labels.clone(),
+            started_at,
+            updated_at: Utc::now(),
+            pools,
+        }
+    }
+
+    /// Write this node's record under `lease` and take it into the cache.
+    fn put_node_record(&self, record: &NodeRecord, lease: LeaseId) -> Result<(), StoreError> {
+        self.store.commit(Txn::new().put_with_lease(
+            node_key(&record.id),
+            to_json(record),
+            lease,
+        ))?;
+        self.nodes.write().insert(record.id.clone(), record.clone());
+        Ok(())
+    }
+
+    /// Register this node and keep its record alive (a keepalive every
+    /// third of `ttl`, the record rewritten with fresh capacity every
+    /// `refresh`) for as long as the service lives. A lapsed lease (the store
+    /// was cut off longer than `ttl`) is replaced by a new one.
+    pub fn start_heartbeat(
+        self: &Arc<Self>,
+        info: NodeInfo,
+        ttl: Duration,
+        refresh: Duration,
+    ) -> std::io::Result<()> {
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("node-heartbeat".into())
+            .spawn(move || heartbeat(weak, info, ttl, refresh))
+            .map(|_| ())
+    }
+}
+
+fn heartbeat(weak: Weak<VolumeService>, info: NodeInfo, ttl: Duration, refresh: Duration) {
+    let started_at = Utc::now();
+    let tick = (ttl / 3).max(Duration::from_millis(100));
+    let mut lease: Option<LeaseId> = None;
+    let mut written = Instant::now();
+    loop {
+        let Some(svc) = weak.upgrade() else {
+            return;
+        };
+        let result = match lease {
+            None => svc.store.lease_grant(ttl).and_then(|l| {
+                svc.put_node_record(&svc.node_record(&info, started_at), l)?;
+                tracing::info!(node = %svc.config.node_id, ttl = ?ttl, "node registered");
+                lease = Some(l);
+                written = Instant::now();
+                Ok(())
+            }),
+            Some(l) => svc.store.lease_keepalive(l).and_then(|()| {
+                if written.elapsed() >= refresh {
+                    svc.put_node_record(&svc.node_record(&info, started_at), l)?;
+                    written = Instant::now();
+                }
+                Ok(())
+            }),
+        };
+        match result {
+            Ok(()) => {}
+            Err(StoreError::LeaseExpired(_)) => {
+                tracing::warn!(node = %svc.config.node_id, "the node's lease lapsed; registering again");
+                lease = None;
+            }
+            Err(e) => {
+                tracing::warn!(node = %svc.config.node_id, error = %e, "node keepalive failed")
+            }
+        }
+        drop(svc);
+        std::thread::sleep(tick);
+    }
+}
