@@ -61,6 +61,9 @@ pub enum Command {
     /// Manage snapshots
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// The nodes sharing this daemon's store
+    #[command(subcommand)]
+    Node(crate::node_cli::NodeCmd),
     /// Claim the lowest free ordinal of a group and its volumes
     #[command(subcommand)]
     Claim(crate::claims::ClaimCmd),
@@ -245,6 +248,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events { follow, limit } => events(&client()?, output, *follow, *limit),
         Command::Snapshot(cmd) => snapshot(&client()?, output, cmd),
         Command::Claim(cmd) => crate::claims::run(&client()?, output, cmd),
+        Command::Node(cmd) => crate::node_cli::run(&client()?, output, cmd),
     }
 }
 

@@ -85,6 +85,19 @@ pub struct ServeArgs {
     /// before the daemon closes it [default: 60s]
     #[arg(long, env = "BALLAST_IDLE_TIMEOUT")]
     pub idle_timeout: Option<String>,
+    /// A label of this node, KEY=VALUE (repeat, or comma-separated in the
+    /// variable): zone, rack, ... shown by `node ls` [default: none]
+    #[arg(
+        long = "node-label",
+        value_name = "KEY=VALUE",
+        env = "BALLAST_NODE_LABELS",
+        value_delimiter = ','
+    )]
+    pub node_labels: Vec<String>,
+    /// How long this node's record outlives its daemon (a node unheard of
+    /// that long is unreachable) [default: 10s]
+    #[arg(long, env = "BALLAST_NODE_TTL")]
+    pub node_ttl: Option<String>,
     /// Where the records live: `embedded` (a file in the state dir, for one
     /// machine), or `etcd://HOST:PORT[,HOST:PORT...]` (`etcds://` for TLS)
     /// shared by every node of a cluster [default: embedded]
@@ -155,6 +168,8 @@ struct FileConfig {
     watch_interval: Option<String>,
     header_timeout: Option<String>,
     idle_timeout: Option<String>,
+    node_labels: Option<std::collections::BTreeMap<String, String>>,
+    node_ttl: Option<String>,
     store: Option<String>,
     store_prefix: Option<String>,
     etcd_user: Option<String>,
@@ -195,6 +210,8 @@ pub struct Config {
     /// Header and keep-alive timeouts of the HTTP listeners.
     pub conn_timeouts: ballast_server::listen::ConnTimeouts,
     pub store: StoreConfig,
+    pub node_labels: std::collections::BTreeMap<String, String>,
+    pub node_ttl: std::time::Duration,
 }
 
 impl Config {
@@ -205,6 +222,18 @@ impl Config {
             None => FileConfig::default(),
         };
         let store = resolve_store(args, &file)?;
+        let node_labels = resolve_labels(&args.node_labels, file.node_labels.clone())?;
+        let node_ttl = match args.node_ttl.clone().or(file.node_ttl.clone()) {
+            None => ballast_core::nodes::NODE_TTL,
+            Some(t) => {
+                let ttl = ballast_core::claims::parse_ttl(&t)
+                    .map_err(|e| anyhow::anyhow!("node ttl: {e}"))?;
+                if ttl < std::time::Duration::from_secs(1) {
+                    anyhow::bail!("node ttl {t:?}: at least 1s (etcd leases count whole seconds)");
+                }
+                ttl
+            }
+        };
         let size_text = args
             .default_size
             .clone()
@@ -355,6 +384,8 @@ impl Config {
             watch_interval,
             conn_timeouts,
             store,
+            node_labels,
+            node_ttl,
         })
     }
 
@@ -367,6 +398,26 @@ impl Config {
     pub fn listen_addr_file(&self) -> PathBuf {
         self.run_dir.join("listen.addr")
     }
+}
+
+/// `--node-label` pairs (they win) over the file's `node_labels` table; keys
+/// and values follow the volume label rules.
+fn resolve_labels(
+    flags: &[String],
+    file: Option<std::collections::BTreeMap<String, String>>,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut labels = file.unwrap_or_default();
+    for pair in flags {
+        let Some((k, v)) = pair.split_once('=') else {
+            anyhow::bail!("node label {pair:?}: use KEY=VALUE");
+        };
+        labels.insert(k.to_string(), v.to_string());
+    }
+    for (k, v) in &labels {
+        ballast_core::model::validate_label(k, v)
+            .map_err(|e| anyhow::anyhow!("node label: {e}"))?;
+    }
+    Ok(labels)
 }
 
 fn resolve_store(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<StoreConfig> {

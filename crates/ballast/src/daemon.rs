@@ -360,6 +360,7 @@ async fn run(config: Config, api_socket: Option<PathBuf>, dirs: &Dirs) -> anyhow
     let mut tasks = Vec::new();
     let addr_file = config.listen_addr_file();
     let _ = std::fs::remove_file(&addr_file);
+    let mut address = None;
     if let Some(addr) = &config.listen {
         let tcp = listen::bind_tcp(addr).await?;
         let tls = match &config.tls {
@@ -372,6 +373,7 @@ async fn run(config: Config, api_socket: Option<PathBuf>, dirs: &Dirs) -> anyhow
         std::fs::write(&addr_file, format!("{bound}\n"))
             .with_context(|| format!("writing {}", addr_file.display()))?;
         made.add(&addr_file);
+        address = Some(bound.to_string());
         tasks.push(tokio::spawn(listen::serve_tcp(
             tcp,
             router.clone(),
@@ -379,6 +381,18 @@ async fn run(config: Config, api_socket: Option<PathBuf>, dirs: &Dirs) -> anyhow
             config.conn_timeouts,
         )));
     }
+    // The node's record: who it is, where it answers, what its pools hold.
+    service
+        .start_heartbeat(
+            ballast_core::nodes::NodeInfo {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                address,
+                labels: config.node_labels.clone(),
+            },
+            config.node_ttl,
+            config.node_ttl.max(std::time::Duration::from_secs(10)),
+        )
+        .context("starting the node heartbeat")?;
     // Served after the TCP address is written: an answer on the socket means
     // listen.addr is there.
     tasks.push(tokio::spawn(listen::serve_unix(

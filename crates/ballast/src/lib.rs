@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod dvdcli;
+pub mod node_cli;
 pub mod pool_cli;
 mod progress;
 

@@ -342,3 +342,83 @@ fn a_daemon_whose_etcd_stops_serves_reads_refuses_writes_and_resumes_by_itself()
     assert!(listing(&d).is_empty());
     d.assert_no_leftovers();
 }
+
+/// (id, state, zone label) of every node, as `node ls` on `d` shows them.
+fn nodes(d: &Daemon) -> Vec<(String, String, String)> {
+    d.json(&["node", "ls"])
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap().to_string(),
+                n["state"].as_str().unwrap().to_string(),
+                n["record"]["labels"]["zone"]
+                    .as_str()
+                    .unwrap_or("-")
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn nodes_are_listed_ready_and_a_killed_one_turns_unreachable_until_it_returns() {
+    if !require_root_loop("nodes") || !require_etcd("nodes") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let with = |id: &str, zone: &str| {
+        Daemon::start_with(
+            &[
+                "--store",
+                &etcd.url(),
+                "--store-prefix",
+                "/nodes-test/",
+                "--node-id",
+                id,
+                "--node-label",
+                &format!("zone={zone}"),
+                "--node-ttl",
+                "2s",
+            ],
+            &[],
+        )
+    };
+    let a = with("node-a", "z1");
+    let mut b = with("node-b", "z2");
+    b.ok(&["volume", "create", "on-b", "--size", "16M"]);
+    let ready = |d: &Daemon| {
+        nodes(d)
+            == [
+                ("node-a".into(), "ready".into(), "z1".into()),
+                ("node-b".into(), "ready".into(), "z2".into()),
+            ]
+    };
+    eventually("both nodes ready on both", || ready(&a) && ready(&b));
+    let seen = a.json(&["node", "inspect", "node-b"]);
+    assert_eq!(seen["volumes"], 1, "{seen}");
+    assert_eq!(
+        seen["record"]["pools"][0]["name"], "default-node-b",
+        "{seen}"
+    );
+    assert!(seen["record"]["address"].as_str().is_some(), "{seen}");
+    // Another node's pool shows the capacity that node measured.
+    let pool = a.json(&["pool", "inspect", "default-node-b"]);
+    assert!(pool["capacity_bytes"].as_u64().unwrap() > 0, "{pool}");
+    assert_eq!(pool["node"], "node-b", "{pool}");
+
+    b.kill9();
+    eventually(
+        "node-b unreachable on node-a after its lease lapsed",
+        || nodes(&a).contains(&("node-b".into(), "unreachable".into(), "-".into())),
+    );
+    let gone = a.json(&["node", "inspect", "node-b"]);
+    assert_eq!(gone["volumes"], 1, "what still lives there: {gone}");
+    assert!(a
+        .fails(&["node", "inspect", "node-c"])
+        .contains("not found"));
+    b.restart();
+    eventually("node-b ready again", || ready(&a));
+    b.ok(&["volume", "rm", "on-b"]);
+}

@@ -776,7 +776,20 @@ impl VolumeService {
         Ok(usage)
     }
 
+    /// Another node's pool is measured there: its figures are what that
+    /// node last wrote in its `node/<id>` record (zeros while it is
+    /// unreachable).
     pub fn pool_capacity(&self, pool: &Pool) -> Result<PoolCapacity> {
+        if !pool.is_on(&self.config.node_id) {
+            let node = pool.node.clone().unwrap_or_default();
+            return Ok(self
+                .nodes
+                .read()
+                .get(&node)
+                .and_then(|r| r.pools.iter().find(|p| p.name == pool.name))
+                .map(|p| p.capacity)
+                .unwrap_or_default());
+        }
         let usage = self.pool_usage(pool)?;
         let (provisioned, exclusive) = self.pool_charges(pool);
         let capacity = usage

@@ -313,9 +313,11 @@ impl ServiceCollector {
 }
 
 fn read_pools(service: &VolumeService) -> Vec<PoolFigures> {
+    // Each node exports its own pools; another node's are in its /metrics.
     service
         .list_pools()
         .into_iter()
+        .filter(|p| p.is_on(service.node_id()))
         .map(|p| {
             let cap = service.pool_capacity(&p);
             if let Err(e) = &cap {

@@ -123,6 +123,9 @@ fn path_param(path: &str, name: &str) -> Parameter {
             wire::name_schema("", MAX_NAME_LEN, false),
             "The pool's name",
         ),
+        _ if path.starts_with("/v1/nodes/") => {
+            (wire::name_schema("", MAX_NAME_LEN, false), "The node's id")
+        }
         _ if path.starts_with("/v1/snapshots/") => (
             wire::name_schema("", MAX_NAME_LEN, false),
             "The snapshot's name",

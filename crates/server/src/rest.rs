@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ballast_core::model::{ConsumerKind, ConsumerRef, InvalidInput};
+use ballast_core::nodes::NodeView;
 use ballast_core::{Error, VolumeService};
 use serde::Deserialize;
 use utoipa::OpenApi;
@@ -174,6 +175,8 @@ where
         unmount_volume,
         resize_volume,
         list_pools,
+        list_nodes,
+        get_node,
         create_pool,
         get_pool,
         delete_pool,
@@ -241,6 +244,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/claims/{group}/acquire", post(acquire_claim))
         .route("/v1/claims/{group}/{ordinal}/renew", post(renew_claim))
         .route("/v1/claims/{group}/{ordinal}/release", post(release_claim))
+        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/nodes/{id}", get(get_node))
         .route("/v1/pools", get(list_pools).post(create_pool))
         .route("/v1/pools/{name}", get(get_pool).delete(delete_pool))
         .route("/v1/events", get(list_events))
@@ -484,6 +489,23 @@ async fn resize_volume(
     let size = body.into_size()?;
     let vol = blocking(&state, move |s| s.resize(&name, size)).await?;
     Ok(Json(VolumeView::new(vol, None)))
+}
+
+/// Every node the store knows: ready (its lease is alive) or unreachable
+/// (named by pools or volumes, lease lapsed), with its own record while
+/// ready. Served from the cache.
+#[utoipa::path(get, path = "/v1/nodes", responses((status = 200, body = [NodeView])))]
+async fn list_nodes(State(state): State<ApiState>) -> Json<Vec<NodeView>> {
+    Json(state.service.list_nodes())
+}
+
+#[utoipa::path(get, path = "/v1/nodes/{id}",
+    responses((status = 200, body = NodeView), (status = 404, body = ErrorReply)))]
+async fn get_node(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<NodeView>, ApiError> {
+    Ok(Json(state.service.get_node(&id)?))
 }
 
 #[utoipa::path(get, path = "/v1/pools", responses((status = 200, body = [PoolView]),
