@@ -13,6 +13,12 @@ pub enum NodeCmd {
     Ls,
     /// Show one node: its record, pools and volumes
     Inspect { id: String },
+    /// Place no new volumes on the node; what lives there stays and works
+    Cordon { id: String },
+    /// Place new volumes on the node again
+    Uncordon { id: String },
+    /// Cordon the node and list the volumes that still live there
+    Drain { id: String },
 }
 
 fn state(n: &NodeView) -> &'static str {
@@ -20,6 +26,14 @@ fn state(n: &NodeView) -> &'static str {
         NodeState::Ready => "ready",
         NodeState::Unreachable => "unreachable",
     }
+}
+
+fn cordon(c: &Client, id: &str, on: bool) -> anyhow::Result<NodeView> {
+    let verb = if on { "cordon" } else { "uncordon" };
+    c.post(
+        &format!("/v1/nodes/{}/{verb}", seg("node", id)?),
+        serde_json::json!({}),
+    )
 }
 
 fn labels(n: &NodeView) -> String {
@@ -67,11 +81,41 @@ pub fn run(c: &Client, output: Output, cmd: &NodeCmd) -> anyhow::Result<()> {
                 }
             }
         }
+        NodeCmd::Cordon { id } | NodeCmd::Uncordon { id } => {
+            let n = cordon(c, id, matches!(cmd, NodeCmd::Cordon { .. }))?;
+            print_one(output, &n, || {
+                let what = if n.cordoned { "cordoned" } else { "uncordoned" };
+                println!("{} {what}", n.id);
+            })
+        }
+        // A cordon, then a read: the daemon holds no drain logic.
+        NodeCmd::Drain { id } => {
+            let n = cordon(c, id, true)?;
+            let vols: Vec<ballast_server::api::VolumeView> = c.get("/v1/volumes")?;
+            let left: Vec<String> = vols
+                .into_iter()
+                .filter(|v| v.node.as_deref() == Some(n.id.as_str()))
+                .map(|v| v.name)
+                .collect();
+            match output {
+                Output::Json => print_json(&serde_json::json!({ "node": n, "volumes": left })),
+                Output::Table => {
+                    println!("{} cordoned: no new volumes are placed on it", n.id);
+                    if left.is_empty() {
+                        println!("no volumes live there");
+                    } else {
+                        println!("still there ({}): {}", left.len(), left.join(", "));
+                    }
+                    Ok(())
+                }
+            }
+        }
         NodeCmd::Inspect { id } => {
             let n: NodeView = c.get(&format!("/v1/nodes/{}", seg("node", id)?))?;
             print_one(output, &n, || {
                 println!("node:     {}", n.id);
                 println!("state:    {}", state(&n));
+                println!("cordoned: {}", n.cordoned);
                 if let Some(r) = &n.record {
                     println!("version:  {}", r.version);
                     println!("boot:     {}", r.boot_id);

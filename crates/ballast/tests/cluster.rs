@@ -408,6 +408,24 @@ fn nodes_are_listed_ready_and_a_killed_one_turns_unreachable_until_it_returns() 
     assert!(pool["capacity_bytes"].as_u64().unwrap() > 0, "{pool}");
     assert_eq!(pool["node"], "node-b", "{pool}");
 
+    // Cordon from another node: no new volumes there, the rest stays.
+    let drained = a.json(&["node", "drain", "node-b"]);
+    assert_eq!(drained["volumes"], serde_json::json!(["on-b"]), "{drained}");
+    assert_eq!(drained["node"]["cordoned"], true, "{drained}");
+    eventually("node-b sees itself cordoned", || {
+        b.json(&["node", "inspect", "node-b"])["cordoned"] == true
+    });
+    let err = b.fails(&["volume", "create", "refused", "--size", "16M"]);
+    assert!(err.contains("cordoned"), "{err}");
+    assert!(!listing(&b).contains_key("refused"));
+    a.ok(&["node", "uncordon", "node-b"]);
+    eventually("node-b takes volumes again", || {
+        b.cli(&["volume", "create", "taken", "--size", "16M"])
+            .status
+            .success()
+    });
+    b.ok(&["volume", "rm", "taken"]);
+
     b.kill9();
     eventually(
         "node-b unreachable on node-a after its lease lapsed",

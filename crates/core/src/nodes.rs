@@ -18,12 +18,27 @@ use crate::service::{to_json, VolumeService};
 use crate::store::{LeaseId, StoreError, Txn};
 
 pub const NODE_PREFIX: &str = "node/";
+/// `nodeconf/<id>`: what operators set on a node (cordoned); not leased, so
+/// it outlives the node's restarts.
+pub const NODE_CONF_PREFIX: &str = "nodeconf/";
 
 /// How long a node's record outlives its last keepalive.
 pub const NODE_TTL: Duration = Duration::from_secs(10);
 
 pub fn node_key(id: &str) -> String {
     format!("{NODE_PREFIX}{id}")
+}
+
+pub fn node_conf_key(id: &str) -> String {
+    format!("{NODE_CONF_PREFIX}{id}")
+}
+
+/// What an operator set on a node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NodeConf {
+    /// No new volumes are placed on the node; what lives there stays.
+    pub cordoned: bool,
+    pub since: Option<DateTime<Utc>>,
 }
 
 /// What a node says about itself in `node/<id>`.
@@ -65,6 +80,9 @@ pub enum NodeState {
 pub struct NodeView {
     pub id: String,
     pub state: NodeState,
+    /// No new volumes are placed on it (`node cordon`, `node drain`).
+    #[serde(default)]
+    pub cordoned: bool,
     /// Its own record while it is ready.
     pub record: Option<NodeRecord>,
     /// Pools and volumes the store places on it.
@@ -90,6 +108,7 @@ impl VolumeService {
             views.entry(id.to_string()).or_insert_with(|| NodeView {
                 id: id.to_string(),
                 state: NodeState::Unreachable,
+                cordoned: false,
                 record: None,
                 pools: Vec::new(),
                 volumes: 0,
@@ -103,6 +122,11 @@ impl VolumeService {
         for p in self.list_pools() {
             if let Some(n) = &p.node {
                 view(&mut views, n).pools.push(p.name.clone());
+            }
+        }
+        for (id, conf) in self.node_confs.read().iter() {
+            if let Some(v) = views.get_mut(id) {
+                v.cordoned = conf.cordoned;
             }
         }
         for vol in self.volumes.read().values() {
@@ -119,6 +143,52 @@ impl VolumeService {
             .into_iter()
             .find(|n| n.id == id)
             .ok_or_else(|| Error::not_found("node", id))
+    }
+
+    /// Cordon or uncordon a node (any node may): a cordoned node takes no
+    /// new volumes; what lives there stays and works. Compares on the
+    /// record's revision, like every record write.
+    pub fn set_cordon(&self, id: &str, cordoned: bool) -> Result<NodeView> {
+        validate_name("node", id)?;
+        let known = self.get_node(id)?;
+        let _g = self.locks.lock(&format!("node:{id}"));
+        let key = node_conf_key(id);
+        let conf = NodeConf {
+            cordoned,
+            since: cordoned.then(Utc::now),
+        };
+        if known.cordoned != cordoned {
+            let txn = self
+                .compare_seen(Txn::new(), &key)
+                .put(key.clone(), to_json(&conf));
+            let revision = match self.store.txn(txn) {
+                Ok(r) => r,
+                Err(StoreError::Conflict { .. }) => {
+                    self.reread(&[&key]);
+                    return Err(Error::Conflict {
+                        name: format!("node:{id}"),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            };
+            self.revs.lock().insert(key, (revision, true));
+            self.node_confs.write().insert(id.to_string(), conf);
+            tracing::info!(node = id, cordoned, "node cordon changed");
+        }
+        self.get_node(id)
+    }
+
+    /// Refuse a new volume on this node while it is cordoned.
+    pub(crate) fn check_not_cordoned(&self) -> Result<()> {
+        let me = &self.config.node_id;
+        if self.node_confs.read().get(me).is_some_and(|c| c.cordoned) {
+            return Err(Error::Busy {
+                kind: "node",
+                name: me.clone(),
+                detail: "it is cordoned: no new volumes are placed on it; `ballast node uncordon` it first".into(),
+            });
+        }
+        Ok(())
     }
 
     /// This node's record as of now (its pools' capacity measured).

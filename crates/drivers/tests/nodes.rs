@@ -623,3 +623,49 @@ fn nodes_register_under_a_lease_and_a_dead_one_is_shown_unreachable() {
             .is_ok_and(|n| n.state == NodeState::Ready)
     });
 }
+
+#[test]
+fn a_cordoned_node_takes_no_new_volumes_and_keeps_what_it_has() {
+    let c = Cluster::new();
+    let (na, nb) = (c.node("node-a"), c.node("node-b"));
+    let a = c.start(&na);
+    let b = c.start(&nb);
+    create(&a, "kept");
+    a.mount("kept", cli("app")).unwrap();
+    // node-b cordons node-a; node-a sees it through the store.
+    let view = b.set_cordon("node-a", true).unwrap();
+    assert!(view.cordoned);
+    eventually("node-a sees itself cordoned", || {
+        a.get_node("node-a").is_ok_and(|n| n.cordoned)
+    });
+    let err = a
+        .create_volume(CreateVolume {
+            name: "new".into(),
+            size_bytes: Some(32 * MIB),
+            ..CreateVolume::default()
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Busy { kind: "node", .. }) && err.to_string().contains("cordoned"),
+        "{err}"
+    );
+    assert!(a.get_volume("new").is_err());
+    // What lives there stays and works; the same create again is fine.
+    assert_eq!(create(&a, "kept").name, "kept");
+    a.unmount("kept", &cli("app")).unwrap();
+    a.mount("kept", cli("app")).unwrap();
+    // Other nodes still take volumes; uncordon and node-a does again.
+    create(&b, "elsewhere");
+    a.set_cordon("node-a", false).unwrap();
+    assert!(!a.get_node("node-a").unwrap().cordoned);
+    create(&a, "new");
+    // A cordon survives the node's restart (it is not under its lease).
+    b.set_cordon("node-a", true).unwrap();
+    drop(a);
+    let a = c.start(&na);
+    assert!(a.get_node("node-a").unwrap().cordoned);
+    assert!(matches!(
+        a.set_cordon("no-such-node", true),
+        Err(Error::NotFound { .. })
+    ));
+}

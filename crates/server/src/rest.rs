@@ -177,6 +177,8 @@ where
         list_pools,
         list_nodes,
         get_node,
+        cordon_node,
+        uncordon_node,
         create_pool,
         get_pool,
         delete_pool,
@@ -246,6 +248,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/claims/{group}/{ordinal}/release", post(release_claim))
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/{id}", get(get_node))
+        .route("/v1/nodes/{id}/cordon", post(cordon_node))
+        .route("/v1/nodes/{id}/uncordon", post(uncordon_node))
         .route("/v1/pools", get(list_pools).post(create_pool))
         .route("/v1/pools/{name}", get(get_pool).delete(delete_pool))
         .route("/v1/events", get(list_events))
@@ -506,6 +510,32 @@ async fn get_node(
     Path(id): Path<String>,
 ) -> Result<Json<NodeView>, ApiError> {
     Ok(Json(state.service.get_node(&id)?))
+}
+
+/// Place no new volumes on the node (from any node); what lives there stays
+/// and works. Repeating it is a no-op.
+#[utoipa::path(post, path = "/v1/nodes/{id}/cordon",
+    responses((status = 200, body = NodeView), (status = 404, body = ErrorReply),
+        (status = 409, body = ErrorReply), (status = 503, body = ErrorReply)))]
+async fn cordon_node(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<NodeView>, ApiError> {
+    Ok(Json(
+        blocking(&state, move |s| s.set_cordon(&id, true)).await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/nodes/{id}/uncordon",
+    responses((status = 200, body = NodeView), (status = 404, body = ErrorReply),
+        (status = 409, body = ErrorReply), (status = 503, body = ErrorReply)))]
+async fn uncordon_node(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<NodeView>, ApiError> {
+    Ok(Json(
+        blocking(&state, move |s| s.set_cordon(&id, false)).await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/pools", responses((status = 200, body = [PoolView]),

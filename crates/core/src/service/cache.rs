@@ -16,7 +16,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::*;
-use crate::nodes::NODE_PREFIX;
+use crate::nodes::{NODE_CONF_PREFIX, NODE_PREFIX};
 use crate::store::{KeyValue, StoreError, WatchEvent};
 
 /// What the service last saw of a key: its revision, and whether it exists.
@@ -165,6 +165,12 @@ impl VolumeService {
                 Some(s) => snaps.insert(name.to_string(), s),
                 None => snaps.remove(name),
             };
+        } else if let Some(id) = key.strip_prefix(NODE_CONF_PREFIX) {
+            let mut confs = self.node_confs.write();
+            match value.and_then(|b| decode::<crate::nodes::NodeConf>(key, b)) {
+                Some(c) => confs.insert(id.to_string(), c),
+                None => confs.remove(id),
+            };
         } else if let Some(id) = key.strip_prefix(NODE_PREFIX) {
             let mut nodes = self.nodes.write();
             match value.and_then(|b| decode::<crate::nodes::NodeRecord>(key, b)) {
@@ -181,6 +187,7 @@ impl VolumeService {
         let mut bases = BTreeMap::new();
         let mut snaps = BTreeMap::new();
         let mut nodes = BTreeMap::new();
+        let mut confs = BTreeMap::new();
         let mut atts: BTreeMap<String, BTreeMap<String, Attachment>> = BTreeMap::new();
         let mut revs = HashMap::new();
         for kv in kvs {
@@ -205,6 +212,10 @@ impl VolumeService {
                 if let Some(s) = decode::<Snapshot>(key, &kv.value) {
                     snaps.insert(name.to_string(), s);
                 }
+            } else if let Some(id) = key.strip_prefix(NODE_CONF_PREFIX) {
+                if let Some(c) = decode::<crate::nodes::NodeConf>(key, &kv.value) {
+                    confs.insert(id.to_string(), c);
+                }
             } else if let Some(id) = key.strip_prefix(NODE_PREFIX) {
                 if let Some(n) = decode::<crate::nodes::NodeRecord>(key, &kv.value) {
                     nodes.insert(id.to_string(), n);
@@ -224,6 +235,7 @@ impl VolumeService {
         *self.pools.write() = pools;
         *self.snapshots.write() = snaps;
         *self.nodes.write() = nodes;
+        *self.node_confs.write() = confs;
         *self.attachments.write() = atts;
         *self.volumes.write() = vols;
         *self.revs.lock() = revs;
@@ -273,6 +285,7 @@ fn is_record_key(key: &str) -> bool {
         POOL_PREFIX,
         SNAP_PREFIX,
         NODE_PREFIX,
+        NODE_CONF_PREFIX,
     ]
     .iter()
     .any(|p| key.starts_with(p))

@@ -41,6 +41,7 @@ impl VolumeService {
             return self.create_copy(req, source, wait);
         }
         self.check_pool_here(&pool)?;
+        self.check_not_cordoned()?;
         let (size, fs) = self.resolve_shape(&req, &pool)?;
         Self::check_autogrow(&req, &pool, size)?;
         let vol = Volume {
@@ -188,6 +189,7 @@ impl VolumeService {
         }
         let pool = self.get_pool(&pool_name)?;
         self.check_pool_here(&pool)?;
+        self.check_not_cordoned()?;
         Self::check_autogrow(&req, &pool, size)?;
         let cow = self.driver(pool.driver)?.copies_share_extents(&pool)?;
         let vol = Volume {

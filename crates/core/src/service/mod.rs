@@ -229,6 +229,8 @@ pub struct VolumeService {
     /// Each volume as this node sees it: its record with the staging and
     /// consumers of the attachment on the node that holds it.
     pub(crate) volumes: RwLock<BTreeMap<String, Volume>>,
+    /// `nodeconf/<id>` records: what operators set on nodes.
+    pub(crate) node_confs: RwLock<BTreeMap<String, crate::nodes::NodeConf>>,
     /// Live `node/<id>` records (under their nodes' leases).
     pub(crate) nodes: RwLock<BTreeMap<String, crate::nodes::NodeRecord>>,
     /// `attachment/<volume>/<node>` records by volume, then node.
