@@ -440,3 +440,71 @@ fn nodes_are_listed_ready_and_a_killed_one_turns_unreachable_until_it_returns() 
     eventually("node-b ready again", || ready(&a));
     b.ok(&["volume", "rm", "on-b"]);
 }
+
+#[test]
+fn claims_acquired_from_two_nodes_get_each_ordinal_exactly_once() {
+    if !require_root_loop("cluster claims") || !require_etcd("cluster claims") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let a = Arc::new(node(&etcd, "node-a", "/claims-test/"));
+    let b = Arc::new(node(&etcd, "node-b", "/claims-test/"));
+    let per_client = 3;
+    let clients: Vec<_> = [(a.clone(), "a"), (b.clone(), "b")]
+        .into_iter()
+        .flat_map(|(d, me)| (0..2).map(move |t| (d.clone(), format!("{me}-{t}"))))
+        .map(|(d, holder)| {
+            std::thread::spawn(move || {
+                (0..per_client)
+                    .map(|_| {
+                        let c = d.json(&[
+                            "claim",
+                            "acquire",
+                            "es",
+                            "--volumes",
+                            "data",
+                            "--size",
+                            "16M",
+                            "--holder",
+                            &holder,
+                        ]);
+                        c["ordinal"].as_u64().unwrap_or_else(|| panic!("{c}"))
+                    })
+                    .collect::<Vec<u64>>()
+            })
+        })
+        .collect();
+    let mut ordinals: Vec<u64> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    ordinals.sort_unstable();
+    let want: Vec<u64> = (1..=4 * per_client).collect();
+    assert_eq!(ordinals, want, "each ordinal exactly once, lowest first");
+    let ls = |d: &Daemon| -> Vec<(u64, String)> {
+        d.json(&["claim", "ls", "es"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let c = if c.get("claim").is_some() {
+                    &c["claim"]
+                } else {
+                    c
+                };
+                (
+                    c["ordinal"].as_u64().unwrap(),
+                    c["holder"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    eventually("both nodes list the same claims", || ls(&a) == ls(&b));
+    assert_eq!(ls(&a).len(), want.len());
+    // Each claim's volume was made on the node that acquired it.
+    for (ordinal, holder) in ls(&a) {
+        let v = a.json(&["volume", "inspect", &format!("es-{ordinal}-data")]);
+        let node = format!("node-{}", &holder[..1]);
+        assert_eq!(v["node"], node.as_str(), "{v}");
+    }
+}
