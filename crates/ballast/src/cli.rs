@@ -64,6 +64,8 @@ pub enum Command {
     /// The nodes sharing this daemon's store
     #[command(subcommand)]
     Node(crate::node_cli::NodeCmd),
+    /// Where a volume of this shape could go now, most room first
+    Offers(crate::node_cli::OffersArgs),
     /// Claim the lowest free ordinal of a group and its volumes
     #[command(subcommand)]
     Claim(crate::claims::ClaimCmd),
@@ -249,6 +251,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Snapshot(cmd) => snapshot(&client()?, output, cmd),
         Command::Claim(cmd) => crate::claims::run(&client()?, output, cmd),
         Command::Node(cmd) => crate::node_cli::run(&client()?, output, cmd),
+        Command::Offers(a) => crate::node_cli::offers(&client()?, output, a),
     }
 }
 

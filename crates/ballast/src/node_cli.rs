@@ -2,7 +2,8 @@
 
 use clap::Subcommand;
 
-use ballast_core::nodes::{NodeState, NodeView};
+use ballast_core::model::format_size;
+use ballast_core::nodes::{NodeState, NodeView, Offer};
 
 use crate::cli::{print_json, print_one, print_table, seg, Output};
 use crate::client::Client;
@@ -25,6 +26,66 @@ fn state(n: &NodeView) -> &'static str {
     match n.state {
         NodeState::Ready => "ready",
         NodeState::Unreachable => "unreachable",
+    }
+}
+
+/// `ballast offers`: where a volume of this shape could go now.
+#[derive(Debug, clap::Args)]
+pub struct OffersArgs {
+    /// The volume's size, e.g. 10G
+    #[arg(long)]
+    size: String,
+    /// Only pools whose volumes have this filesystem: ext4 or xfs
+    #[arg(long)]
+    fs: Option<String>,
+    /// Only pools with raw block volumes
+    #[arg(long)]
+    block: bool,
+    /// Node labels that must all match: zone=a,rack=r1
+    #[arg(long)]
+    selector: Option<String>,
+}
+
+pub fn offers(c: &Client, output: Output, a: &OffersArgs) -> anyhow::Result<()> {
+    let mut path = format!("/v1/offers?size={}", seg("size", &a.size)?);
+    if let Some(fs) = &a.fs {
+        path.push_str(&format!("&fs={}", seg("fs", fs)?));
+    }
+    if a.block {
+        path.push_str("&block=true");
+    }
+    if let Some(sel) = a.selector.as_deref().filter(|s| !s.is_empty()) {
+        path.push_str(&format!("&selector={}", seg("selector", sel)?));
+    }
+    let offers: Vec<Offer> = c.get(&path)?;
+    match output {
+        Output::Json => print_json(&offers),
+        Output::Table => {
+            let rows = offers
+                .iter()
+                .map(|o| {
+                    let labels = o
+                        .labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    vec![
+                        o.node.clone(),
+                        o.pool.clone(),
+                        o.driver.to_string(),
+                        format_size(o.available_bytes),
+                        if labels.is_empty() {
+                            "-".into()
+                        } else {
+                            labels
+                        },
+                    ]
+                })
+                .collect();
+            print_table(&["NODE", "POOL", "DRIVER", "AVAILABLE", "LABELS"], rows);
+            Ok(())
+        }
     }
 }
 

@@ -408,6 +408,38 @@ fn nodes_are_listed_ready_and_a_killed_one_turns_unreachable_until_it_returns() 
     assert!(pool["capacity_bytes"].as_u64().unwrap() > 0, "{pool}");
     assert_eq!(pool["node"], "node-b", "{pool}");
 
+    // Offers: both nodes' loop pools for a 16M volume, one per zone.
+    let offered = |d: &Daemon, extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["offers", "--size", "16M"];
+        args.extend_from_slice(extra);
+        let mut v: Vec<String> = d
+            .json(&args)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                format!(
+                    "{}/{}",
+                    o["node"].as_str().unwrap(),
+                    o["pool"].as_str().unwrap()
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    eventually("both nodes' pools are offered", || {
+        offered(&b, &[]) == ["node-a/default", "node-b/default-node-b"]
+    });
+    assert_eq!(
+        offered(&a, &["--selector", "zone=z2"]),
+        ["node-b/default-node-b"]
+    );
+    assert!(offered(&a, &["--selector", "zone=nowhere"]).is_empty());
+    assert!(a
+        .fails(&["offers", "--size", "16M", "--selector", "zone"])
+        .contains("KEY=VALUE"));
+
     // Cordon from another node: no new volumes there, the rest stays.
     let drained = a.json(&["node", "drain", "node-b"]);
     assert_eq!(drained["volumes"], serde_json::json!(["on-b"]), "{drained}");
@@ -417,6 +449,11 @@ fn nodes_are_listed_ready_and_a_killed_one_turns_unreachable_until_it_returns() 
     });
     let err = b.fails(&["volume", "create", "refused", "--size", "16M"]);
     assert!(err.contains("cordoned"), "{err}");
+    assert_eq!(
+        offered(&a, &[]),
+        ["node-a/default"],
+        "a cordoned node offers nothing"
+    );
     assert!(!listing(&b).contains_key("refused"));
     a.ok(&["node", "uncordon", "node-b"]);
     eventually("node-b takes volumes again", || {

@@ -70,6 +70,10 @@ include-path = "/v1/claims/{group}/acquire"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404", "409", "507"]
 
 [[operations]]
+include-path = "/v1/offers"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400"]
+
+[[operations]]
 include-path = "/v1/pools"
 include-method = "POST"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "409"]

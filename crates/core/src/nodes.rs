@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::{Error, Result};
-use crate::model::{validate_name, DriverKind, PoolCapacity};
+use crate::model::{validate_label, validate_name, DriverKind, FsType, InvalidInput, PoolCapacity};
+use crate::service::CreateVolume;
 use crate::service::{to_json, VolumeService};
 use crate::store::{LeaseId, StoreError, Txn};
 
@@ -88,6 +89,47 @@ pub struct NodeView {
     /// Pools and volumes the store places on it.
     pub pools: Vec<String>,
     pub volumes: usize,
+}
+
+/// A place a volume of some shape could go now (`GET /v1/offers`): the
+/// offers Polly described, storage offered like CPU and memory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Offer {
+    pub node: String,
+    pub pool: String,
+    pub driver: DriverKind,
+    /// What the pool can still admit (its node's latest figure).
+    pub available_bytes: u64,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The shape of a volume to place, and where it may go.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OfferQuery {
+    pub size_bytes: u64,
+    pub fs: Option<FsType>,
+    pub block: bool,
+    /// Node labels that must all match.
+    pub selector: BTreeMap<String, String>,
+}
+
+/// `zone=a,rack=r1`: node labels that must all match.
+pub fn parse_selector(text: &str) -> Result<BTreeMap<String, String>, InvalidInput> {
+    let mut out = BTreeMap::new();
+    if text.is_empty() {
+        return Ok(out);
+    }
+    for pair in text.split(',') {
+        let Some((k, v)) = pair.split_once('=') else {
+            return Err(InvalidInput::new(
+                format!("selector {pair:?}"),
+                "use KEY=VALUE[,KEY=VALUE...]",
+            ));
+        };
+        validate_label(k, v)?;
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
 }
 
 /// What the daemon tells its heartbeat about itself.
@@ -176,6 +218,63 @@ impl VolumeService {
             tracing::info!(node = id, cordoned, "node cordon changed");
         }
         self.get_node(id)
+    }
+
+    /// Every pool on a ready, uncordoned node whose labels match the
+    /// selector that can back a volume of this shape now, most room first.
+    /// This node's pools are measured now; other nodes' figures are what
+    /// they last wrote (at most their refresh interval old).
+    pub fn offers(&self, q: &OfferQuery) -> Result<Vec<Offer>> {
+        let shape = CreateVolume {
+            size_bytes: Some(q.size_bytes),
+            fs: q.fs,
+            block: q.block,
+            ..CreateVolume::default()
+        };
+        let mut out = Vec::new();
+        for n in self.list_nodes() {
+            let Some(record) = &n.record else { continue };
+            if n.state != NodeState::Ready || n.cordoned {
+                continue;
+            }
+            if !q
+                .selector
+                .iter()
+                .all(|(k, v)| record.labels.get(k) == Some(v))
+            {
+                continue;
+            }
+            for p in &record.pools {
+                let Some(pool) = self.pools.read().get(&p.name).cloned() else {
+                    continue;
+                };
+                let Ok((size, _)) = self.resolve_shape(&shape, &pool) else {
+                    continue;
+                };
+                let available = if n.id == self.config.node_id {
+                    self.pool_capacity(&pool)?.available_bytes
+                } else {
+                    p.capacity.available_bytes
+                };
+                // Dir pools do not enforce sizes: any size fits.
+                if pool.driver != DriverKind::Dir && size > available {
+                    continue;
+                }
+                out.push(Offer {
+                    node: n.id.clone(),
+                    pool: pool.name.clone(),
+                    driver: pool.driver,
+                    available_bytes: available,
+                    labels: record.labels.clone(),
+                });
+            }
+        }
+        out.sort_by(|a, b| {
+            b.available_bytes
+                .cmp(&a.available_bytes)
+                .then_with(|| (&a.node, &a.pool).cmp(&(&b.node, &b.pool)))
+        });
+        Ok(out)
     }
 
     /// Refuse a new volume on this node while it is cordoned.

@@ -669,3 +669,80 @@ fn a_cordoned_node_takes_no_new_volumes_and_keeps_what_it_has() {
         Err(Error::NotFound { .. })
     ));
 }
+
+#[test]
+fn offers_list_pools_on_ready_uncordoned_matching_nodes_that_can_back_the_shape() {
+    use ballast_core::nodes::{parse_selector, NodeInfo, OfferQuery};
+    let c = Cluster::new();
+    let (na, nb) = (c.node("node-a"), c.node("node-b"));
+    let a = c.start(&na);
+    let b = c.start(&nb);
+    // A dir pool on node-b: no filesystem of its own, no block devices.
+    b.ensure_pool(Pool::new(
+        "b-dir",
+        DriverKind::Dir,
+        nb.dir.join("pools/b-dir"),
+        1.0,
+    ))
+    .unwrap();
+    for (svc, zone) in [(&a, "z1"), (&b, "z2")] {
+        svc.start_heartbeat(
+            NodeInfo {
+                labels: [("zone".to_string(), zone.to_string())].into(),
+                ..NodeInfo::default()
+            },
+            Duration::from_secs(5),
+            Duration::from_millis(100),
+        )
+        .unwrap();
+    }
+    let q = |size: u64, fs: Option<FsType>, block: bool, sel: &str| OfferQuery {
+        size_bytes: size,
+        fs,
+        block,
+        selector: parse_selector(sel).unwrap(),
+    };
+    let places = |svc: &VolumeService, q: &OfferQuery| -> Vec<(String, String)> {
+        let mut v: Vec<_> = svc
+            .offers(q)
+            .unwrap()
+            .into_iter()
+            .map(|o| (o.node, o.pool))
+            .collect();
+        v.sort();
+        v
+    };
+    let all = vec![
+        ("node-a".to_string(), "default".to_string()),
+        ("node-b".to_string(), "b-dir".to_string()),
+        ("node-b".to_string(), "default-node-b".to_string()),
+    ];
+    eventually("both nodes' pools offered on both", || {
+        places(&a, &q(32 * MIB, None, false, "")) == all
+            && places(&b, &q(32 * MIB, None, false, "")) == all
+    });
+    // A filesystem or a block device: loop pools only.
+    let loops = vec![all[0].clone(), all[2].clone()];
+    assert_eq!(
+        places(&a, &q(512 * MIB, Some(FsType::Xfs), false, "")),
+        loops
+    );
+    assert_eq!(places(&a, &q(32 * MIB, None, true, "")), loops);
+    // The selector, a size no loop pool can back, a cordon.
+    assert_eq!(
+        places(&a, &q(32 * MIB, None, false, "zone=z1")),
+        vec![all[0].clone()]
+    );
+    assert!(places(&a, &q(32 * MIB, None, false, "zone=z9")).is_empty());
+    assert_eq!(
+        places(&a, &q(1 << 60, None, false, "")),
+        vec![all[1].clone()]
+    );
+    a.set_cordon("node-b", true).unwrap();
+    assert_eq!(
+        places(&a, &q(32 * MIB, None, false, "")),
+        vec![all[0].clone()]
+    );
+    assert!(parse_selector("zone").is_err());
+    assert!(parse_selector("zone=a,=b").is_err());
+}

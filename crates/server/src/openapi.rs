@@ -164,6 +164,22 @@ fn query_schema(name: &str) -> Option<RefOr<Schema>> {
             ObjectBuilder::new().schema_type(Type::Boolean).build(),
         )),
         "volume" | "group" => plain(wire::name_schema("", MAX_NAME_LEN, false)),
+        "size" => plain(wire::size_schema("", false)),
+        "fs" => RefOr::T(Schema::Object(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["ext4", "xfs"]))
+                .build(),
+        )),
+        "block" => RefOr::T(Schema::Object(
+            ObjectBuilder::new().schema_type(Type::Boolean).build(),
+        )),
+        "selector" => RefOr::T(Schema::Object(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(4096))
+                .build(),
+        )),
         _ => return None,
     })
 }

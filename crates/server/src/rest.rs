@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ballast_core::model::{ConsumerKind, ConsumerRef, InvalidInput};
-use ballast_core::nodes::NodeView;
+use ballast_core::nodes::{NodeView, Offer, OfferQuery};
 use ballast_core::{Error, VolumeService};
 use serde::Deserialize;
 use utoipa::OpenApi;
@@ -179,6 +179,7 @@ where
         get_node,
         cordon_node,
         uncordon_node,
+        list_offers,
         create_pool,
         get_pool,
         delete_pool,
@@ -250,6 +251,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/nodes/{id}", get(get_node))
         .route("/v1/nodes/{id}/cordon", post(cordon_node))
         .route("/v1/nodes/{id}/uncordon", post(uncordon_node))
+        .route("/v1/offers", get(list_offers))
         .route("/v1/pools", get(list_pools).post(create_pool))
         .route("/v1/pools/{name}", get(get_pool).delete(delete_pool))
         .route("/v1/events", get(list_events))
@@ -536,6 +538,45 @@ async fn uncordon_node(
     Ok(Json(
         blocking(&state, move |s| s.set_cordon(&id, false)).await?,
     ))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct OffersQuery {
+    /// The volume's size: `64M`, `10G`.
+    size: String,
+    /// `ext4` or `xfs`: only pools whose volumes have that filesystem.
+    fs: Option<String>,
+    /// A raw block volume: only pools with block devices.
+    block: Option<bool>,
+    /// Node labels that must all match: `zone=a,rack=r1`.
+    selector: Option<String>,
+}
+
+/// Where a volume of this shape could go now: every pool on a ready,
+/// uncordoned node matching the selector that can back it, with what it can
+/// still admit, most room first.
+#[utoipa::path(get, path = "/v1/offers", params(OffersQuery),
+    responses((status = 200, body = [Offer]), (status = 400, body = ErrorReply)))]
+async fn list_offers(
+    State(state): State<ApiState>,
+    query: Result<Query<OffersQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<Offer>>, ApiError> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", e.body_text()))?;
+    crate::wire::check_size("size", &q.size)?;
+    let query = OfferQuery {
+        size_bytes: ballast_core::model::parse_size(&q.size)?,
+        fs: q
+            .fs
+            .as_deref()
+            .map(str::parse::<ballast_core::model::FsType>)
+            .transpose()?,
+        block: q.block.unwrap_or(false),
+        selector: ballast_core::nodes::parse_selector(q.selector.as_deref().unwrap_or(""))?,
+    };
+    Ok(Json(blocking(&state, move |s| s.offers(&query)).await?))
 }
 
 #[utoipa::path(get, path = "/v1/pools", responses((status = 200, body = [PoolView]),
