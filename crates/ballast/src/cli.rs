@@ -66,6 +66,9 @@ pub enum Command {
     Node(crate::node_cli::NodeCmd),
     /// Where a volume of this shape could go now, most room first
     Offers(crate::node_cli::OffersArgs),
+    /// The cluster: its elected controller and its nodes
+    #[command(subcommand)]
+    Cluster(crate::node_cli::ClusterCmd),
     /// Claim the lowest free ordinal of a group and its volumes
     #[command(subcommand)]
     Claim(crate::claims::ClaimCmd),
@@ -252,6 +255,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Claim(cmd) => crate::claims::run(&client()?, output, cmd),
         Command::Node(cmd) => crate::node_cli::run(&client()?, output, cmd),
         Command::Offers(a) => crate::node_cli::offers(&client()?, output, a),
+        Command::Cluster(cmd) => crate::node_cli::cluster(&client()?, output, cmd),
     }
 }
 

@@ -3,7 +3,7 @@
 use clap::Subcommand;
 
 use ballast_core::model::format_size;
-use ballast_core::nodes::{NodeState, NodeView, Offer};
+use ballast_core::nodes::{ClusterStatus, NodeState, NodeView, Offer};
 
 use crate::cli::{print_json, print_one, print_table, seg, Output};
 use crate::client::Client;
@@ -26,6 +26,35 @@ fn state(n: &NodeView) -> &'static str {
     match n.state {
         NodeState::Ready => "ready",
         NodeState::Unreachable => "unreachable",
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Name the controller and count the nodes by state
+    Status,
+}
+
+pub fn cluster(c: &Client, output: Output, cmd: &ClusterCmd) -> anyhow::Result<()> {
+    match cmd {
+        ClusterCmd::Status => {
+            let s: ClusterStatus = c.get("/v1/cluster")?;
+            print_one(output, &s, || {
+                match &s.controller {
+                    Some(ctl) => println!(
+                        "controller: {} (since {})",
+                        ctl.node,
+                        ctl.since.to_rfc3339()
+                    ),
+                    None => println!("controller: none (an election is due)"),
+                }
+                println!("this node:  {}", s.this_node);
+                println!(
+                    "nodes:      {} ready, {} unreachable, {} cordoned",
+                    s.ready, s.unreachable, s.cordoned
+                );
+            })
+        }
     }
 }
 

@@ -26,6 +26,31 @@ pub const NODE_CONF_PREFIX: &str = "nodeconf/";
 /// How long a node's record outlives its last keepalive.
 pub const NODE_TTL: Duration = Duration::from_secs(10);
 
+/// The elected controller: one key, taken by compare-and-swap (absent) under
+/// the winner's node lease, so it vanishes with the node.
+pub const CONTROLLER_KEY: &str = "cluster/controller";
+
+/// Who the controller is, and since when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ControllerRecord {
+    pub node: String,
+    pub boot_id: String,
+    pub since: DateTime<Utc>,
+}
+
+/// `ballast cluster status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterStatus {
+    /// None between a controller's death and the next election (at most
+    /// about one node TTL).
+    pub controller: Option<ControllerRecord>,
+    /// The node answering.
+    pub this_node: String,
+    pub ready: usize,
+    pub unreachable: usize,
+    pub cordoned: usize,
+}
+
 pub fn node_key(id: &str) -> String {
     format!("{NODE_PREFIX}{id}")
 }
@@ -277,6 +302,62 @@ impl VolumeService {
         Ok(out)
     }
 
+    /// The controller and the nodes by state, from the cache.
+    pub fn cluster_status(&self) -> ClusterStatus {
+        let nodes = self.list_nodes();
+        let count = |f: &dyn Fn(&NodeView) -> bool| nodes.iter().filter(|n| f(n)).count();
+        ClusterStatus {
+            controller: self.controller.read().clone(),
+            this_node: self.config.node_id.clone(),
+            ready: count(&|n| n.state == NodeState::Ready),
+            unreachable: count(&|n| n.state == NodeState::Unreachable),
+            cordoned: count(&|n| n.cordoned),
+        }
+    }
+
+    /// Whether this node is the controller now.
+    pub fn is_controller(&self) -> bool {
+        self.controller
+            .read()
+            .as_ref()
+            .is_some_and(|c| c.node == self.config.node_id)
+    }
+
+    /// Take the controller key if nobody holds it: under this node's lease,
+    /// so it goes when the node does and the next live node takes it.
+    fn campaign(&self, lease: LeaseId) -> Result<(), StoreError> {
+        if self.controller.read().is_some() {
+            return Ok(());
+        }
+        let record = ControllerRecord {
+            node: self.config.node_id.clone(),
+            boot_id: self.boot_id.clone(),
+            since: Utc::now(),
+        };
+        match self
+            .store
+            .txn(Txn::new().require_absent(CONTROLLER_KEY).put_with_lease(
+                CONTROLLER_KEY,
+                to_json(&record),
+                lease,
+            )) {
+            Ok(revision) => {
+                tracing::info!(node = %record.node, "this node is the controller");
+                self.revs
+                    .lock()
+                    .insert(CONTROLLER_KEY.to_string(), (revision, true));
+                *self.controller.write() = Some(record);
+                Ok(())
+            }
+            // Another node won; its record arrives through the watch.
+            Err(StoreError::Conflict { .. }) => {
+                self.reread(&[CONTROLLER_KEY]);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Refuse a new volume on this node while it is cordoned.
     pub(crate) fn check_not_cordoned(&self) -> Result<()> {
         let me = &self.config.node_id;
@@ -369,7 +450,7 @@ fn heartbeat(weak: Weak<VolumeService>, info: NodeInfo, ttl: Duration, refresh: 
                     svc.put_node_record(&svc.node_record(&info, started_at), l)?;
                     written = Instant::now();
                 }
-                Ok(())
+                svc.campaign(l)
             }),
         };
         match result {

@@ -112,6 +112,7 @@ impl VolumeService {
             volumes: RwLock::new(BTreeMap::new()),
             attachments: RwLock::new(BTreeMap::new()),
             nodes: RwLock::new(BTreeMap::new()),
+            controller: RwLock::new(None),
             node_confs: RwLock::new(BTreeMap::new()),
             revs: Mutex::new(HashMap::new()),
             uncertain: Mutex::new(Default::default()),

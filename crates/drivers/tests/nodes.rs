@@ -746,3 +746,33 @@ fn offers_list_pools_on_ready_uncordoned_matching_nodes_that_can_back_the_shape(
     assert!(parse_selector("zone").is_err());
     assert!(parse_selector("zone=a,=b").is_err());
 }
+
+#[test]
+fn one_controller_is_elected_and_another_node_takes_over_when_it_dies() {
+    use ballast_core::nodes::NodeInfo;
+    let c = Cluster::new();
+    let (na, nb) = (c.node("node-a"), c.node("node-b"));
+    let a = c.start(&na);
+    let b = c.start(&nb);
+    let ttl = Duration::from_millis(600);
+    for svc in [&a, &b] {
+        svc.start_heartbeat(NodeInfo::default(), ttl, Duration::from_secs(5))
+            .unwrap();
+    }
+    let controller = |svc: &VolumeService| svc.cluster_status().controller.map(|c| c.node);
+    eventually("both agree on one controller", || {
+        controller(&a).is_some() && controller(&a) == controller(&b)
+    });
+    let first = controller(&a).unwrap();
+    assert_eq!(u8::from(a.is_controller()) + u8::from(b.is_controller()), 1);
+    let status = a.cluster_status();
+    assert_eq!((status.ready, status.unreachable), (2, 0));
+    // The controller's node dies: the other takes over once its lease lapses.
+    let (survivor, dead) = if first == "node-a" { (b, a) } else { (a, b) };
+    drop(dead);
+    eventually("the survivor is the controller", || {
+        survivor.is_controller()
+    });
+    assert_ne!(controller(&survivor).unwrap(), first);
+    assert_eq!(survivor.cluster_status().unreachable, 1);
+}

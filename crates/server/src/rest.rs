@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ballast_core::model::{ConsumerKind, ConsumerRef, InvalidInput};
-use ballast_core::nodes::{NodeView, Offer, OfferQuery};
+use ballast_core::nodes::{ClusterStatus, NodeView, Offer, OfferQuery};
 use ballast_core::{Error, VolumeService};
 use serde::Deserialize;
 use utoipa::OpenApi;
@@ -180,6 +180,7 @@ where
         cordon_node,
         uncordon_node,
         list_offers,
+        cluster_status,
         create_pool,
         get_pool,
         delete_pool,
@@ -252,6 +253,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/nodes/{id}/cordon", post(cordon_node))
         .route("/v1/nodes/{id}/uncordon", post(uncordon_node))
         .route("/v1/offers", get(list_offers))
+        .route("/v1/cluster", get(cluster_status))
         .route("/v1/pools", get(list_pools).post(create_pool))
         .route("/v1/pools/{name}", get(get_pool).delete(delete_pool))
         .route("/v1/events", get(list_events))
@@ -538,6 +540,13 @@ async fn uncordon_node(
     Ok(Json(
         blocking(&state, move |s| s.set_cordon(&id, false)).await?,
     ))
+}
+
+/// The elected controller (one node at a time, taken under its lease) and
+/// how many nodes are ready, unreachable and cordoned. From the cache.
+#[utoipa::path(get, path = "/v1/cluster", responses((status = 200, body = ClusterStatus)))]
+async fn cluster_status(State(state): State<ApiState>) -> Json<ClusterStatus> {
+    Json(state.service.cluster_status())
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

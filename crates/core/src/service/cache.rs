@@ -16,7 +16,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::*;
-use crate::nodes::{NODE_CONF_PREFIX, NODE_PREFIX};
+use crate::nodes::{CONTROLLER_KEY, NODE_CONF_PREFIX, NODE_PREFIX};
 use crate::store::{KeyValue, StoreError, WatchEvent};
 
 /// What the service last saw of a key: its revision, and whether it exists.
@@ -165,6 +165,9 @@ impl VolumeService {
                 Some(s) => snaps.insert(name.to_string(), s),
                 None => snaps.remove(name),
             };
+        } else if key == CONTROLLER_KEY {
+            *self.controller.write() =
+                value.and_then(|b| decode::<crate::nodes::ControllerRecord>(key, b));
         } else if let Some(id) = key.strip_prefix(NODE_CONF_PREFIX) {
             let mut confs = self.node_confs.write();
             match value.and_then(|b| decode::<crate::nodes::NodeConf>(key, b)) {
@@ -188,6 +191,7 @@ impl VolumeService {
         let mut snaps = BTreeMap::new();
         let mut nodes = BTreeMap::new();
         let mut confs = BTreeMap::new();
+        let mut controller = None;
         let mut atts: BTreeMap<String, BTreeMap<String, Attachment>> = BTreeMap::new();
         let mut revs = HashMap::new();
         for kv in kvs {
@@ -212,6 +216,8 @@ impl VolumeService {
                 if let Some(s) = decode::<Snapshot>(key, &kv.value) {
                     snaps.insert(name.to_string(), s);
                 }
+            } else if key == CONTROLLER_KEY {
+                controller = decode::<crate::nodes::ControllerRecord>(key, &kv.value);
             } else if let Some(id) = key.strip_prefix(NODE_CONF_PREFIX) {
                 if let Some(c) = decode::<crate::nodes::NodeConf>(key, &kv.value) {
                     confs.insert(id.to_string(), c);
@@ -236,6 +242,7 @@ impl VolumeService {
         *self.snapshots.write() = snaps;
         *self.nodes.write() = nodes;
         *self.node_confs.write() = confs;
+        *self.controller.write() = controller;
         *self.attachments.write() = atts;
         *self.volumes.write() = vols;
         *self.revs.lock() = revs;
@@ -286,6 +293,7 @@ fn is_record_key(key: &str) -> bool {
         SNAP_PREFIX,
         NODE_PREFIX,
         NODE_CONF_PREFIX,
+        CONTROLLER_KEY,
     ]
     .iter()
     .any(|p| key.starts_with(p))

@@ -231,6 +231,8 @@ pub struct VolumeService {
     pub(crate) volumes: RwLock<BTreeMap<String, Volume>>,
     /// `nodeconf/<id>` records: what operators set on nodes.
     pub(crate) node_confs: RwLock<BTreeMap<String, crate::nodes::NodeConf>>,
+    /// The elected controller's record, if one holds the key.
+    pub(crate) controller: RwLock<Option<crate::nodes::ControllerRecord>>,
     /// Live `node/<id>` records (under their nodes' leases).
     pub(crate) nodes: RwLock<BTreeMap<String, crate::nodes::NodeRecord>>,
     /// `attachment/<volume>/<node>` records by volume, then node.
