@@ -18,6 +18,13 @@ use std::time::Duration;
 use common::Daemon;
 use serde_json::{json, Value};
 
+/// A daemon whose node heartbeat stays quiet while a test compares store
+/// files: it registers before it answers, and with a TTL of an hour it
+/// neither rewrites its record nor stands for controller again meanwhile.
+fn quiet_daemon() -> Daemon {
+    Daemon::start_with(&["--node-ttl", "1h"], &[])
+}
+
 /// Everything a refused call must leave as it was.
 #[derive(Debug, PartialEq)]
 struct Snapshot {
@@ -199,7 +206,7 @@ fn bad_names() -> Vec<(String, &'static str)> {
 
 #[test]
 fn bad_names_are_refused_by_the_cli_and_change_nothing() {
-    let d = Daemon::start();
+    let d = quiet_daemon();
     d.ok(&[
         "volume", "create", "keep", "--size", "16M", "--label", "a=b",
     ]);
@@ -250,7 +257,7 @@ fn bad_names_are_refused_by_the_cli_and_change_nothing() {
 
 #[test]
 fn bad_names_are_refused_by_rest_and_change_nothing() {
-    let d = Daemon::start();
+    let d = quiet_daemon();
     d.ok(&["volume", "create", "keep", "--size", "16M"]);
     let mut names = bad_names();
     // NUL cannot be passed in argv; JSON carries it.
@@ -284,7 +291,7 @@ fn bad_names_are_refused_by_rest_and_change_nothing() {
 
 #[test]
 fn names_in_the_url_path_never_reach_anything_else() {
-    let d = Daemon::start();
+    let d = quiet_daemon();
     d.ok(&["volume", "create", "keep", "--size", "16M"]);
     // Encoded separators and dot segments: the router decodes them into a
     // name, which is then refused or not found; nothing outside is touched.
@@ -366,7 +373,7 @@ fn names_in_the_url_path_never_reach_anything_else() {
 
 #[test]
 fn bad_sizes_are_refused_and_change_nothing() {
-    let d = Daemon::start();
+    let d = quiet_daemon();
     d.ok(&["volume", "create", "keep", "--size", "16M"]);
     let cases: &[(&str, &str)] = &[
         ("0", "must be greater than zero"),
@@ -445,7 +452,7 @@ fn sizes_bigger_than_the_pool_are_refused_and_change_nothing() {
     if !common::require_root_loop("sizes_bigger_than_the_pool_are_refused_and_change_nothing") {
         return;
     }
-    let d = Daemon::start();
+    let d = quiet_daemon();
     d.ok(&["volume", "create", "keep", "--size", "16M"]);
     let pool = d.json(&["pool", "inspect", "default"]);
     assert_eq!(pool["driver"], "loop", "{pool}");
@@ -496,7 +503,7 @@ fn sizes_bigger_than_the_pool_are_refused_and_change_nothing() {
 
 #[test]
 fn unknown_options_fields_and_bad_labels_are_refused() {
-    let d = Daemon::start();
+    let d = quiet_daemon();
     d.ok(&["volume", "create", "keep", "--size", "16M"]);
     // CLI: unknown options, labels without '=', bad label keys, bad fs.
     cli_refuses(
@@ -665,7 +672,7 @@ fn unknown_options_fields_and_bad_labels_are_refused() {
 
 #[test]
 fn malformed_and_oversized_bodies_are_refused() {
-    let d = Daemon::start();
+    let d = quiet_daemon();
     d.ok(&["volume", "create", "keep", "--size", "16M"]);
     let malformed: &[&[u8]] = &[
         b"{\"name\":",
@@ -729,7 +736,7 @@ fn malformed_and_oversized_bodies_are_refused() {
 
 #[test]
 fn creating_an_existing_name() {
-    let d = Daemon::start();
+    let d = quiet_daemon();
     let first = d.json(&[
         "volume", "create", "data", "--size", "16M", "--label", "app=db",
     ]);
@@ -803,7 +810,7 @@ fn removing_a_mounted_volume_needs_force() {
     if !common::require_root_loop("removing_a_mounted_volume_needs_force") {
         return;
     }
-    let d = Daemon::start();
+    let d = quiet_daemon();
     d.ok(&["volume", "create", "busy", "--size", "16M"]);
     let mp = d.ok(&["volume", "mount", "busy"]).trim().to_string();
     std::fs::write(Path::new(&mp).join("keep-me"), b"data").unwrap();
@@ -845,7 +852,7 @@ fn removing_a_mounted_volume_needs_force() {
 
 #[test]
 fn every_operation_on_a_missing_volume_is_not_found() {
-    let d = Daemon::start();
+    let d = quiet_daemon();
     d.ok(&["volume", "create", "other", "--size", "16M"]);
     let not_found = ["volume \"ghost\" not found"];
     for args in [
@@ -896,7 +903,7 @@ fn every_operation_on_a_missing_volume_is_not_found() {
 /// each part of the snapshot notices the calls that should change it.
 #[test]
 fn the_snapshot_sees_every_kind_of_change() {
-    let d = Daemon::start();
+    let d = quiet_daemon();
     let before = snapshot(&d);
     d.ok(&["volume", "create", "seen", "--size", "16M"]);
     let after = snapshot(&d);
@@ -928,7 +935,7 @@ fn the_snapshot_sees_every_kind_of_change() {
 /// given and after symlinks are resolved, before anything is made there.
 #[test]
 fn pools_in_kernel_filesystems_are_refused_and_change_nothing() {
-    let d = Daemon::start();
+    let d = quiet_daemon();
     let root = d.dir.path().canonicalize().unwrap();
     // A symlink that leads into /proc: only resolving it shows where.
     let link = root.join("innocent");
@@ -1025,7 +1032,7 @@ fn pools_in_kernel_filesystems_are_refused_and_change_nothing() {
 /// pool whose available bytes were u64::MAX.
 #[test]
 fn overcommit_ratios_out_of_range_are_refused_and_change_nothing() {
-    let d = Daemon::start();
+    let d = quiet_daemon();
     for bad in ["1e308", "0", "-1", "100.5", "101", "inf", "NaN", "-0"] {
         cli_refuses(
             &d,

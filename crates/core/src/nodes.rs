@@ -410,45 +410,92 @@ impl VolumeService {
         Ok(())
     }
 
-    /// Register this node and keep its record alive (a keepalive every
-    /// third of `ttl`, the record rewritten with fresh capacity every
-    /// `refresh`) for as long as the service lives. A lapsed lease (the store
-    /// was cut off longer than `ttl`) is replaced by a new one.
+    /// Register this node (now, before the caller serves anything) and keep
+    /// its record alive (a keepalive every third of `ttl`; the record
+    /// rewritten when its content changed, at most every `refresh`) for as
+    /// long as the service lives. A lapsed lease (the store was cut off longer
+    /// than `ttl`) is replaced by a new one.
     pub fn start_heartbeat(
         self: &Arc<Self>,
         info: NodeInfo,
         ttl: Duration,
         refresh: Duration,
     ) -> std::io::Result<()> {
+        let mut beat = Heartbeat {
+            info,
+            ttl,
+            refresh,
+            started_at: Utc::now(),
+            lease: None,
+            written: None,
+        };
+        beat.tick(self);
         let weak = Arc::downgrade(self);
         std::thread::Builder::new()
             .name("node-heartbeat".into())
-            .spawn(move || heartbeat(weak, info, ttl, refresh))
+            .spawn(move || beat.run(weak))
             .map(|_| ())
     }
 }
 
-fn heartbeat(weak: Weak<VolumeService>, info: NodeInfo, ttl: Duration, refresh: Duration) {
-    let started_at = Utc::now();
-    let tick = (ttl / 3).max(Duration::from_millis(100));
-    let mut lease: Option<LeaseId> = None;
-    let mut written = Instant::now();
-    loop {
-        let Some(svc) = weak.upgrade() else {
-            return;
-        };
-        let result = match lease {
-            None => svc.store.lease_grant(ttl).and_then(|l| {
-                svc.put_node_record(&svc.node_record(&info, started_at), l)?;
-                tracing::info!(node = %svc.config.node_id, ttl = ?ttl, "node registered");
-                lease = Some(l);
-                written = Instant::now();
-                Ok(())
+/// The heartbeat's state between ticks.
+struct Heartbeat {
+    info: NodeInfo,
+    ttl: Duration,
+    refresh: Duration,
+    started_at: DateTime<Utc>,
+    lease: Option<LeaseId>,
+    /// The record last written and when it was written or found unchanged.
+    written: Option<(NodeRecord, Instant)>,
+}
+
+impl Heartbeat {
+    fn run(mut self, weak: Weak<VolumeService>) {
+        let tick = (self.ttl / 3).max(Duration::from_millis(100));
+        loop {
+            std::thread::sleep(tick);
+            let Some(svc) = weak.upgrade() else {
+                return;
+            };
+            self.tick(&svc);
+        }
+    }
+
+    /// Register or keep alive, rewrite the record if it changed, and stand
+    /// for controller.
+    fn tick(&mut self, svc: &VolumeService) {
+        let result = match self.lease {
+            None => svc.store.lease_grant(self.ttl).and_then(|l| {
+                let record = svc.node_record(&self.info, self.started_at);
+                svc.put_node_record(&record, l)?;
+                tracing::info!(node = %svc.config.node_id, ttl = ?self.ttl, "node registered");
+                self.lease = Some(l);
+                self.written = Some((record, Instant::now()));
+                svc.campaign(l)
             }),
             Some(l) => svc.store.lease_keepalive(l).and_then(|()| {
-                if written.elapsed() >= refresh {
-                    svc.put_node_record(&svc.node_record(&info, started_at), l)?;
-                    written = Instant::now();
+                let due = self
+                    .written
+                    .as_ref()
+                    .is_none_or(|(_, at)| at.elapsed() >= self.refresh);
+                if due {
+                    let record = svc.node_record(&self.info, self.started_at);
+                    // Unchanged figures are not written again: an idle node
+                    // costs the store a keepalive, nothing more.
+                    let same = self.written.as_ref().is_some_and(|(w, _)| {
+                        NodeRecord {
+                            updated_at: w.updated_at,
+                            ..record.clone()
+                        } == *w
+                    });
+                    if same {
+                        if let Some((_, at)) = self.written.as_mut() {
+                            *at = Instant::now();
+                        }
+                    } else {
+                        svc.put_node_record(&record, l)?;
+                        self.written = Some((record, Instant::now()));
+                    }
                 }
                 svc.campaign(l)
             }),
@@ -457,13 +504,11 @@ fn heartbeat(weak: Weak<VolumeService>, info: NodeInfo, ttl: Duration, refresh: 
             Ok(()) => {}
             Err(StoreError::LeaseExpired(_)) => {
                 tracing::warn!(node = %svc.config.node_id, "the node's lease lapsed; registering again");
-                lease = None;
+                self.lease = None;
             }
             Err(e) => {
                 tracing::warn!(node = %svc.config.node_id, error = %e, "node keepalive failed")
             }
         }
-        drop(svc);
-        std::thread::sleep(tick);
     }
 }
