@@ -236,3 +236,86 @@ pub fn cluster_bench(dir: &Path, n: usize, volumes: usize, clients: usize) -> Re
     }
     Ok(())
 }
+
+/// The controller named by `d`, if any.
+fn controller_of(d: &Daemon) -> Result<Option<String>> {
+    let v: serde_json::Value = serde_json::from_str(&d.rest("GET", "/v1/cluster", "")?)?;
+    Ok(v["controller"]["node"].as_str().map(String::from))
+}
+
+/// Controller failover (issue 12's target: p50 <= 2 s over 10 kills): two
+/// daemons on one etcd with `--node-ttl TTL`; kill -9 the controller's, time
+/// until the survivor names itself, restart the dead one, again.
+pub fn failover_bench(dir: &Path, kills: usize, ttl: &str) -> Result<()> {
+    println!("== controller failover: {kills} kills, --node-ttl {ttl}");
+    let etcd = Etcd::start(&dir.join("etcd"))?;
+    let url = etcd.url();
+    let args = |id: &str| -> Vec<String> {
+        [
+            "--store",
+            url.as_str(),
+            "--store-prefix",
+            "/bench-failover/",
+            "--node-id",
+            id,
+            "--node-ttl",
+            ttl,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let ids = ["node-a", "node-b"];
+    let dirs: Vec<PathBuf> = ids.iter().map(|id| dir.join(id)).collect();
+    let start = |i: usize, fresh: bool| -> Result<Daemon> {
+        let a = args(ids[i]);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        if fresh {
+            Daemon::start(&dirs[i], &a)
+        } else {
+            Daemon::restart(&dirs[i], &a)
+        }
+    };
+    let mut nodes = [Some(start(0, true)?), Some(start(1, true)?)];
+    let mut times = Vec::new();
+    for _ in 0..kills {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let holder = loop {
+            if let Some(h) = controller_of(nodes[0].as_ref().context("node-a")?)? {
+                break h;
+            }
+            if Instant::now() > deadline {
+                bail!("no controller elected");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let dead = ids.iter().position(|id| *id == holder).context("holder")?;
+        let alive = 1 - dead;
+        let t = Instant::now();
+        if let Some(mut d) = nodes[dead].take() {
+            let _ = d.child.kill();
+            let _ = d.child.wait();
+            // Dead already: its Drop would only signal a reaped pid.
+            std::mem::forget(d);
+        }
+        loop {
+            let survivor = nodes[alive].as_ref().context("survivor")?;
+            if controller_of(survivor)?.as_deref() == Some(ids[alive]) {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(60) {
+                bail!("no failover within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        times.push(t.elapsed());
+        nodes[dead] = Some(start(dead, false)?);
+    }
+    let s = stats(times);
+    println!(
+        "failover (kill -9 to the survivor naming itself): p50 {:.0} ms, p99 {:.0} ms (target p50 <= 2000 ms)",
+        ms(s.p50),
+        ms(s.p99)
+    );
+    Ok(())
+}

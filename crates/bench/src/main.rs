@@ -119,6 +119,14 @@ enum Cmd {
         #[arg(long, default_value_t = 32)]
         clients: usize,
     },
+    /// Controller failover: kill -9 the controller's daemon, time until
+    /// another names itself
+    Failover {
+        #[arg(long, default_value_t = 10)]
+        kills: usize,
+        #[arg(long, default_value = "1s")]
+        ttl: String,
+    },
     /// Everything, with the defaults
     All,
 }
@@ -144,6 +152,7 @@ fn main() -> Result<()> {
             volumes,
             clients,
         } => cluster::cluster_bench(&args.dir, n, volumes, clients),
+        Cmd::Failover { kills, ttl } => cluster::failover_bench(&args.dir, kills, &ttl),
         Cmd::All => {
             lifecycle(&args.dir, 30)?;
             scale(&args.dir, 10_000)?;
