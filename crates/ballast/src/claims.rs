@@ -178,6 +178,9 @@ fn print_claim(output: Output, c: &ClaimView) -> anyhow::Result<()> {
                 &["GROUP", "ORDINAL", "HOLDER", "EXPIRES", "VOLUMES"],
                 vec![row(c)],
             );
+            for (vol, node) in &c.elsewhere {
+                eprintln!("note: {vol} lives on node {node}; mount it there");
+            }
             Ok(())
         }
     }

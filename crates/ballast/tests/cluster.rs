@@ -560,4 +560,50 @@ fn claims_acquired_from_two_nodes_get_each_ordinal_exactly_once() {
         let node = format!("node-{}", &holder[..1]);
         assert_eq!(v["node"], node.as_str(), "{v}");
     }
+    // An ordinal released on one node and taken on the other: its volume
+    // stays where it lives, and the acquire says so.
+    let (ordinal, holder) = ls(&a)[0].clone();
+    let (owner, other, owner_id) = if holder.starts_with('a') {
+        (&a, &b, "node-a")
+    } else {
+        (&b, &a, "node-b")
+    };
+    owner.ok(&[
+        "claim",
+        "release",
+        "es",
+        &ordinal.to_string(),
+        "--holder",
+        &holder,
+    ]);
+    eventually("the other node sees the release", || {
+        ls(other).iter().all(|(o, _)| *o != ordinal)
+    });
+    let taken = other.json(&[
+        "claim",
+        "acquire",
+        "es",
+        "--volumes",
+        "data",
+        "--size",
+        "16M",
+        "--holder",
+        "mover",
+    ]);
+    assert_eq!(taken["ordinal"], ordinal, "{taken}");
+    let vol = format!("es-{ordinal}-data");
+    assert_eq!(taken["elsewhere"][&vol], owner_id, "{taken}");
+    let out = other.cli(&[
+        "claim",
+        "renew",
+        "es",
+        &ordinal.to_string(),
+        "--holder",
+        "mover",
+    ]);
+    assert!(out.status.success());
+    let note = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(note.contains(&vol) && note.contains(owner_id), "{note}");
+    let err = other.fails(&["volume", "mount", &vol, "--id", "x"]);
+    assert!(err.contains(owner_id), "{err}");
 }

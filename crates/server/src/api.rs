@@ -527,6 +527,11 @@ pub struct ClaimView {
     pub holder: String,
     /// When the claim lapses unless renewed; null: held until released.
     pub expires_at: Option<DateTime<Utc>>,
+    /// The claim's volumes that live on another node than the one that
+    /// answered, and that node: mount them there (moving them is not done
+    /// here).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub elsewhere: BTreeMap<String, String>,
 }
 
 impl From<Claim> for ClaimView {
@@ -537,7 +542,26 @@ impl From<Claim> for ClaimView {
             volumes: c.volumes,
             holder: c.holder,
             expires_at: c.expires_at,
+            elsewhere: BTreeMap::new(),
         }
+    }
+}
+
+impl ClaimView {
+    /// The view, with which of its volumes live on another node.
+    pub fn placed(c: Claim, service: &ballast_core::VolumeService) -> Self {
+        let mut v = Self::from(c);
+        for name in &v.volumes {
+            if let Some(node) = service
+                .get_volume(name)
+                .ok()
+                .and_then(|vol| vol.node)
+                .filter(|n| n != service.node_id())
+            {
+                v.elsewhere.insert(name.clone(), node);
+            }
+        }
+        v
     }
 }
 
@@ -556,7 +580,7 @@ impl From<ClaimStatus> for ClaimStatusView {
     fn from(s: ClaimStatus) -> Self {
         Self {
             acquired_at: s.claim.acquired_at,
-            claim: s.claim.into(),
+            claim: ClaimView::from(s.claim),
             expired: s.expired,
         }
     }

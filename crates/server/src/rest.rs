@@ -878,7 +878,7 @@ async fn acquire_claim(
 ) -> Result<Json<ClaimView>, ApiError> {
     let req = body.into_request(group)?;
     let claim = blocking(&state, move |s| s.acquire_claim(req)).await?;
-    Ok(Json(claim.into()))
+    Ok(Json(ClaimView::placed(claim, &state.service)))
 }
 
 /// Extend a claim by its TTL (or a new one). 404: no such claim; 409: it is
@@ -898,7 +898,7 @@ async fn renew_claim(
         s.renew_claim(&group, ordinal, &holder, ttl)
     })
     .await?;
-    Ok(Json(claim.into()))
+    Ok(Json(ClaimView::placed(claim, &state.service)))
 }
 
 /// Give a claim back; its volumes stay, with their data, for the ordinal's
@@ -915,7 +915,7 @@ async fn release_claim(
     let ordinal = ballast_core::claims::parse_ordinal(&ordinal)?;
     let holder = body.into_holder()?;
     let claim = blocking(&state, move |s| s.release_claim(&group, ordinal, &holder)).await?;
-    Ok(Json(claim.into()))
+    Ok(Json(ClaimView::placed(claim, &state.service)))
 }
 
 #[cfg(test)]
