@@ -393,13 +393,6 @@ async fn run(config: Config, api_socket: Option<PathBuf>, dirs: &Dirs) -> anyhow
             config.node_ttl.max(std::time::Duration::from_secs(10)),
         )
         .context("starting the node heartbeat")?;
-    // Served after the TCP address is written: an answer on the socket means
-    // listen.addr is there.
-    tasks.push(tokio::spawn(listen::serve_unix(
-        unix,
-        router.clone(),
-        config.conn_timeouts,
-    )));
     if let Some(sock) = &config.docker_socket {
         let plugin = listen::bind_unix(sock, 0o600).await?;
         // A stale plugin socket stalls `docker volume ls` until it times out.
@@ -429,6 +422,14 @@ async fn run(config: Config, api_socket: Option<PathBuf>, dirs: &Dirs) -> anyhow
             }
         }));
     }
+    // Served last: an answer on the API socket means listen.addr is written
+    // and the plugin and CSI sockets are bound (clients and tests connect to
+    // them as soon as the API answers).
+    tasks.push(tokio::spawn(listen::serve_unix(
+        unix,
+        router.clone(),
+        config.conn_timeouts,
+    )));
     tracing::info!(socket = %api_sock.display(), state_dir = %state_dir.display(), volumes = service.volume_count(), "ballast is serving");
     tasks.push(tokio::spawn(watchers(
         service.clone(),

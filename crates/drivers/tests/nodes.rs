@@ -760,8 +760,10 @@ fn one_controller_is_elected_and_another_node_takes_over_when_it_dies() {
             .unwrap();
     }
     let controller = |svc: &VolumeService| svc.cluster_status().controller.map(|c| c.node);
-    eventually("both agree on one controller", || {
-        controller(&a).is_some() && controller(&a) == controller(&b)
+    eventually("both agree on one controller and see both nodes", || {
+        controller(&a).is_some()
+            && controller(&a) == controller(&b)
+            && a.cluster_status().ready == 2
     });
     let first = controller(&a).unwrap();
     assert_eq!(u8::from(a.is_controller()) + u8::from(b.is_controller()), 1);
@@ -774,5 +776,7 @@ fn one_controller_is_elected_and_another_node_takes_over_when_it_dies() {
         survivor.is_controller()
     });
     assert_ne!(controller(&survivor).unwrap(), first);
-    assert_eq!(survivor.cluster_status().unreachable, 1);
+    eventually("the dead node is unreachable", || {
+        survivor.cluster_status().unreachable == 1
+    });
 }
