@@ -665,4 +665,59 @@ mod tests {
             assert!(err.contains(msg), "{err}");
         }
     }
+
+    #[test]
+    fn node_labels_and_ttl_are_checked() {
+        let resolve = |a: ServeArgs| {
+            Config::resolve(&ServeArgs {
+                node_id: Some("n".into()),
+                ..a
+            })
+        };
+        let c = resolve(ServeArgs {
+            node_labels: vec!["zone=a".into(), "rack=r1".into()],
+            node_ttl: Some("3s".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.node_labels.get("zone").map(String::as_str), Some("a"));
+        assert_eq!(c.node_ttl, std::time::Duration::from_secs(3));
+        assert_eq!(
+            resolve(ServeArgs::default()).unwrap().node_ttl,
+            ballast_core::nodes::NODE_TTL
+        );
+        for (args, msg) in [
+            (
+                ServeArgs {
+                    node_labels: vec!["zone".into()],
+                    ..Default::default()
+                },
+                "KEY=VALUE",
+            ),
+            (
+                ServeArgs {
+                    node_labels: vec!["=a".into()],
+                    ..Default::default()
+                },
+                "node label",
+            ),
+            (
+                ServeArgs {
+                    node_ttl: Some("500ms".into()),
+                    ..Default::default()
+                },
+                "at least 1s",
+            ),
+            (
+                ServeArgs {
+                    node_ttl: Some("ten".into()),
+                    ..Default::default()
+                },
+                "node ttl",
+            ),
+        ] {
+            let err = resolve(args).unwrap_err().to_string();
+            assert!(err.contains(msg), "{err}");
+        }
+    }
 }

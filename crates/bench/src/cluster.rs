@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use ballast_core::store::{Store, StoreError, Txn};
 
-use crate::{ms, stats, write_4k_fsync, Daemon};
+use crate::{ms, rest_round, stats, Daemon};
 
 struct Etcd {
     child: Child,
@@ -77,24 +77,6 @@ impl Drop for Etcd {
     }
 }
 
-/// One REST lifecycle round: create 1 GiB ext4, mount, write 4 KiB +
-/// fsync, unmount, rm.
-fn round(d: &Daemon, name: &str) -> Result<Duration> {
-    let t = Instant::now();
-    d.rest(
-        "POST",
-        "/v1/volumes",
-        &format!(r#"{{"name":"{name}","size":"1G","fs":"ext4"}}"#),
-    )?;
-    let reply = d.rest("POST", &format!("/v1/volumes/{name}/mount"), "{}")?;
-    let v: serde_json::Value = serde_json::from_str(&reply)?;
-    let mp = PathBuf::from(v["mountpoint"].as_str().context("mountpoint")?);
-    write_4k_fsync(&mp)?;
-    d.rest("POST", &format!("/v1/volumes/{name}/unmount"), "{}")?;
-    d.rest("DELETE", &format!("/v1/volumes/{name}"), "")?;
-    Ok(t.elapsed())
-}
-
 pub fn cluster_bench(dir: &Path, n: usize, volumes: usize, clients: usize) -> Result<()> {
     let etcd = Etcd::start(&dir.join("etcd"))?;
     let url = etcd.url();
@@ -108,8 +90,8 @@ pub fn cluster_bench(dir: &Path, n: usize, volumes: usize, clients: usize) -> Re
     let (mut a, mut b) = (Vec::new(), Vec::new());
     // Interleaved, so drift in the machine hits both alike.
     for i in 0..n {
-        a.push(round(&redb, &format!("r{i}"))?);
-        b.push(round(&on_etcd, &format!("e{i}"))?);
+        a.push(rest_round(&redb, &format!("r{i}"))?);
+        b.push(rest_round(&on_etcd, &format!("e{i}"))?);
     }
     drop((redb, on_etcd));
     let (a, b) = (stats(a), stats(b));

@@ -367,6 +367,24 @@ losetup -d "$dev"
 rm "$img"
 "#;
 
+/// One lifecycle through REST: create 1 GiB ext4, mount, write 4 KiB +
+/// fsync, unmount, rm; how long it took.
+fn rest_round(d: &Daemon, name: &str) -> Result<Duration> {
+    let t = Instant::now();
+    d.rest(
+        "POST",
+        "/v1/volumes",
+        &format!(r#"{{"name":"{name}","size":"1G","fs":"ext4"}}"#),
+    )?;
+    let reply = d.rest("POST", &format!("/v1/volumes/{name}/mount"), "{}")?;
+    let v: serde_json::Value = serde_json::from_str(&reply)?;
+    let mp = PathBuf::from(v["mountpoint"].as_str().context("mountpoint")?);
+    write_4k_fsync(&mp)?;
+    d.rest("POST", &format!("/v1/volumes/{name}/unmount"), "{}")?;
+    d.rest("DELETE", &format!("/v1/volumes/{name}"), "")?;
+    Ok(t.elapsed())
+}
+
 fn lifecycle(dir: &Path, n: usize) -> Result<()> {
     println!(
         "== lifecycle: create 1G ext4 -> mount -> write 4 KiB + fsync -> unmount -> rm (n={n})"
@@ -379,20 +397,7 @@ fn lifecycle(dir: &Path, n: usize) -> Result<()> {
     std::fs::create_dir_all(&shell_dir)?;
     // Interleave the three so drift in the machine hits them alike.
     for i in 0..n {
-        let name = format!("r{i}");
-        let t = Instant::now();
-        d.rest(
-            "POST",
-            "/v1/volumes",
-            &format!(r#"{{"name":"{name}","size":"1G","fs":"ext4"}}"#),
-        )?;
-        let reply = d.rest("POST", &format!("/v1/volumes/{name}/mount"), "{}")?;
-        let v: serde_json::Value = serde_json::from_str(&reply)?;
-        let mp = PathBuf::from(v["mountpoint"].as_str().context("mountpoint")?);
-        write_4k_fsync(&mp)?;
-        d.rest("POST", &format!("/v1/volumes/{name}/unmount"), "{}")?;
-        d.rest("DELETE", &format!("/v1/volumes/{name}"), "")?;
-        rest.push(t.elapsed());
+        rest.push(rest_round(&d, &format!("r{i}"))?);
 
         let name = format!("c{i}");
         let t = Instant::now();

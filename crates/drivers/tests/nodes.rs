@@ -15,7 +15,7 @@ use ballast_core::model::{ConsumerKind, ConsumerRef, DriverKind, FsType, Pool, V
 use ballast_core::service::{Intent, IntentOp};
 use ballast_core::store::{MemStore, Store, StoreError, Txn};
 use ballast_core::testing::FakeHost;
-use ballast_core::{CreateVolume, ServiceConfig, ServiceParts, VolumeService};
+use ballast_core::{CreateVolume, ReconcileReport, ServiceConfig, ServiceParts, VolumeService};
 use ballast_drivers::{DirDriver, LoopDriver};
 use tempfile::TempDir;
 
@@ -51,11 +51,11 @@ impl Cluster {
         }
     }
 
-    /// Start a daemon on `node`: open, make its default pool, follow the
-    /// store.
-    fn start(&self, node: &Node) -> Arc<VolumeService> {
+    /// Open a service on `node`, as a daemon's start does before it serves:
+    /// load and reconcile, nothing more.
+    fn open(&self, node: &Node) -> (VolumeService, ReconcileReport) {
         let host: Arc<dyn Host> = node.host.clone();
-        let (svc, _) = VolumeService::open(ServiceParts {
+        VolumeService::open(ServiceParts {
             store: self.store.clone(),
             host: host.clone(),
             drivers: vec![
@@ -71,7 +71,13 @@ impl Cluster {
             },
             failpoints: Failpoints::none(),
         })
-        .expect("open");
+        .expect("open")
+    }
+
+    /// Start a daemon on `node`: open, make its default pool, follow the
+    /// store.
+    fn start(&self, node: &Node) -> Arc<VolumeService> {
+        let (svc, _) = self.open(node);
         let svc = Arc::new(svc);
         let pool = svc.default_pool_name();
         svc.ensure_pool(Pool::new(
@@ -189,23 +195,7 @@ fn a_node_with_another_boot_never_clears_a_mount_of_another_node() {
     let b = c.start(&nb);
     drop(b);
     nb.host.reboot("boot-of-node-b-2");
-    let (b, report) = {
-        let host: Arc<dyn Host> = nb.host.clone();
-        VolumeService::open(ServiceParts {
-            store: c.store.clone(),
-            host: host.clone(),
-            drivers: vec![Arc::new(LoopDriver::new(host))],
-            config: ServiceConfig {
-                mounts_dir: nb.dir.join("mounts"),
-                pools_dir: nb.dir.join("pools"),
-                default_size: 64 * MIB,
-                default_fs: FsType::Ext4,
-                node_id: "node-b".into(),
-            },
-            failpoints: Failpoints::none(),
-        })
-        .unwrap()
-    };
+    let (b, report) = c.open(&nb);
     assert!(report.rebooted);
     assert!(report.lost_mounts.is_empty(), "{report:?}");
     // The store still has node-a's attachment, and node-b shows it.
@@ -527,21 +517,7 @@ fn a_watch_that_fell_behind_a_compaction_reloads_and_misses_nothing() {
     create(&a, "stays");
     // node-b loads now, but its watch starts only after node-a changed
     // things and the store compacted what node-b would have needed.
-    let host: Arc<dyn Host> = nb.host.clone();
-    let (b, _) = VolumeService::open(ServiceParts {
-        store: c.store.clone(),
-        host: host.clone(),
-        drivers: vec![Arc::new(LoopDriver::new(host))],
-        config: ServiceConfig {
-            mounts_dir: nb.dir.join("mounts"),
-            pools_dir: nb.dir.join("pools"),
-            default_size: 64 * MIB,
-            default_fs: FsType::Ext4,
-            node_id: "node-b".into(),
-        },
-        failpoints: Failpoints::none(),
-    })
-    .unwrap();
+    let (b, _) = c.open(&nb);
     assert!(b.get_volume("gone-later").is_ok());
     a.delete_volume("gone-later", false).unwrap();
     create(&a, "new");
