@@ -105,9 +105,19 @@ pub enum VolumeCmd {
         /// Filesystem: ext4 or xfs
         #[arg(long)]
         fs: Option<String>,
-        /// Pool [default: default]
+        /// Pool (it decides the node) [default: the chosen node's default pool]
         #[arg(long)]
         pool: Option<String>,
+        /// Node to place it on [default: the controller picks a ready node
+        /// with room]
+        #[arg(long)]
+        node: Option<String>,
+        /// Only on nodes with these labels: KEY=VALUE[,KEY=VALUE...]
+        #[arg(long)]
+        selector: Option<String>,
+        /// Spread over the values of this node label (e.g. zone)
+        #[arg(long)]
+        spread: Option<String>,
         /// Label KEY=VALUE (repeatable)
         #[arg(long = "label")]
         labels: Vec<String>,
@@ -266,6 +276,9 @@ fn volume(c: &Client, output: Output, cmd: &VolumeCmd) -> anyhow::Result<()> {
             size,
             fs,
             pool,
+            node,
+            selector,
+            spread,
             labels,
             from_snapshot,
             from_volume,
@@ -276,9 +289,10 @@ fn volume(c: &Client, output: Output, cmd: &VolumeCmd) -> anyhow::Result<()> {
                 let (k, v) = parse_label(l)?;
                 map.insert(k, v);
             }
+            let selector = ballast_core::nodes::parse_selector(selector.as_deref().unwrap_or(""))?;
             let body = json!({"name": name, "size": size, "fs": fs, "pool": pool, "labels": map,
                 "from_snapshot": from_snapshot, "from_volume": from_volume,
-                "autogrow": autogrow});
+                "autogrow": autogrow, "node": node, "selector": selector, "spread": spread});
             let v: VolumeView = match from_snapshot.as_ref().or(from_volume.as_ref()) {
                 Some(src) => with_progress(
                     c,

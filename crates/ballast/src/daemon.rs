@@ -382,17 +382,32 @@ async fn run(config: Config, api_socket: Option<PathBuf>, dirs: &Dirs) -> anyhow
         )));
     }
     // The node's record: who it is, where it answers, what its pools hold.
-    service
-        .start_heartbeat(
-            ballast_core::nodes::NodeInfo {
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                address,
-                labels: config.node_labels.clone(),
-            },
-            config.node_ttl,
-            config.node_ttl.max(std::time::Duration::from_secs(10)),
-        )
-        .context("starting the node heartbeat")?;
+    // The instance file names this process to its successor (this state
+    // directory is ours alone: its lock is held).
+    let instance_file = state_dir.join("node.instance");
+    let previous_instance = std::fs::read_to_string(&instance_file)
+        .ok()
+        .map(|s| s.trim().to_string());
+    let instance = uuid::Uuid::new_v4().simple().to_string();
+    std::fs::write(&instance_file, format!("{instance}\n"))
+        .with_context(|| format!("writing {}", instance_file.display()))?;
+    let beat = service.clone();
+    let info = ballast_core::nodes::NodeInfo {
+        instance,
+        previous_instance,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        address,
+        labels: config.node_labels.clone(),
+    };
+    let ttl = config.node_ttl;
+    tokio::task::spawn_blocking(move || {
+        beat.start_heartbeat(info, ttl, ttl.max(std::time::Duration::from_secs(10)))
+    })
+    .await?
+    .context("registering this node")?;
+    // Places creates while this node is the controller; does the work other
+    // nodes ask of this one.
+    service.start_agent().context("starting the node agent")?;
     if let Some(sock) = &config.docker_socket {
         let plugin = listen::bind_unix(sock, 0o600).await?;
         // A stale plugin socket stalls `docker volume ls` until it times out.

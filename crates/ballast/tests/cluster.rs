@@ -73,7 +73,8 @@ fn churn(d: &Daemon, me: &str, stop: &AtomicBool) -> usize {
     let mut rounds = 0;
     while !stop.load(Ordering::Relaxed) {
         let v = format!("{me}-churn-{rounds}");
-        d.ok(&["volume", "create", &v, "--size", "16M"]);
+        let here = format!("node-{me}");
+        d.ok(&["volume", "create", &v, "--size", "16M", "--node", &here]);
         let mp = PathBuf::from(d.ok(&["volume", "mount", &v, "--id", "w"]).trim());
         std::fs::write(mp.join("data"), format!("{v} was here")).unwrap();
         d.ok(&["volume", "snapshot", &v, &format!("{v}-snap")]);
@@ -96,7 +97,16 @@ fn two_daemons_on_one_etcd_work_side_by_side_and_never_touch_each_other() {
 
     // A volume on each node that stays mounted throughout, with data.
     for (d, me) in [(&a, "a"), (&b, "b")] {
-        d.ok(&["volume", "create", &format!("{me}-keep"), "--size", "32M"]);
+        let here = format!("node-{me}");
+        d.ok(&[
+            "volume",
+            "create",
+            &format!("{me}-keep"),
+            "--size",
+            "32M",
+            "--node",
+            &here,
+        ]);
         let mp = PathBuf::from(
             d.ok(&["volume", "mount", &format!("{me}-keep"), "--id", "app"])
                 .trim(),
@@ -178,6 +188,7 @@ fn two_daemons_on_one_etcd_work_side_by_side_and_never_touch_each_other() {
 /// nothing.
 fn crash_and_settle(crashed: &mut Daemon, other: &Daemon, me: &str, other_keep: &PathBuf) {
     let other_id = if me == "a" { "b" } else { "a" };
+    let here = format!("node-{me}");
     let v = format!("{me}-crash");
     let snap = format!("{v}-snap");
     let mut crashes = 0;
@@ -186,7 +197,11 @@ fn crash_and_settle(crashed: &mut Daemon, other: &Daemon, me: &str, other_keep: 
         // What must exist before the command, the command, and what the
         // restart must have made of it.
         let (setup, cmd, want): (&[&str], Vec<&str>, Option<&str>) = match op {
-            "create" => (&[], vec!["volume", "create", &v, "--size", "16M"], None),
+            "create" => (
+                &[],
+                vec!["volume", "create", &v, "--size", "16M", "--node", &here],
+                None,
+            ),
             "stage" => (
                 &["create"],
                 vec!["volume", "mount", &v, "--id", "c"],
@@ -216,7 +231,7 @@ fn crash_and_settle(crashed: &mut Daemon, other: &Daemon, me: &str, other_keep: 
         };
         for step in setup {
             match *step {
-                "create" => crashed.ok(&["volume", "create", &v, "--size", "16M"]),
+                "create" => crashed.ok(&["volume", "create", &v, "--size", "16M", "--node", &here]),
                 _ => crashed.ok(&["volume", "mount", &v, "--id", "c"]),
             };
         }
@@ -387,7 +402,9 @@ fn nodes_are_listed_ready_and_a_killed_one_turns_unreachable_until_it_returns() 
     };
     let a = with("node-a", "z1");
     let mut b = with("node-b", "z2");
-    b.ok(&["volume", "create", "on-b", "--size", "16M"]);
+    b.ok(&[
+        "volume", "create", "on-b", "--size", "16M", "--node", "node-b",
+    ]);
     let ready = |d: &Daemon| {
         nodes(d)
             == [
@@ -447,8 +464,14 @@ fn nodes_are_listed_ready_and_a_killed_one_turns_unreachable_until_it_returns() 
     eventually("node-b sees itself cordoned", || {
         b.json(&["node", "inspect", "node-b"])["cordoned"] == true
     });
-    let err = b.fails(&["volume", "create", "refused", "--size", "16M"]);
+    let err = b.fails(&[
+        "volume", "create", "refused", "--size", "16M", "--node", "node-b",
+    ]);
     assert!(err.contains("cordoned"), "{err}");
+    // Without a node named, the controller places it on the other one.
+    let placed = b.json(&["volume", "create", "placed", "--size", "16M"]);
+    assert_eq!(placed["node"], "node-a", "{placed}");
+    b.ok(&["volume", "rm", "placed"]);
     assert_eq!(
         offered(&a, &[]),
         ["node-a/default"],
@@ -457,9 +480,11 @@ fn nodes_are_listed_ready_and_a_killed_one_turns_unreachable_until_it_returns() 
     assert!(!listing(&b).contains_key("refused"));
     a.ok(&["node", "uncordon", "node-b"]);
     eventually("node-b takes volumes again", || {
-        b.cli(&["volume", "create", "taken", "--size", "16M"])
-            .status
-            .success()
+        b.cli(&[
+            "volume", "create", "taken", "--size", "16M", "--node", "node-b",
+        ])
+        .status
+        .success()
     });
     b.ok(&["volume", "rm", "taken"]);
 

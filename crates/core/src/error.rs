@@ -41,6 +41,12 @@ pub enum Error {
         name: String,
         node: String,
     },
+    /// No ready node matching the placement can take the volume.
+    #[error("no node can take volume {volume:?}: {reasons}")]
+    Unplaceable { volume: String, reasons: String },
+    /// Another node did the work and answered with this error.
+    #[error("node {}: {}", .0.node, .0.message)]
+    Remote(crate::desired::RemoteError),
     /// Another operation holds the volume (only from the non-waiting calls).
     #[error("volume {name:?} has an operation in flight; retry")]
     Conflict { name: String },
@@ -82,6 +88,16 @@ impl Error {
             Error::Capacity { .. } => "capacity",
             Error::Conflict { .. } => "conflict",
             Error::OtherNode { .. } => "other_node",
+            Error::Unplaceable { .. } => "unplaceable",
+            Error::Remote(r) => match r.class {
+                crate::desired::ErrorClass::InvalidArgument => "invalid_argument",
+                crate::desired::ErrorClass::NotFound => "not_found",
+                crate::desired::ErrorClass::AlreadyExists => "already_exists",
+                crate::desired::ErrorClass::FailedPrecondition => "failed_precondition",
+                crate::desired::ErrorClass::Capacity => "capacity",
+                crate::desired::ErrorClass::Unavailable => "unavailable",
+                crate::desired::ErrorClass::Failed => "failed",
+            },
             Error::Unavailable(_) => "unavailable",
             Error::NoSpace(_) => "no_space",
             Error::Driver(_) => "driver",

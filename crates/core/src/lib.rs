@@ -6,6 +6,7 @@
 //! `VolumeService` and hold no volume logic of their own.
 
 pub mod claims;
+pub mod desired;
 pub mod driver;
 pub mod error;
 pub mod events;

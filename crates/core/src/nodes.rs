@@ -78,6 +78,10 @@ pub struct NodeRecord {
     /// From the config: zone, rack, ...
     pub labels: BTreeMap<String, String>,
     pub started_at: DateTime<Utc>,
+    /// This daemon process (made at each start): a second daemon with the
+    /// same node id tells a live holder from its own dead predecessor by it.
+    #[serde(default)]
+    pub instance: String,
     /// When this record was last written (capacity is as of then).
     pub updated_at: DateTime<Utc>,
     pub pools: Vec<NodePool>,
@@ -160,6 +164,11 @@ pub fn parse_selector(text: &str) -> Result<BTreeMap<String, String>, InvalidInp
 /// What the daemon tells its heartbeat about itself.
 #[derive(Debug, Clone, Default)]
 pub struct NodeInfo {
+    /// This process (see [`NodeRecord::instance`]).
+    pub instance: String,
+    /// The instance the previous daemon of this state directory wrote: a
+    /// record of it is a dead predecessor's, which this daemon replaces.
+    pub previous_instance: Option<String>,
     pub version: String,
     pub address: Option<String>,
     pub labels: BTreeMap<String, String>,
@@ -394,6 +403,7 @@ impl VolumeService {
             address: info.address.clone(),
             labels: info.labels.clone(),
             started_at,
+            instance: info.instance.clone(),
             updated_at: Utc::now(),
             pools,
         }
@@ -415,12 +425,16 @@ impl VolumeService {
     /// rewritten when its content changed, at most every `refresh`) for as
     /// long as the service lives. A lapsed lease (the store was cut off longer
     /// than `ttl`) is replaced by a new one.
+    ///
+    /// A node id whose record another live daemon keeps alive is refused
+    /// (after waiting out one `ttl`, in which a dead holder's lease lapses).
     pub fn start_heartbeat(
         self: &Arc<Self>,
         info: NodeInfo,
         ttl: Duration,
         refresh: Duration,
-    ) -> std::io::Result<()> {
+    ) -> Result<()> {
+        self.check_node_id_free(&info, ttl)?;
         let mut beat = Heartbeat {
             info,
             ttl,
@@ -435,6 +449,47 @@ impl VolumeService {
             .name("node-heartbeat".into())
             .spawn(move || beat.run(weak))
             .map(|_| ())
+            .map_err(|e| Error::Internal(format!("cannot start the node heartbeat: {e}")))
+    }
+
+    /// Wait (at most `ttl` and a second) for a record of this node id that
+    /// is not our predecessor's to lapse; refuse to start if it does not.
+    fn check_node_id_free(&self, info: &NodeInfo, ttl: Duration) -> Result<()> {
+        let me = &self.config.node_id;
+        let key = node_key(me);
+        let deadline = Instant::now() + ttl + Duration::from_secs(1);
+        let mut logged = false;
+        loop {
+            let held = match self.store.get_kv(&key) {
+                Ok(Some(kv)) => serde_json::from_slice::<NodeRecord>(&kv.value).ok(),
+                Ok(None) => None,
+                // The heartbeat retries registering; nothing to judge now.
+                Err(e) if e.is_retryable() => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            let Some(rec) = held else { return Ok(()) };
+            if info.previous_instance.as_deref() == Some(rec.instance.as_str())
+                && !rec.instance.is_empty()
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Busy {
+                    kind: "node",
+                    name: me.clone(),
+                    detail: format!(
+                        "a live daemon holds this node id (started {}, answering at {}); give this one another --node-id",
+                        rec.started_at.to_rfc3339(),
+                        rec.address.as_deref().unwrap_or("no TCP address"),
+                    ),
+                });
+            }
+            if !logged {
+                tracing::warn!(node = %me, "another daemon's record holds this node id; waiting for its lease to lapse");
+                logged = true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 

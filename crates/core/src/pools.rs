@@ -451,6 +451,33 @@ impl VolumeService {
     /// it holds exclusively now, measured here (never cached), so what its
     /// source's or its own writes have made its own counts at the next
     /// admission, never more than its size.
+    /// [`Self::pool_charges`] of another node's pool, from the records
+    /// alone: a copy-on-write item, which only its node can measure, is
+    /// charged nothing here.
+    pub(crate) fn pool_charges_without_measure(&self, pool: &Pool) -> (u64, u64) {
+        let reserved = self.reserved_in(&pool.name);
+        let mut provisioned = reserved;
+        let mut charged = reserved;
+        for v in self.volumes.read().values().filter(|v| v.pool == pool.name) {
+            provisioned = provisioned.saturating_add(v.size_bytes);
+            if !v.cow {
+                charged = charged.saturating_add(v.size_bytes);
+            }
+        }
+        for s in self
+            .snapshots
+            .read()
+            .values()
+            .filter(|s| s.pool == pool.name)
+        {
+            provisioned = provisioned.saturating_add(s.size_bytes);
+            if !s.cow {
+                charged = charged.saturating_add(s.size_bytes);
+            }
+        }
+        (provisioned, charged)
+    }
+
     pub(crate) fn pool_charges(&self, pool: &Pool) -> (u64, u64) {
         let mut provisioned = 0u64;
         let mut charged = 0u64;
@@ -477,6 +504,10 @@ impl VolumeService {
                 charged = charged.saturating_add(s.size_bytes);
             }
         }
+        // Creates the controller placed here that have no record yet.
+        let reserved = self.reserved_in(&pool.name);
+        provisioned = provisioned.saturating_add(reserved);
+        charged = charged.saturating_add(reserved);
         if cow_vols.is_empty() && cow_snaps.is_empty() {
             return (provisioned, charged);
         }

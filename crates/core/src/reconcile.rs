@@ -129,6 +129,10 @@ impl VolumeService {
             autogrow_at_max: Mutex::new(Default::default()),
             pool_watch: Default::default(),
             operations: Default::default(),
+            wants: RwLock::new(BTreeMap::new()),
+            want_signal: Default::default(),
+            want_workers: Mutex::new(Default::default()),
+            clustered: Default::default(),
         };
         svc.load_records(&range.kvs);
         std::fs::create_dir_all(&svc.config.mounts_dir)
@@ -280,6 +284,9 @@ impl VolumeService {
         let (forward, result) = match &intent.op {
             IntentOp::Create => {
                 self.undo_create(&pool, &before);
+                // Undone, not to be done again by the agent: the request
+                // that asked for it hears why.
+                self.fail_create_want(&name);
                 (false, Ok(()))
             }
             IntentOp::Stage { target, .. } => {

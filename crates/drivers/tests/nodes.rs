@@ -549,8 +549,8 @@ fn nodes_register_under_a_lease_and_a_dead_one_is_shown_unreachable() {
         svc.start_heartbeat(
             NodeInfo {
                 version: "test".into(),
-                address: None,
                 labels: [("zone".to_string(), zone.to_string())].into(),
+                ..NodeInfo::default()
             },
             ttl,
             Duration::from_millis(200),

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::wire;
+use ballast_core::desired::Placement;
 
 /// Body of `POST /v1/volumes`. Unknown fields are rejected by name.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -45,12 +46,34 @@ pub struct CreateVolumeBody {
     #[serde(default)]
     #[schema(schema_with = wire::s_opt_autogrow)]
     pub autogrow: Option<String>,
+    #[serde(default)]
+    #[schema(schema_with = wire::s_opt_node)]
+    pub node: Option<String>,
+    #[serde(default)]
+    #[schema(schema_with = wire::s_selector)]
+    pub selector: BTreeMap<String, String>,
+    #[serde(default)]
+    #[schema(schema_with = wire::s_opt_spread)]
+    pub spread: Option<String>,
 }
 
 impl CreateVolumeBody {
-    pub fn into_request(self) -> Result<CreateVolume, InvalidInput> {
+    pub fn into_request(self) -> Result<(CreateVolume, Placement), InvalidInput> {
         wire::check_name("volume", &self.name, MAX_NAME_LEN)?;
+        for (k, v) in &self.selector {
+            wire::check_label(k, v)?;
+        }
+        if let Some(k) = &self.spread {
+            wire::check_label(k, "")?;
+        }
+        let placement = Placement {
+            node: self.node.clone(),
+            selector: self.selector.clone(),
+            spread: self.spread.clone(),
+            ..Placement::default()
+        };
         for (what, n) in [
+            ("node", &self.node),
             ("pool", &self.pool),
             ("snapshot", &self.from_snapshot),
             ("volume", &self.from_volume),
@@ -84,7 +107,7 @@ impl CreateVolumeBody {
             .as_deref()
             .map(ballast_core::model::parse_autogrow)
             .transpose()?;
-        Ok(CreateVolume {
+        let req = CreateVolume {
             autogrow,
             source,
             name: self.name,
@@ -93,7 +116,8 @@ impl CreateVolumeBody {
             pool: self.pool,
             labels: self.labels,
             block: false,
-        })
+        };
+        Ok((req, placement))
     }
 }
 

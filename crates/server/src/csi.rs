@@ -23,6 +23,7 @@ use csi::volume_capability::AccessType;
 use tonic::{Request, Response, Status};
 
 use crate::run_blocking;
+use ballast_core::desired::{ErrorClass, Placement};
 
 /// The topology key of the node a volume lives on.
 pub const TOPOLOGY_KEY: &str = "topology.ballast/node";
@@ -45,6 +46,38 @@ pub fn status(e: Error) -> Status {
         Error::NoSpace(_) => Status::resource_exhausted(msg),
         Error::Driver(_) | Error::Internal(_) => Status::internal(msg),
         Error::Store(_) => Status::internal(msg),
+        // The CO places again elsewhere (external-provisioner reschedules).
+        Error::Unplaceable { .. } => Status::resource_exhausted(msg),
+        Error::Remote(r) => match r.class {
+            ErrorClass::InvalidArgument => Status::invalid_argument(msg),
+            ErrorClass::NotFound => Status::not_found(msg),
+            ErrorClass::AlreadyExists => Status::already_exists(msg),
+            ErrorClass::FailedPrecondition => Status::failed_precondition(msg),
+            ErrorClass::Capacity => Status::resource_exhausted(msg),
+            ErrorClass::Unavailable => Status::unavailable(msg),
+            ErrorClass::Failed => Status::internal(msg),
+        },
+    }
+}
+
+/// Where CreateVolume may place a volume: on the requisite topology's nodes
+/// (any, without one), the preferred ones first; with WaitForFirstConsumer
+/// the first preferred is the node the pod is scheduled to. A topology no
+/// ready node serves gets RESOURCE_EXHAUSTED, as the spec wants.
+fn placement_for(req: Option<&csi::TopologyRequirement>) -> Placement {
+    let node_of = |t: &csi::Topology| t.segments.get(TOPOLOGY_KEY).cloned();
+    let Some(req) = req else {
+        return Placement::default();
+    };
+    let prefer: Vec<String> = req.preferred.iter().filter_map(node_of).collect();
+    let mut among: Vec<String> = req.requisite.iter().filter_map(node_of).collect();
+    if among.is_empty() {
+        among = prefer.clone();
+    }
+    Placement {
+        among,
+        prefer,
+        ..Placement::default()
     }
 }
 
@@ -332,13 +365,6 @@ impl CsiPlugin {
         self.service.get_volume(&name).map_err(status)
     }
 
-    /// Whether a topology (from a request) names this node.
-    fn is_here(&self, t: &csi::Topology) -> bool {
-        t.segments
-            .get(TOPOLOGY_KEY)
-            .is_none_or(|n| n == &self.node_id)
-    }
-
     /// The `volume_path` of NodeGetVolumeStats and NodeExpandVolume: the
     /// volume is looked up first, so an unknown volume, or one that is not
     /// at that path, is NOT_FOUND whatever the path looks like (a path the
@@ -503,14 +529,7 @@ impl csi::controller_server::Controller for CsiPlugin {
                 Some(CreateSource::Volume(self.name_of(&v.volume_id)?))
             }
         };
-        if let Some(req) = &r.accessibility_requirements {
-            if !req.requisite.is_empty() && !req.requisite.iter().any(|t| self.is_here(t)) {
-                return Err(Status::resource_exhausted(format!(
-                    "no pool on the requisite topology (this plugin serves node {})",
-                    self.node_id
-                )));
-            }
-        }
+        let placement = placement_for(r.accessibility_requirements.as_ref());
         let (fs, block) = match access {
             Access::Block => {
                 if param_fs.is_some() {
@@ -572,7 +591,7 @@ impl csi::controller_server::Controller for CsiPlugin {
             autogrow: None,
         };
         let vol = self
-            .call(move |s| s.create_volume_with(req, Wait::Fail))
+            .call(move |s| s.create_volume_placed(req, placement, Wait::Fail))
             .await?;
         Ok(Response::new(csi::CreateVolumeResponse {
             volume: Some(self.csi_volume_from(&vol, r.volume_content_source)),
@@ -592,7 +611,7 @@ impl csi::controller_server::Controller for CsiPlugin {
             Err(_) => return Ok(Response::new(csi::DeleteVolumeResponse {})),
         };
         match self
-            .call(move |s| s.delete_volume_with(&id, false, Wait::Fail))
+            .call(move |s| s.delete_volume_anywhere(&id, false, Wait::Fail))
             .await
         {
             Ok(()) => {}
@@ -696,10 +715,10 @@ impl csi::controller_server::Controller for CsiPlugin {
         request: Request<csi::GetCapacityRequest>,
     ) -> Result<Response<csi::GetCapacityResponse>, Status> {
         let r = request.into_inner();
-        let mut pool = self.service.default_pool_name();
+        let mut pool = None;
         for (k, v) in &r.parameters {
             match k.as_str() {
-                "pool" => pool = v.clone(),
+                "pool" => pool = Some(v.clone()),
                 "fs" | "fsType" => {
                     v.parse::<FsType>()
                         .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -715,25 +734,19 @@ impl csi::controller_server::Controller for CsiPlugin {
         for cap in &r.volume_capabilities {
             access(cap)?;
         }
-        if r.accessible_topology
+        // Per topology segment (one node), as Kubernetes' storage capacity
+        // tracking asks; without one, this node's.
+        let node = r
+            .accessible_topology
             .as_ref()
-            .is_some_and(|t| !self.is_here(t))
-        {
-            return Ok(Response::new(csi::GetCapacityResponse {
-                available_capacity: 0,
-                maximum_volume_size: Some(0),
-                minimum_volume_size: None,
-            }));
-        }
-        let cap = self
-            .call(move |s| {
-                let p = s.get_pool(&pool)?;
-                s.pool_capacity(&p)
-            })
+            .and_then(|t| t.segments.get(TOPOLOGY_KEY).cloned())
+            .unwrap_or_else(|| self.node_id.clone());
+        let available = self
+            .call(move |s| s.available_on(&node, pool.as_deref()))
             .await?;
         Ok(Response::new(csi::GetCapacityResponse {
-            available_capacity: i64_of(cap.available_bytes),
-            maximum_volume_size: Some(i64_of(cap.available_bytes)),
+            available_capacity: i64_of(available),
+            maximum_volume_size: Some(i64_of(available)),
             minimum_volume_size: Some(i64_of(ballast_core::model::EXT4_MIN_SIZE)),
         }))
     }
@@ -887,7 +900,7 @@ impl csi::controller_server::Controller for CsiPlugin {
         let size = size_for(Some(&range), vol.size_bytes, vol.size_bytes)?;
         let id = self.name_of(&r.volume_id)?;
         let vol = self
-            .call(move |s| s.resize_with(&id, size, Wait::Fail))
+            .call(move |s| s.resize_anywhere(&id, size, Wait::Fail))
             .await?;
         Ok(Response::new(csi::ControllerExpandVolumeResponse {
             capacity_bytes: i64_of(vol.size_bytes),

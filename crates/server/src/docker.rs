@@ -17,10 +17,11 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
+use ballast_core::desired::Placement;
 use ballast_core::model::{
     format_size, parse_size, ConsumerKind, ConsumerRef, FsType, InvalidInput, Volume,
 };
-use ballast_core::{CreateVolume, Error, VolumeService};
+use ballast_core::{CreateVolume, Error, VolumeService, Wait};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -79,6 +80,8 @@ fn docker_err(e: Error) -> Reply {
         | Error::NoSpace(_)
         | Error::Driver(_)
         | Error::Internal(_)
+        | Error::Unplaceable { .. }
+        | Error::Remote(_)
         | Error::Store(_) => e.to_string(),
     };
     Reply::err(message)
@@ -260,9 +263,13 @@ async fn create(State(st): State<PluginState>, body: Bytes) -> Reply {
         let name = require_name(&req)?;
         let create = create_request(name, &req.opts.unwrap_or_default())
             .map_err(|e| docker_err(e.into()))?;
-        run_blocking(&st.service, move |s| s.create_volume(create))
-            .await
-            .map_err(docker_err)?;
+        // A Docker volume is used where it is made: on this node.
+        run_blocking(&st.service, move |s| {
+            let here = Placement::on(s.node_id());
+            s.create_volume_placed(create, here, Wait::Block)
+        })
+        .await
+        .map_err(docker_err)?;
         Ok::<_, Reply>(Reply::ok(json!({})))
     };
     result.await.unwrap_or_else(|r| r)
@@ -271,9 +278,11 @@ async fn create(State(st): State<PluginState>, body: Bytes) -> Reply {
 async fn remove(State(st): State<PluginState>, body: Bytes) -> Reply {
     let result = async {
         let name = require_name(&parse_request(&body)?)?;
-        run_blocking(&st.service, move |s| s.delete_volume(&name, false))
-            .await
-            .map_err(docker_err)?;
+        run_blocking(&st.service, move |s| {
+            s.delete_volume_anywhere(&name, false, Wait::Block)
+        })
+        .await
+        .map_err(docker_err)?;
         Ok::<_, Reply>(Reply::ok(json!({})))
     };
     result.await.unwrap_or_else(|r| r)

@@ -2,6 +2,7 @@
 //! and back. It holds no volume logic; [`ApiError`] is the one mapping from
 //! the core's error to HTTP.
 
+use ballast_core::desired::ErrorClass;
 use std::sync::Arc;
 
 use axum::extract::{FromRequest, Path, Query, Request, State};
@@ -12,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use ballast_core::model::{ConsumerKind, ConsumerRef, InvalidInput};
 use ballast_core::nodes::{ClusterStatus, NodeView, Offer, OfferQuery};
-use ballast_core::{Error, VolumeService};
+use ballast_core::{Error, VolumeService, Wait};
 use serde::Deserialize;
 use utoipa::OpenApi;
 
@@ -75,6 +76,15 @@ impl From<Error> for ApiError {
             Error::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
             Error::Driver(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Unplaceable { .. } => StatusCode::CONFLICT,
+            Error::Remote(r) => match r.class {
+                ErrorClass::InvalidArgument => StatusCode::BAD_REQUEST,
+                ErrorClass::NotFound => StatusCode::NOT_FOUND,
+                ErrorClass::AlreadyExists | ErrorClass::FailedPrecondition => StatusCode::CONFLICT,
+                ErrorClass::Capacity => StatusCode::INSUFFICIENT_STORAGE,
+                ErrorClass::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                ErrorClass::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+            },
         };
         ApiError::new(status, e.code(), e.to_string())
     }
@@ -406,8 +416,11 @@ async fn create_volume(
     State(state): State<ApiState>,
     ApiJson(body): ApiJson<CreateVolumeBody>,
 ) -> Result<Json<VolumeView>, ApiError> {
-    let req = body.into_request()?;
-    let vol = blocking(&state, move |s| s.create_volume(req)).await?;
+    let (req, placement) = body.into_request()?;
+    let vol = blocking(&state, move |s| {
+        s.create_volume_placed(req, placement, Wait::Block)
+    })
+    .await?;
     Ok(Json(VolumeView::new(vol, None)))
 }
 
@@ -446,7 +459,10 @@ async fn delete_volume(
 ) -> Result<StatusCode, ApiError> {
     let Query(q) = query
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", e.body_text()))?;
-    blocking(&state, move |s| s.delete_volume(&name, q.force)).await?;
+    blocking(&state, move |s| {
+        s.delete_volume_anywhere(&name, q.force, Wait::Block)
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -495,7 +511,7 @@ async fn resize_volume(
     ApiJson(body): ApiJson<ResizeBody>,
 ) -> Result<Json<VolumeView>, ApiError> {
     let size = body.into_size()?;
-    let vol = blocking(&state, move |s| s.resize(&name, size)).await?;
+    let vol = blocking(&state, move |s| s.resize_anywhere(&name, size, Wait::Block)).await?;
     Ok(Json(VolumeView::new(vol, None)))
 }
 

@@ -359,6 +359,45 @@ pub fn s_opt_pool() -> RefOr<Schema> {
         true,
     ))
 }
+pub fn s_opt_node() -> RefOr<Schema> {
+    done(name_schema(
+        "Place the volume on this node [default: where the controller finds room].",
+        MAX_NAME_LEN,
+        true,
+    ))
+}
+pub fn s_selector() -> RefOr<Schema> {
+    done(
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property_names(Some(string(
+                &LABEL_KEY,
+                Some(1),
+                Some(MAX_ID_LEN),
+                false,
+                "",
+            )))
+            .additional_properties(Some(string(
+                &TEXT,
+                None,
+                Some(MAX_LABEL_VALUE_LEN),
+                false,
+                "",
+            )))
+            .description(Some(
+                "Node labels the volume's node must have, all of them.",
+            )),
+    )
+}
+pub fn s_opt_spread() -> RefOr<Schema> {
+    done(string(
+        &LABEL_KEY,
+        Some(1),
+        Some(MAX_ID_LEN),
+        true,
+        "Spread volumes over the values of this node label (zone, rack): the value with the fewest volumes first.",
+    ))
+}
 pub fn s_opt_snapshot() -> RefOr<Schema> {
     done(name_schema(
         "Copy the new volume from this snapshot (exclusive with from_volume).",

@@ -16,6 +16,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::*;
+use crate::desired::{Want, WANT_PREFIX};
 use crate::nodes::{CONTROLLER_KEY, NODE_CONF_PREFIX, NODE_PREFIX};
 use crate::store::{KeyValue, StoreError, WatchEvent};
 
@@ -165,9 +166,19 @@ impl VolumeService {
                 Some(s) => snaps.insert(name.to_string(), s),
                 None => snaps.remove(name),
             };
+        } else if let Some(name) = key.strip_prefix(WANT_PREFIX) {
+            {
+                let mut wants = self.wants.write();
+                match value.and_then(|b| decode::<Want>(key, b)) {
+                    Some(w) => wants.insert(name.to_string(), w),
+                    None => wants.remove(name),
+                };
+            }
+            self.want_signal.notify();
         } else if key == CONTROLLER_KEY {
             *self.controller.write() =
                 value.and_then(|b| decode::<crate::nodes::ControllerRecord>(key, b));
+            self.want_signal.notify();
         } else if let Some(id) = key.strip_prefix(NODE_CONF_PREFIX) {
             let mut confs = self.node_confs.write();
             match value.and_then(|b| decode::<crate::nodes::NodeConf>(key, b)) {
@@ -176,10 +187,14 @@ impl VolumeService {
             };
         } else if let Some(id) = key.strip_prefix(NODE_PREFIX) {
             let mut nodes = self.nodes.write();
-            match value.and_then(|b| decode::<crate::nodes::NodeRecord>(key, b)) {
-                Some(n) => nodes.insert(id.to_string(), n),
-                None => nodes.remove(id),
+            let gone_or_new = match value.and_then(|b| decode::<crate::nodes::NodeRecord>(key, b)) {
+                Some(n) => nodes.insert(id.to_string(), n).is_none(),
+                None => nodes.remove(id).is_some(),
             };
+            drop(nodes);
+            if gone_or_new {
+                self.want_signal.notify();
+            }
         }
     }
 
@@ -192,6 +207,7 @@ impl VolumeService {
         let mut nodes = BTreeMap::new();
         let mut confs = BTreeMap::new();
         let mut controller = None;
+        let mut wants = BTreeMap::new();
         let mut atts: BTreeMap<String, BTreeMap<String, Attachment>> = BTreeMap::new();
         let mut revs = HashMap::new();
         for kv in kvs {
@@ -218,6 +234,10 @@ impl VolumeService {
                 }
             } else if key == CONTROLLER_KEY {
                 controller = decode::<crate::nodes::ControllerRecord>(key, &kv.value);
+            } else if let Some(name) = key.strip_prefix(WANT_PREFIX) {
+                if let Some(w) = decode::<Want>(key, &kv.value) {
+                    wants.insert(name.to_string(), w);
+                }
             } else if let Some(id) = key.strip_prefix(NODE_CONF_PREFIX) {
                 if let Some(c) = decode::<crate::nodes::NodeConf>(key, &kv.value) {
                     confs.insert(id.to_string(), c);
@@ -243,6 +263,8 @@ impl VolumeService {
         *self.nodes.write() = nodes;
         *self.node_confs.write() = confs;
         *self.controller.write() = controller;
+        *self.wants.write() = wants;
+        self.want_signal.notify();
         *self.attachments.write() = atts;
         *self.volumes.write() = vols;
         *self.revs.lock() = revs;
@@ -294,6 +316,7 @@ fn is_record_key(key: &str) -> bool {
         NODE_PREFIX,
         NODE_CONF_PREFIX,
         CONTROLLER_KEY,
+        WANT_PREFIX,
     ]
     .iter()
     .any(|p| key.starts_with(p))

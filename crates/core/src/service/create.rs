@@ -22,6 +22,43 @@ impl VolumeService {
     }
 
     pub(crate) fn create_volume_op(&self, req: CreateVolume, wait: Wait) -> Result<Volume> {
+        self.create_admitted(req, wait, Admission::Check)
+    }
+
+    /// Do a create the controller placed on this node (want `want_key` at
+    /// revision `rev`): the placement reserved its room, and the first write
+    /// compares on the want, so a want moved elsewhere meanwhile is not done
+    /// here too.
+    pub(crate) fn create_volume_for_want(
+        &self,
+        req: CreateVolume,
+        want_key: &str,
+        rev: u64,
+    ) -> Result<Volume> {
+        let op = if req.source.is_some() {
+            Operation::Clone
+        } else {
+            Operation::Create
+        };
+        let driver = self.pool_driver_label(req.pool.as_deref());
+        self.timed(op, driver, || {
+            self.create_admitted(
+                req,
+                Wait::Block,
+                Admission::Placed {
+                    want_key: want_key.to_string(),
+                    rev,
+                },
+            )
+        })
+    }
+
+    fn create_admitted(
+        &self,
+        req: CreateVolume,
+        wait: Wait,
+        admission: Admission,
+    ) -> Result<Volume> {
         validate_name("volume", &req.name)?;
         for (k, v) in &req.labels {
             validate_label(k, v)?;
@@ -66,8 +103,6 @@ impl VolumeService {
         };
         let driver = self.driver(pool.driver)?;
         {
-            let _admit = self.admission.lock();
-            self.admit(&pool, size)?;
             let intent = Intent {
                 op: IntentOp::Create,
                 before: vol.clone(),
@@ -75,6 +110,16 @@ impl VolumeService {
                 owner: self.config.node_id.clone(),
             };
             let txn = Txn::new().require_absent(vol_key(&vol.name));
+            let (_admit, txn) = match &admission {
+                Admission::Check => {
+                    let g = self.admission.lock();
+                    self.admit(&pool, size)?;
+                    (Some(g), txn)
+                }
+                Admission::Placed { want_key, rev } => {
+                    (None, txn.require_revision(want_key.clone(), *rev))
+                }
+            };
             self.persist(
                 txn,
                 &vol.name,
@@ -385,6 +430,13 @@ impl VolumeService {
     }
 
     // ----- mount / unmount -------------------------------------------
+}
+
+/// Whether a create checks the pool's room itself or was placed (and its
+/// room reserved) by the controller.
+enum Admission {
+    Check,
+    Placed { want_key: String, rev: u64 },
 }
 
 /// Create of an existing name: the parameters given must match.

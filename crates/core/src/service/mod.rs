@@ -107,7 +107,7 @@ pub struct ServiceConfig {
 }
 
 /// A request to create a volume. Unset fields take the pool's defaults.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CreateVolume {
     pub name: String,
     pub size_bytes: Option<u64>,
@@ -265,6 +265,15 @@ pub struct VolumeService {
     pub(crate) pool_watch: crate::remediation::PoolWatches,
     /// Copies in flight and how far they have got.
     pub(crate) operations: Arc<crate::progress::Operations>,
+    /// `want/<volume>` records: work asked of some node (see
+    /// [`crate::desired`]).
+    pub(crate) wants: RwLock<BTreeMap<String, crate::desired::Want>>,
+    /// Bumped by every change of a want or of the live nodes.
+    pub(crate) want_signal: Arc<crate::desired::Signal>,
+    /// Ids of the wants this node's agent is working on.
+    pub(crate) want_workers: Mutex<std::collections::HashSet<String>>,
+    /// An agent runs (see [`VolumeService::is_clustered`]).
+    pub(crate) clustered: std::sync::atomic::AtomicBool,
 }
 
 mod autogrow;
@@ -279,6 +288,7 @@ mod snapshot;
 mod unpublish;
 
 pub(crate) use cache::stored_record;
+pub(crate) use create::check_same;
 pub(crate) use unpublish::remove_mountpoint;
 
 impl VolumeService {
