@@ -251,28 +251,7 @@ impl VolumeService {
         }
         self.precheck_placement(&req, &placement)?;
         let name = req.name.clone();
-        if self.is_controller() {
-            let admit = self.admission.lock();
-            let (node, pool, size) = self.choose(&req, &placement, None)?;
-            let mut req = req;
-            req.pool = Some(pool.name);
-            if node == self.config.node_id {
-                // Admitted again, under the lock, by the local create.
-                drop(admit);
-                return self.create_volume_with(req, wait);
-            }
-            let want = self.new_want(
-                WantOp::Create {
-                    req,
-                    placement,
-                    reserved_bytes: size,
-                },
-                Some(node),
-            );
-            self.submit_want(&name, &want)?;
-            drop(admit);
-            self.follow(&name, &want)?;
-        } else {
+        if !self.is_controller() {
             self.remote(
                 &name,
                 WantOp::Create {
@@ -282,8 +261,38 @@ impl VolumeService {
                 },
                 None,
             )?;
+            return self.get_volume(&name);
         }
-        self.get_volume(&name)
+        // A create placed here is admitted again by the local create; a
+        // concurrent one may have taken the last room meanwhile, and the
+        // next choice sees that.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let admit = self.admission.lock();
+            let (node, pool, size) = self.choose(&req, &placement, None)?;
+            let mut placed = req.clone();
+            placed.pool = Some(pool.name);
+            if node == self.config.node_id {
+                drop(admit);
+                match self.create_volume_with(placed, wait) {
+                    Err(Error::Capacity { .. }) if attempts < 3 && req.pool.is_none() => continue,
+                    r => return r,
+                }
+            }
+            let want = self.new_want(
+                WantOp::Create {
+                    req: placed,
+                    placement,
+                    reserved_bytes: size,
+                },
+                Some(node),
+            );
+            self.submit_want(&name, &want)?;
+            drop(admit);
+            self.follow(&name, &want)?;
+            return self.get_volume(&name);
+        }
     }
 
     /// Delete a volume wherever it lives.
@@ -338,9 +347,22 @@ impl VolumeService {
     }
 
     /// Write a want for another node (or the controller) and follow it.
+    ///
+    /// A node that is down gets the want all the same (it converges when it
+    /// returns), but the caller hears at once that it waits.
     fn remote(&self, name: &str, op: WantOp, node: Option<String>) -> Result<()> {
+        let down = node
+            .as_ref()
+            .filter(|n| !self.nodes.read().contains_key(n.as_str()))
+            .cloned();
+        let what = op.name();
         let want = self.new_want(op, node);
         self.submit_want(name, &want)?;
+        if let Some(n) = down {
+            return Err(Error::Unavailable(format!(
+                "node {n:?}, where volume {name:?} lives, is unreachable; the {what} is recorded and happens when it returns"
+            )));
+        }
         self.follow(name, &want)
     }
 

@@ -756,3 +756,330 @@ fn one_controller_is_elected_and_another_node_takes_over_when_it_dies() {
         survivor.cluster_status().unreachable == 1
     });
 }
+
+/// A daemon of a cluster: started, its pool's filesystem `room` bytes large
+/// (FakeHost's statvfs), registered under a short lease and running its
+/// agent (placement while it is the controller, work placed on it).
+fn member(c: &Cluster, node: &Node, zone: &str, room: u64) -> Arc<VolumeService> {
+    use ballast_core::host::FsStats;
+    use ballast_core::nodes::NodeInfo;
+    node.host.set_fs_stats(
+        &node.dir.join("pools"),
+        FsStats {
+            total_bytes: room,
+            free_bytes: room,
+            avail_bytes: room,
+            total_inodes: 1 << 20,
+            free_inodes: 1 << 20,
+        },
+    );
+    let svc = c.start(node);
+    svc.start_heartbeat(
+        NodeInfo {
+            instance: format!("{}-{}", node.id, uuid_ish()),
+            labels: [("zone".to_string(), zone.to_string())].into(),
+            ..NodeInfo::default()
+        },
+        Duration::from_millis(900),
+        Duration::from_millis(100),
+    )
+    .unwrap();
+    svc.start_agent().unwrap();
+    svc
+}
+
+fn uuid_ish() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn sized(name: &str, mib: u64) -> CreateVolume {
+    CreateVolume {
+        name: name.into(),
+        size_bytes: Some(mib * MIB),
+        ..CreateVolume::default()
+    }
+}
+
+/// Wait until every member sees all of them ready and one controller;
+/// returns the members that are not the controller.
+fn settled(members: &[&Arc<VolumeService>]) -> Vec<Arc<VolumeService>> {
+    eventually("all ready, one controller", || {
+        members.iter().all(|m| {
+            m.list_nodes().len() == members.len()
+                && m.cluster_status().ready == members.len()
+                && m.cluster_status().controller.is_some()
+        })
+    });
+    members
+        .iter()
+        .filter(|m| !m.is_controller())
+        .map(|m| Arc::clone(m))
+        .collect()
+}
+
+#[test]
+fn creates_from_any_node_are_placed_by_room_constraints_and_spread() {
+    use ballast_core::desired::{ErrorClass, Placement};
+    use ballast_core::nodes::parse_selector;
+    use ballast_core::Wait;
+    let c = Cluster::new();
+    let (na, nb, nc) = (c.node("node-a"), c.node("node-b"), c.node("node-c"));
+    let a = member(&c, &na, "z1", 1 << 30);
+    let b = member(&c, &nb, "z2", 2 << 30);
+    let cc = member(&c, &nc, "z2", 1536 * MIB);
+    let others = settled(&[&a, &b, &cc]);
+    let asker = &others[0];
+    let place = |svc: &VolumeService, req: CreateVolume, p: Placement| {
+        svc.create_volume_placed(req, p, Wait::Block)
+    };
+    // No constraint: the node with the most room, from a node that is not
+    // the controller; every node lists it on that node.
+    let v = place(asker, sized("roomy", 100), Placement::default()).unwrap();
+    assert_eq!(v.node.as_deref(), Some("node-b"));
+    for m in [&a, &b, &cc] {
+        eventually("listed everywhere", || {
+            m.get_volume("roomy")
+                .is_ok_and(|v| v.node.as_deref() == Some("node-b"))
+        });
+    }
+    // The same request again is the same volume.
+    let again = place(&a, sized("roomy", 100), Placement::default()).unwrap();
+    assert_eq!(again.id, v.id);
+    // A node named; a selector.
+    let on_c = place(asker, sized("on-c", 50), Placement::on("node-c")).unwrap();
+    assert_eq!(on_c.node.as_deref(), Some("node-c"));
+    let z1 = Placement {
+        selector: parse_selector("zone=z1").unwrap(),
+        ..Placement::default()
+    };
+    assert_eq!(
+        place(asker, sized("in-z1", 50), z1).unwrap().node.as_deref(),
+        Some("node-a")
+    );
+    // Errors that say why, and leave nothing.
+    let err = place(asker, sized("x1", 50), Placement::on("node-q")).unwrap_err();
+    assert!(matches!(err, Error::NotFound { kind: "node", .. }), "{err}");
+    let nowhere = Placement {
+        selector: parse_selector("zone=z9").unwrap(),
+        ..Placement::default()
+    };
+    let err = place(asker, sized("x2", 50), nowhere).unwrap_err();
+    assert!(
+        err.to_string().contains("does not match the selector"),
+        "{err}"
+    );
+    let err = place(asker, sized("x3", 1500), Placement::on("node-a")).unwrap_err();
+    assert_eq!(ErrorClass::from(&err), ErrorClass::Capacity, "{err}");
+    let err = place(asker, sized("x4", 3000), Placement::default()).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("no node can take") && text.contains("\"default\" cannot hold"),
+        "{text}"
+    );
+    b.set_cordon("node-c", true).unwrap();
+    eventually("cordon seen", || {
+        asker.get_node("node-c").is_ok_and(|n| n.cordoned)
+    });
+    let err = place(asker, sized("x5", 50), Placement::on("node-c")).unwrap_err();
+    assert!(err.to_string().contains("cordoned"), "{err}");
+    for m in [&a, &b, &cc] {
+        for x in ["x1", "x2", "x3", "x4", "x5"] {
+            assert!(m.get_volume(x).is_err(), "{x} exists");
+        }
+    }
+    b.set_cordon("node-c", false).unwrap();
+    eventually("uncordon seen", || {
+        [&a, &b, &cc]
+            .iter()
+            .all(|m| m.get_node("node-c").is_ok_and(|n| !n.cordoned))
+    });
+    // Spread over zones: z1 has one volume, z2 two; of four more spread,
+    // the first goes to z1, then ties go by room (node-b, z2): 2 and 2.
+    // Without the spread all four would go to node-b, the roomiest.
+    let spread = Placement {
+        spread: Some("zone".into()),
+        ..Placement::default()
+    };
+    let mut zones = std::collections::BTreeMap::new();
+    for i in 0..4 {
+        let v = place(asker, sized(&format!("s{i}"), 10), spread.clone()).unwrap();
+        let zone = if v.node.as_deref() == Some("node-a") {
+            "z1"
+        } else {
+            "z2"
+        };
+        *zones.entry(zone).or_insert(0) += 1;
+    }
+    assert_eq!(zones.get("z1"), Some(&2), "{zones:?}");
+    assert_eq!(zones.get("z2"), Some(&2), "{zones:?}");
+    // Work on another node's volume from here: grown and deleted by its
+    // agent.
+    let grown = asker.resize_anywhere("on-c", 80 * MIB, Wait::Block).unwrap();
+    assert_eq!(grown.size_bytes, 80 * MIB);
+    asker.delete_volume_anywhere("on-c", false, Wait::Block).unwrap();
+    for m in [&a, &b, &cc] {
+        eventually("deleted everywhere", || m.get_volume("on-c").is_err());
+    }
+    assert!(cc.list_volumes().iter().all(|v| v.name != "on-c"));
+}
+
+#[test]
+fn concurrent_creates_never_overfill_a_node() {
+    use ballast_core::desired::Placement;
+    use ballast_core::Wait;
+    let c = Cluster::new();
+    let (na, nb) = (c.node("node-a"), c.node("node-b"));
+    let a = member(&c, &na, "z1", 1 << 30);
+    let b = member(&c, &nb, "z1", 1 << 30);
+    let others = settled(&[&a, &b]);
+    // 30 creates of 100 MiB, half from each node, at once: 10 fit in each
+    // node's GiB, the rest are refused for want of room.
+    let made: Vec<Result<Volume, Error>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..30)
+            .map(|i| {
+                let svc = if i % 2 == 0 { &a } else { &b };
+                s.spawn(move || {
+                    svc.create_volume_placed(
+                        sized(&format!("c{i}"), 100),
+                        Placement::default(),
+                        Wait::Block,
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut per_node = std::collections::BTreeMap::new();
+    for r in &made {
+        match r {
+            Ok(v) => *per_node.entry(v.node.clone().unwrap()).or_insert(0) += 1,
+            Err(e) => assert!(
+                e.to_string().contains("cannot hold"),
+                "refused for another reason than room: {e}"
+            ),
+        }
+    }
+    assert_eq!(
+        per_node.values().sum::<usize>(),
+        20,
+        "{per_node:?} {made:?}"
+    );
+    for n in ["node-a", "node-b"] {
+        assert_eq!(per_node.get(n), Some(&10), "{per_node:?}");
+    }
+    // Each pool's own accounting agrees: nothing beyond what it can hold.
+    for svc in [&a, &b] {
+        let pool = svc.get_pool(&svc.default_pool_name()).unwrap();
+        let cap = svc.pool_capacity(&pool).unwrap();
+        assert!(cap.provisioned_bytes <= cap.capacity_bytes, "{cap:?}");
+    }
+    assert!(!others.is_empty());
+}
+
+#[test]
+fn work_for_a_node_that_is_down_waits_and_is_done_when_it_returns() {
+    use ballast_core::Wait;
+    let c = Cluster::new();
+    let (na, nb) = (c.node("node-a"), c.node("node-b"));
+    let a = member(&c, &na, "z1", 1 << 30);
+    let b = member(&c, &nb, "z1", 1 << 30);
+    settled(&[&a, &b]);
+    let v = b
+        .create_volume_placed(
+            sized("lives-on-b", 32),
+            ballast_core::desired::Placement::on("node-b"),
+            Wait::Block,
+        )
+        .unwrap();
+    assert_eq!(v.node.as_deref(), Some("node-b"));
+    eventually("a sees it", || a.get_volume("lives-on-b").is_ok());
+    // node-b goes (its lease lapses); a delete from node-a is recorded and
+    // answered at once as waiting.
+    drop(b);
+    eventually("node-b unreachable", || a.cluster_status().ready == 1);
+    let err = a
+        .delete_volume_anywhere("lives-on-b", false, Wait::Block)
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Unavailable(m) if m.contains("when it returns")),
+        "{err}"
+    );
+    assert!(a.get_volume("lives-on-b").is_ok());
+    // It returns and converges: the volume is gone, on both.
+    let b = member(&c, &nb, "z1", 1 << 30);
+    eventually("deleted on return", || {
+        b.get_volume("lives-on-b").is_err() && a.get_volume("lives-on-b").is_err()
+    });
+    assert_eq!(nb.host.loop_count(), 0);
+}
+
+#[test]
+fn a_create_placed_on_a_node_that_died_is_placed_again() {
+    use ballast_core::desired::{want_key, Placement, Want, WantOp};
+    let c = Cluster::new();
+    let (na, nb) = (c.node("node-a"), c.node("node-b"));
+    let a = member(&c, &na, "z1", 1 << 30);
+    let b = member(&c, &nb, "z1", 1 << 30);
+    settled(&[&a, &b]);
+    // A placement on node-x, which died before it started the work.
+    let want = Want {
+        id: "w1".into(),
+        requester: "node-x".into(),
+        requested_at: chrono::Utc::now(),
+        op: WantOp::Create {
+            req: CreateVolume {
+                pool: Some("default-node-x".into()),
+                ..sized("stranded", 32)
+            },
+            placement: Placement::default(),
+            reserved_bytes: 32 * MIB,
+        },
+        node: Some("node-x".into()),
+        failed: None,
+    };
+    c.store
+        .commit(Txn::new().put(want_key("stranded"), serde_json::to_vec(&want).unwrap()))
+        .unwrap();
+    eventually("placed again and made on a live node", || {
+        a.get_volume("stranded").is_ok_and(|v| {
+            matches!(v.node.as_deref(), Some("node-a" | "node-b"))
+                && v.state == ballast_core::model::VolumeState::Available
+        })
+    });
+    eventually("the want is gone", || {
+        c.store.get_kv(&want_key("stranded")).unwrap().is_none()
+    });
+}
+
+#[test]
+fn a_node_id_kept_alive_by_another_daemon_is_refused() {
+    use ballast_core::nodes::NodeInfo;
+    let c = Cluster::new();
+    let na = c.node("node-a");
+    let first = c.start(&na);
+    let info = |instance: &str, previous: Option<&str>| NodeInfo {
+        instance: instance.into(),
+        previous_instance: previous.map(str::to_string),
+        ..NodeInfo::default()
+    };
+    let ttl = Duration::from_millis(600);
+    first
+        .start_heartbeat(info("one", None), ttl, Duration::from_millis(100))
+        .unwrap();
+    // A second daemon with the same id (another state directory) waits out
+    // one TTL, sees the record still kept alive, and refuses.
+    let second = Arc::new(c.open(&c.node("node-a")).0);
+    let err = second
+        .start_heartbeat(info("two", None), ttl, Duration::from_millis(100))
+        .unwrap_err();
+    assert!(err.to_string().contains("live daemon"), "{err}");
+    // The successor of the first daemon (its state directory names "one")
+    // takes over at once.
+    let successor = Arc::new(c.open(&na).0);
+    successor
+        .start_heartbeat(info("three", Some("one")), ttl, Duration::from_millis(100))
+        .unwrap();
+}
