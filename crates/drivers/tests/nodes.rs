@@ -636,6 +636,10 @@ fn a_cordoned_node_takes_no_new_volumes_and_keeps_what_it_has() {
     assert!(!a.get_node("node-a").unwrap().cordoned);
     create(&a, "new");
     // A cordon survives the node's restart (it is not under its lease).
+    // (node-b writes over what it has seen: the uncordon first.)
+    eventually("node-b sees the uncordon", || {
+        b.get_node("node-a").is_ok_and(|n| !n.cordoned)
+    });
     b.set_cordon("node-a", true).unwrap();
     drop(a);
     let a = c.start(&na);

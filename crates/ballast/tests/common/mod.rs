@@ -5,6 +5,7 @@
 
 pub mod etcd;
 pub mod hung_fuse;
+pub mod netns;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -55,6 +56,9 @@ pub struct Daemon {
     pub args: Vec<String>,
     child: Option<Child>,
     starts: u32,
+    /// Multi-node tests: the network namespace (`/run/netns/X`) the daemon
+    /// runs in, entered with `nsenter --net` (None: the test's own).
+    netns: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -65,6 +69,29 @@ impl Daemon {
     }
 
     pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Self::start_inner(None, args, env)
+    }
+
+    // --- multi-node tests (tests/common/netns.rs) -------------------------
+
+    /// Start a daemon in the network namespace at `netns` (`/run/netns/X`),
+    /// through `nsenter --net`, so it shares the test's mount namespace (its
+    /// mounts are the test's to see) and the child's pid is the daemon's.
+    /// The API socket works across namespaces; the TCP listener does not
+    /// reach the test's namespace, so pass `--listen <host addr>:0` (else it
+    /// is the namespace's own 127.0.0.1:0).
+    pub fn start_in_netns(netns: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Self::start_inner(Some(netns.to_path_buf()), args, env)
+    }
+
+    /// The pid of the daemon process, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    // --- end of multi-node additions ---------------------------------------
+
+    fn start_inner(netns: Option<PathBuf>, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("ballast-test-")
             .tempdir_in("/var/tmp")
@@ -77,6 +104,7 @@ impl Daemon {
             args: args.iter().map(|s| s.to_string()).collect(),
             child: None,
             starts: 0,
+            netns,
         };
         d.spawn(env);
         d.wait_ready();
@@ -120,7 +148,11 @@ impl Daemon {
     fn spawn(&mut self, env: &[(&str, &str)]) {
         self.starts += 1;
         let log = std::fs::File::create(self.log_path()).unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match &self.netns {
+            // nsenter execs the daemon (no --fork): the child is the daemon.
+            Some(ns) => netns::nsenter_command(ns, &[BIN]),
+            None => Command::new(BIN),
+        };
         cmd.arg("serve")
             .arg("--state-dir")
             .arg(&self.state)
