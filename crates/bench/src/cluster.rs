@@ -22,7 +22,7 @@ use ballast_core::store::{Store, StoreError, Txn};
 
 use crate::{ms, rest_round, stats, Daemon};
 
-struct Etcd {
+pub(crate) struct Etcd {
     child: Child,
     port: u16,
 }
@@ -34,7 +34,7 @@ fn free_port() -> Result<u16> {
 }
 
 impl Etcd {
-    fn start(dir: &Path) -> Result<Etcd> {
+    pub(crate) fn start(dir: &Path) -> Result<Etcd> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir)?;
         let (port, peer) = (free_port()?, free_port()?);
@@ -65,7 +65,7 @@ impl Etcd {
         Ok(e)
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("etcd://127.0.0.1:{}", self.port)
     }
 }

@@ -19,6 +19,7 @@
 //! - `dashboard`: the web dashboard's first render at N volumes in headless
 //!   Chromium (see `dashboard.rs`).
 //! - `cluster`: the store on etcd against redb (see `cluster.rs`).
+//! - `placement`: creates placed across three nodes (see `placement.rs`).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -31,6 +32,7 @@ mod cluster;
 mod dashboard;
 mod loopcopy;
 mod metrics;
+mod placement;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -127,6 +129,14 @@ enum Cmd {
         #[arg(long, default_value = "1s")]
         ttl: String,
     },
+    /// Placement across three nodes: a create placed on another node vs
+    /// on the asking one; `volume ls` at many volumes over the three
+    Placement {
+        #[arg(long, default_value_t = 30)]
+        n: usize,
+        #[arg(long, default_value_t = 30_000)]
+        volumes: usize,
+    },
     /// Everything, with the defaults
     All,
 }
@@ -153,6 +163,7 @@ fn main() -> Result<()> {
             clients,
         } => cluster::cluster_bench(&args.dir, n, volumes, clients),
         Cmd::Failover { kills, ttl } => cluster::failover_bench(&args.dir, kills, &ttl),
+        Cmd::Placement { n, volumes } => placement::placement_bench(&args.dir, n, volumes),
         Cmd::All => {
             lifecycle(&args.dir, 30)?;
             scale(&args.dir, 10_000)?;
