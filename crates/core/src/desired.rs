@@ -120,7 +120,7 @@ pub struct Want {
 pub enum WantOp {
     /// `req.pool` is set once placed.
     Create {
-        req: CreateVolume,
+        req: Box<CreateVolume>,
         placement: Placement,
         /// The size the placement reserved in the pool.
         #[serde(default)]
@@ -238,7 +238,7 @@ impl VolumeService {
             self.remote(
                 &name,
                 WantOp::Create {
-                    req,
+                    req: Box::new(req),
                     placement,
                     reserved_bytes: 0,
                 },
@@ -255,7 +255,7 @@ impl VolumeService {
             self.remote(
                 &name,
                 WantOp::Create {
-                    req,
+                    req: Box::new(req),
                     placement,
                     reserved_bytes: 0,
                 },
@@ -282,7 +282,7 @@ impl VolumeService {
             }
             let want = self.new_want(
                 WantOp::Create {
-                    req: placed,
+                    req: Box::new(placed),
                     placement,
                     reserved_bytes: size,
                 },
@@ -848,7 +848,7 @@ impl VolumeService {
                 let rev = self.revs.lock().get(&key).map(|&(r, _)| r);
                 match rev {
                     Some(rev) => self
-                        .create_volume_for_want(req.clone(), &key, rev)
+                        .create_volume_for_want((**req).clone(), &key, rev)
                         .map(|_| ()),
                     None => return,
                 }

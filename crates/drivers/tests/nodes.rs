@@ -860,7 +860,10 @@ fn creates_from_any_node_are_placed_by_room_constraints_and_spread() {
         ..Placement::default()
     };
     assert_eq!(
-        place(asker, sized("in-z1", 50), z1).unwrap().node.as_deref(),
+        place(asker, sized("in-z1", 50), z1)
+            .unwrap()
+            .node
+            .as_deref(),
         Some("node-a")
     );
     // Errors that say why, and leave nothing.
@@ -921,9 +924,13 @@ fn creates_from_any_node_are_placed_by_room_constraints_and_spread() {
     assert_eq!(zones.get("z2"), Some(&2), "{zones:?}");
     // Work on another node's volume from here: grown and deleted by its
     // agent.
-    let grown = asker.resize_anywhere("on-c", 80 * MIB, Wait::Block).unwrap();
+    let grown = asker
+        .resize_anywhere("on-c", 80 * MIB, Wait::Block)
+        .unwrap();
     assert_eq!(grown.size_bytes, 80 * MIB);
-    asker.delete_volume_anywhere("on-c", false, Wait::Block).unwrap();
+    asker
+        .delete_volume_anywhere("on-c", false, Wait::Block)
+        .unwrap();
     for m in [&a, &b, &cc] {
         eventually("deleted everywhere", || m.get_volume("on-c").is_err());
     }
@@ -1034,10 +1041,10 @@ fn a_create_placed_on_a_node_that_died_is_placed_again() {
         requester: "node-x".into(),
         requested_at: chrono::Utc::now(),
         op: WantOp::Create {
-            req: CreateVolume {
+            req: Box::new(CreateVolume {
                 pool: Some("default-node-x".into()),
                 ..sized("stranded", 32)
-            },
+            }),
             placement: Placement::default(),
             reserved_bytes: 32 * MIB,
         },

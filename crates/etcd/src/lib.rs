@@ -31,6 +31,7 @@ mod watch;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,10 +72,31 @@ impl Drop for RuntimeGuard {
     }
 }
 
-/// What a call running on the runtime needs.
-pub(crate) struct Shared {
+/// One endpoint's client. Each endpoint has its own, and calls stick to
+/// one until it fails: etcd-client's balanced channel keeps sending calls
+/// to a dead member (tonic's balancer counts it ready), so half of all calls
+/// failed while one member of three was down.
+struct Conn {
     client: Client,
     kv: KvClient,
+}
+
+tokio::task_local! {
+    /// The endpoint one attempt of a call uses, and whether it failed before
+    /// its request left (then another endpoint may take it).
+    static ATTEMPT: Arc<Attempt>;
+}
+
+struct Attempt {
+    conn: usize,
+    unsent: AtomicBool,
+}
+
+/// What a call running on the runtime needs.
+pub(crate) struct Shared {
+    conns: Vec<Conn>,
+    /// The endpoint calls go to, until one fails there.
+    active: AtomicUsize,
     prefix: String,
     timeout: Duration,
     /// The endpoints, for messages ("127.0.0.1:2379,10.0.0.2:2379").
@@ -146,6 +168,9 @@ impl EtcdStore {
             .with_keep_alive(KEEPALIVE_INTERVAL, config.timeout)
             // etcd counts pings on a connection without streams as abuse.
             .with_keep_alive_while_idle(false)
+            // A member cut off from the quorum ends our watch ("no leader")
+            // instead of keeping it open and silent.
+            .with_require_leader(true)
             .with_tcp_keepalive(KEEPALIVE_INTERVAL);
         if let Some((user, password)) = &config.user {
             // etcd's simple tokens die with the etcd process; refresh them
@@ -161,16 +186,32 @@ impl EtcdStore {
         let timeout = config.timeout;
         let late = format!("etcd at {at} did not answer within {timeout:?}");
         let at2 = at.clone();
-        let client = deadline_call(&handle, timeout, late, async move {
-            Client::connect(endpoints, Some(options))
-                .await
-                .map_err(|e| map_error(&at2, "connecting", e))
+        // Clients connect lazily: one per endpoint costs nothing until used
+        // (with credentials, each fetches its token now; an endpoint that
+        // cannot is left out while another can).
+        let conns = deadline_call(&handle, timeout, late, async move {
+            let mut conns = Vec::new();
+            let mut first_error = None;
+            for e in &endpoints {
+                match Client::connect([e.as_str()], Some(options.clone())).await {
+                    Ok(client) => {
+                        let kv = client.kv_client().max_decoding_message_size(MAX_RESPONSE);
+                        conns.push(Conn { client, kv });
+                    }
+                    Err(err) => {
+                        first_error.get_or_insert(map_error(&at2, "connecting", err));
+                    }
+                }
+            }
+            match (conns.is_empty(), first_error) {
+                (true, Some(e)) => Err(e),
+                _ => Ok(conns),
+            }
         })?;
-        let kv = client.kv_client().max_decoding_message_size(MAX_RESPONSE);
         let store = EtcdStore {
             shared: Arc::new(Shared {
-                client,
-                kv,
+                conns,
+                active: AtomicUsize::new(0),
                 prefix: config.prefix.clone(),
                 timeout,
                 at,
@@ -188,12 +229,15 @@ impl EtcdStore {
     /// the prefix. Compacting at an already compacted revision is fine.
     pub fn compact(&self, revision: u64) -> Result<(), StoreError> {
         let s = self.shared.clone();
-        self.call("a compaction", async move {
-            let mut kv = s.kv.clone();
-            match kv.compact(to_etcd_rev(revision), None).await {
-                Ok(_) => Ok(()),
-                Err(e) if is_compacted(&e) => Ok(()),
-                Err(e) => Err(s.error("compacting", e)),
+        self.call("a compaction", true, move || {
+            let s = s.clone();
+            async move {
+                let mut kv = s.kv();
+                match kv.compact(to_etcd_rev(revision), None).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if is_compacted(&e) => Ok(()),
+                    Err(e) => Err(s.error("compacting", e)),
+                }
             }
         })
     }
@@ -205,31 +249,73 @@ impl EtcdStore {
 
     fn range_revision(&self) -> Result<u64, StoreError> {
         let s = self.shared.clone();
-        self.call("a read", async move {
-            let mut kv = s.kv.clone();
-            let resp = kv
-                .get(
-                    s.full(""),
-                    Some(GetOptions::new().with_prefix().with_count_only()),
-                )
-                .await
-                .map_err(|e| s.error("reading", e))?;
-            Ok(header_rev(resp.header()))
+        self.call("a read", true, move || {
+            let s = s.clone();
+            async move {
+                let mut kv = s.kv();
+                let resp = kv
+                    .get(
+                        s.full(""),
+                        Some(GetOptions::new().with_prefix().with_count_only()),
+                    )
+                    .await
+                    .map_err(|e| s.error("reading", e))?;
+                Ok(header_rev(resp.header()))
+            }
         })
     }
 
-    /// Run `fut` on the runtime and wait for it at most the deadline.
-    fn call<T, F>(&self, what: &str, fut: F) -> Result<T, StoreError>
+    /// Run the call `make` builds on the runtime and wait for it at most
+    /// the deadline. It goes to the active endpoint; one that fails before
+    /// the request left (refused, no leader) is set aside and the next
+    /// endpoint takes the call. A `retry_late` call (a read) that got no
+    /// answer in half the deadline is tried on the next endpoint too; a
+    /// write that got none may have landed, so it is not sent again.
+    fn call<T, F, Fut>(&self, what: &str, retry_late: bool, make: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
-        deadline_call(
-            &self.handle,
-            self.shared.timeout,
-            self.shared.late(what),
-            fut,
-        )
+        let s = self.shared.clone();
+        let late = self.shared.late(what);
+        let late2 = late.clone();
+        deadline_call(&self.handle, self.shared.timeout, late, async move {
+            let n = s.conns.len();
+            let per_try = if retry_late && n > 1 {
+                s.timeout / 2
+            } else {
+                s.timeout
+            };
+            let start = s.active.load(Ordering::Relaxed);
+            let mut last = None;
+            for k in 0..n {
+                let i = (start + k) % n;
+                let attempt = Arc::new(Attempt {
+                    conn: i,
+                    unsent: AtomicBool::new(false),
+                });
+                let r = tokio::time::timeout(per_try, ATTEMPT.scope(attempt.clone(), make())).await;
+                match r {
+                    Ok(Err(StoreError::Unavailable(m))) => {
+                        s.demote(i);
+                        if !attempt.unsent.load(Ordering::Relaxed) {
+                            return Err(StoreError::Unavailable(m));
+                        }
+                        last = Some(m);
+                    }
+                    Ok(r) => return r,
+                    Err(_) => {
+                        s.demote(i);
+                        if !retry_late {
+                            return Err(StoreError::Unavailable(late2));
+                        }
+                        last = Some(late2.clone());
+                    }
+                }
+            }
+            Err(StoreError::Unavailable(last.unwrap_or(late2)))
+        })
     }
 }
 
@@ -288,6 +374,40 @@ fn tls_options(tls: &EtcdTls) -> Result<etcd_client::TlsOptions, StoreError> {
 }
 
 impl Shared {
+    /// The endpoint of this attempt (outside a call: the active one).
+    fn conn(&self) -> &Conn {
+        let i = ATTEMPT
+            .try_with(|a| a.conn)
+            .unwrap_or_else(|_| self.active_index());
+        &self.conns[i % self.conns.len()]
+    }
+
+    pub(crate) fn active_index(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn kv(&self) -> KvClient {
+        self.conn().kv.clone()
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.conn().client
+    }
+
+    /// Endpoint `i` failed: the next one becomes active (unless another
+    /// call moved on already).
+    pub(crate) fn demote(&self, i: usize) {
+        let n = self.conns.len();
+        if n > 1
+            && self
+                .active
+                .compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(at = %self.at, endpoint = i, "etcd endpoint failed; using the next one");
+        }
+    }
+
     fn late(&self, what: &str) -> String {
         format!(
             "etcd at {} did not answer {what} within {:?}",
@@ -296,6 +416,9 @@ impl Shared {
     }
 
     fn error(&self, what: &str, e: etcd_client::Error) -> StoreError {
+        if is_unsent(&e) {
+            let _ = ATTEMPT.try_with(|a| a.unsent.store(true, Ordering::Relaxed));
+        }
         map_error(&self.at, what, e)
     }
 
@@ -382,7 +505,7 @@ impl Shared {
             .when(compares)
             .and_then(ops)
             .or_else(reread);
-        let mut kv = self.kv.clone();
+        let mut kv = self.kv();
         let resp = match kv.txn(request).await {
             Ok(resp) => resp,
             Err(e) if is_lease_not_found(&e) => return Err(self.dead_lease(&leases).await),
@@ -416,7 +539,7 @@ impl Shared {
     async fn dead_lease(&self, leases: &[LeaseId]) -> StoreError {
         let first = leases.first().copied().unwrap_or(0);
         if leases.len() > 1 {
-            let mut client = self.client.lease_client();
+            let mut client = self.client().lease_client();
             for &lease in leases {
                 let Ok(id) = to_etcd_lease(lease) else {
                     return StoreError::LeaseExpired(lease);
@@ -433,7 +556,7 @@ impl Shared {
 
     async fn lease_keepalive(self: Arc<Self>, lease: LeaseId) -> Result<(), StoreError> {
         let id = to_etcd_lease(lease)?;
-        let mut client = self.client.lease_client();
+        let mut client = self.client().lease_client();
         match client.keep_alive(id).await {
             Ok(_) => Ok(()),
             Err(e) if is_lease_not_found(&e) => Err(StoreError::LeaseExpired(lease)),
@@ -459,43 +582,54 @@ impl Store for EtcdStore {
     fn get_kv(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         let s = self.shared.clone();
         let key = s.full(key);
-        self.call("a read", async move {
-            let mut kv = s.kv.clone();
-            let resp = kv.get(key, None).await.map_err(|e| s.error("reading", e))?;
-            resp.kvs().first().map(|kv| s.to_kv(kv)).transpose()
+        self.call("a read", true, move || {
+            let s = s.clone();
+            let key = key.clone();
+            async move {
+                let mut kv = s.kv();
+                let resp = kv.get(key, None).await.map_err(|e| s.error("reading", e))?;
+                resp.kvs().first().map(|kv| s.to_kv(kv)).transpose()
+            }
         })
     }
 
     fn range(&self, prefix: &str) -> Result<Range, StoreError> {
         let s = self.shared.clone();
         let key = s.full(prefix);
-        self.call("a range read", async move {
-            let mut kv = s.kv.clone();
-            // etcd returns a range in key order, at the header's revision.
-            let resp = kv
-                .get(key, Some(GetOptions::new().with_prefix()))
-                .await
-                .map_err(|e| s.error("reading a range", e))?;
-            Ok(Range {
-                kvs: resp
-                    .kvs()
-                    .iter()
-                    .map(|kv| s.to_kv(kv))
-                    .collect::<Result<_, _>>()?,
-                revision: header_rev(resp.header()),
-            })
+        self.call("a range read", true, move || {
+            let s = s.clone();
+            let key = key.clone();
+            async move {
+                let mut kv = s.kv();
+                // etcd returns a range in key order, at the header's revision.
+                let resp = kv
+                    .get(key, Some(GetOptions::new().with_prefix()))
+                    .await
+                    .map_err(|e| s.error("reading a range", e))?;
+                Ok(Range {
+                    kvs: resp
+                        .kvs()
+                        .iter()
+                        .map(|kv| s.to_kv(kv))
+                        .collect::<Result<_, _>>()?,
+                    revision: header_rev(resp.header()),
+                })
+            }
         })
     }
 
     fn txn(&self, txn: Txn) -> Result<u64, StoreError> {
         let s = self.shared.clone();
-        self.call("a transaction", s.txn(txn))
+        self.call("a transaction", false, move || s.clone().txn(txn.clone()))
     }
 
     fn watch(&self, prefix: &str, after: u64) -> Result<Box<dyn Watch>, StoreError> {
         let s = self.shared.clone();
         let key = s.full(prefix);
-        let opened = self.call("a watch", watch::open(s.clone(), key.clone(), after))?;
+        let opened = self.call("a watch", true, {
+            let (s, key) = (s.clone(), key.clone());
+            move || watch::open(s.clone(), key.clone(), after)
+        })?;
         Ok(Box::new(watch::EtcdWatch::start(
             &self.handle,
             self.runtime.clone(),
@@ -509,41 +643,49 @@ impl Store for EtcdStore {
     fn lease_grant(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
         let s = self.shared.clone();
         let secs = ttl_seconds(ttl);
-        self.call("a lease grant", async move {
-            let mut client = s.client.lease_client();
-            let resp = client
-                .grant(secs, None)
-                .await
-                .map_err(|e| s.error("granting a lease", e))?;
-            if !resp.error().is_empty() {
-                return Err(StoreError::Io(format!(
-                    "etcd at {}: lease grant refused: {}",
-                    s.at,
-                    resp.error()
-                )));
+        self.call("a lease grant", false, move || {
+            let s = s.clone();
+            async move {
+                let mut client = s.client().lease_client();
+                let resp = client
+                    .grant(secs, None)
+                    .await
+                    .map_err(|e| s.error("granting a lease", e))?;
+                if !resp.error().is_empty() {
+                    return Err(StoreError::Io(format!(
+                        "etcd at {}: lease grant refused: {}",
+                        s.at,
+                        resp.error()
+                    )));
+                }
+                u64::try_from(resp.id())
+                    .map_err(|_| StoreError::Io(format!("etcd at {}: negative lease id", s.at)))
             }
-            u64::try_from(resp.id())
-                .map_err(|_| StoreError::Io(format!("etcd at {}: negative lease id", s.at)))
         })
     }
 
     fn lease_keepalive(&self, lease: LeaseId) -> Result<(), StoreError> {
         let s = self.shared.clone();
-        self.call("a lease keepalive", s.lease_keepalive(lease))
+        self.call("a lease keepalive", true, move || {
+            s.clone().lease_keepalive(lease)
+        })
     }
 
     fn lease_revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
         let s = self.shared.clone();
-        self.call("a lease revoke", async move {
-            let Ok(id) = to_etcd_lease(lease) else {
-                // No etcd lease has such an ID: it is unknown, so revoked.
-                return Ok(());
-            };
-            let mut client = s.client.lease_client();
-            match client.revoke(id).await {
-                Ok(_) => Ok(()),
-                Err(e) if is_lease_not_found(&e) => Ok(()),
-                Err(e) => Err(s.error("revoking a lease", e)),
+        self.call("a lease revoke", true, move || {
+            let s = s.clone();
+            async move {
+                let Ok(id) = to_etcd_lease(lease) else {
+                    // No etcd lease has such an ID: it is unknown, so revoked.
+                    return Ok(());
+                };
+                let mut client = s.client().lease_client();
+                match client.revoke(id).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if is_lease_not_found(&e) => Ok(()),
+                    Err(e) => Err(s.error("revoking a lease", e)),
+                }
             }
         })
     }
@@ -617,6 +759,20 @@ pub(crate) fn is_compacted(e: &etcd_client::Error) -> bool {
 /// The store error of a failed etcd call: whatever a retry may cure is
 /// [`StoreError::Unavailable`]; the rest (refused credentials, invalid
 /// requests) is [`StoreError::Io`].
+/// Whether a call failed before etcd could have applied it: no connection,
+/// or a member without a leader (which refuses before proposing).
+fn is_unsent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => {
+            let m = s.message();
+            s.code() == tonic::Code::Unavailable
+                && (m.contains("connect") || m.contains("no leader") || m.contains("refused"))
+        }
+        _ => false,
+    }
+}
+
 pub(crate) fn map_error(at: &str, what: &str, e: etcd_client::Error) -> StoreError {
     use tonic::Code;
     match e {

@@ -39,7 +39,7 @@ pub(crate) async fn open(
 ) -> Result<WatchStream, StoreError> {
     let start = crate::to_etcd_rev(after.saturating_add(1));
     let mut stream = open_stream(&s, &key, start).await?;
-    let mut kv = s.kv.clone();
+    let mut kv = s.kv();
     let probe = GetOptions::new()
         .with_prefix()
         .with_count_only()
@@ -81,7 +81,7 @@ fn is_future_revision(e: &etcd_client::Error) -> bool {
 
 /// Create the etcd watch and wait for etcd to confirm it.
 async fn open_stream(s: &Shared, key: &[u8], start: i64) -> Result<WatchStream, StoreError> {
-    let mut client = s.client.watch_client();
+    let mut client = s.client().watch_client();
     let options = WatchOptions::new().with_prefix().with_start_revision(start);
     let mut stream = client
         .watch(key.to_vec(), Some(options))
@@ -214,6 +214,7 @@ async fn pump(
             }
         };
         tracing::warn!(at = %s.at, next, "etcd watch broke ({why}); reopening");
+        s.demote(s.active_index());
         let notice = StoreError::Unavailable(format!(
             "etcd at {}: watch broke ({why}); it resumes from revision {next}",
             s.at
@@ -226,14 +227,19 @@ async fn pump(
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(s.timeout.max(FIRST_PAUSE));
             let start = crate::to_etcd_rev(next);
+            let conn = s.active_index();
             match tokio::time::timeout(s.timeout, open_stream(&s, &key, start)).await {
                 Ok(Ok(stream)) => break stream,
                 Ok(Err(e @ StoreError::Compacted { .. })) => {
                     let _ = tx.send(Err(e));
                     return;
                 }
-                // Still down: the reader was told already.
-                Ok(Err(_)) | Err(_) => continue,
+                // Still down there: try the next endpoint (the reader was
+                // told already).
+                Ok(Err(_)) | Err(_) => {
+                    s.demote(conn);
+                    continue;
+                }
             }
         };
         tracing::info!(at = %s.at, next, "etcd watch resumed");
