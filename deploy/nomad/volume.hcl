@@ -1,17 +1,15 @@
-# A ballast volume for Nomad: a 1 GiB xfs volume on client "node1".
+# A ballast volume for Nomad: a 1 GiB xfs volume on client node1 or node2,
+# node1 if it has room.
 #
 #   nomad volume create deploy/nomad/volume.hcl
 #
-# ballast volumes are node-local: the volume is made on the client named in
-# topology_request, and jobs using it are placed there. Nomad sends
-# CreateVolume to the plugin on any client, and ballast refuses one meant
-# for another node; on more than one client, create the volume on its node
-# and register it instead:
-#
-#   ballast volume create pgdata --size 1G --fs xfs      # on node1
-#   nomad volume register deploy/nomad/volume.hcl        # with external_id set
-#
-# (for register: set external_id = "pgdata", drop capacity_*.)
+# ballast volumes are node-local. Nomad may send CreateVolume to the plugin
+# on any client (ballast-csi.nomad.hcl); ballast places the volume on one of
+# the nodes topology_request requires, the preferred first, and answers with
+# that node as the volume's topology, so Nomad places the jobs using it on
+# that client. Without topology_request the volume goes to the node with
+# the most room. The segment values are client names (node.unique.name),
+# the plugin's node ids.
 id        = "pgdata"
 name      = "pgdata"
 type      = "csi"
@@ -29,16 +27,31 @@ mount_options {
   fs_type = "xfs"
 }
 
-# StorageClass-style parameters: pool and fs (ext4, xfs).
+# StorageClass-style parameters: fs (ext4, xfs) and pool. Without pool the
+# volume goes to the default pool of the node it is placed on; a named pool
+# is on one node, so naming one places the volume there.
 parameters {
-  pool = "default"
-  fs   = "xfs"
+  fs = "xfs"
 }
 
 topology_request {
+  # One of these.
   required {
     topology {
       # An object rather than a block: the key is not an identifier.
+      segments = {
+        "topology.ballast/node" = "node1"
+      }
+    }
+    topology {
+      segments = {
+        "topology.ballast/node" = "node2"
+      }
+    }
+  }
+  # This one first.
+  preferred {
+    topology {
       segments = {
         "topology.ballast/node" = "node1"
       }
