@@ -327,8 +327,15 @@ async fn run(config: Config, api_socket: Option<PathBuf>, dirs: &Dirs) -> anyhow
     let service = Arc::new(service);
     // Other daemons on a shared store (etcd) write records this one serves.
     service.follow_store().context("starting the store watch")?;
-    let default_pool = service.default_pool_name();
-    if service.get_pool(&default_pool).is_err() {
+    // Daemons starting together on a new store race for the name
+    // `default`: the loser's write conflicts, it re-reads, and its default
+    // pool is then `default-<node>`.
+    let mut attempts = 0;
+    loop {
+        let default_pool = service.default_pool_name();
+        if service.get_pool(&default_pool).is_ok() {
+            break;
+        }
         let driver = if let Some(d) = config.default_driver {
             d
         } else if host.loop_available() {
@@ -344,9 +351,15 @@ async fn run(config: Config, api_socket: Option<PathBuf>, dirs: &Dirs) -> anyhow
             config.overcommit_ratio,
         );
         let svc = service.clone();
-        tokio::task::spawn_blocking(move || svc.ensure_pool(pool))
-            .await?
-            .context("creating the default pool")?;
+        attempts += 1;
+        match tokio::task::spawn_blocking(move || svc.ensure_pool(pool)).await? {
+            Ok(_) => break,
+            Err(ballast_core::Error::Conflict { .. }) if attempts < 3 => {
+                tracing::info!(pool = %default_pool, "another node took the pool name; choosing again");
+                let _ = std::fs::remove_dir(state_dir.join("pools").join(&default_pool));
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("creating the default pool")),
+        }
     }
     let token = load_token(&state_dir)?;
     let state = ApiState {

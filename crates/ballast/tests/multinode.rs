@@ -476,3 +476,371 @@ fn losing_one_etcd_member_of_three_changes_nothing() {
     }
     c.finish();
 }
+
+/// The controller's node as `cluster status` on `d` names it.
+fn controller_on(d: &Daemon) -> Option<String> {
+    d.json(&["cluster", "status"])["controller"]["node"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// name -> (node, state) as `volume ls` on `d` shows it.
+fn volume_states(d: &Daemon) -> BTreeMap<String, (String, String)> {
+    d.json(&["volume", "ls"])
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap().to_string(),
+                (
+                    v["node"].as_str().unwrap_or("-").to_string(),
+                    v["state"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Run `per_thread` creates of 16M without a node on each of `threads`
+/// threads per node in `from`; returns (name, ok, output) per create.
+fn create_storm(
+    c: &Cluster,
+    from: &[&str],
+    threads: usize,
+    per_thread: usize,
+    tag: &str,
+    mid: impl FnOnce(),
+) -> Vec<(String, bool, String)> {
+    std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for h in from {
+            for t in 0..threads {
+                let d = c.node(h);
+                let h = *h;
+                handles.push(s.spawn(move || {
+                    (0..per_thread)
+                        .map(|i| {
+                            let name = format!("{tag}-{h}-{t}-{i}");
+                            let out = d.cli(&["volume", "create", &name, "--size", "16M"]);
+                            let text = String::from_utf8_lossy(&out.stderr).to_string();
+                            (name, out.status.success(), text)
+                        })
+                        .collect::<Vec<_>>()
+                }));
+            }
+        }
+        mid();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    })
+}
+
+/// Every node lists the same volumes, all settled, each node's images are
+/// exactly its volumes, and its pool's accounting holds them.
+fn assert_consistent(c: &Cluster) -> BTreeMap<String, (String, String)> {
+    let first = c.node("h1");
+    eventually("every node lists the same, settled volumes", || {
+        let seen = volume_states(first);
+        let settled = seen
+            .values()
+            .all(|(_, state)| state == "available" || state == "mounted");
+        let same = HOSTS.iter().all(|h| volume_states(c.node(h)) == seen);
+        (settled && same).then_some(()).ok_or(seen.len())
+    });
+    let seen = volume_states(first);
+    for h in HOSTS {
+        let d = c.node(h);
+        let mine: usize = seen.values().filter(|(n, _)| n == h).count();
+        let pool_name = own_pool(d, h);
+        let images = std::fs::read_dir(d.state.join("pools").join(&pool_name))
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".img"))
+                    .count()
+            })
+            .unwrap_or(0);
+        assert_eq!(images, mine, "{h}: images vs volumes placed there");
+        let pool = d.json(&["pool", "inspect", &pool_name]);
+        assert_eq!(
+            pool["provisioned_bytes"].as_u64().unwrap(),
+            mine as u64 * 16 * 1024 * 1024,
+            "{h}: {pool}"
+        );
+        assert!(
+            pool["provisioned_bytes"].as_u64() <= pool["capacity_bytes"].as_u64(),
+            "{h}: {pool}"
+        );
+    }
+    seen
+}
+
+/// Remove every volume from h1 (the other nodes' through their agents),
+/// then nothing is left anywhere.
+fn remove_all_and_finish(c: Cluster) {
+    let names: Vec<String> = volume_states(c.node("h1")).into_keys().collect();
+    for n in &names {
+        c.node("h1").ok(&["volume", "rm", n]);
+    }
+    eventually("every node lists nothing", || {
+        HOSTS
+            .iter()
+            .all(|h| volume_states(c.node(h)).is_empty())
+            .then_some(())
+            .ok_or(())
+    });
+    c.finish();
+}
+
+/// Issue 12's first acceptance line: 300 volumes created from the three
+/// nodes at once, without naming a node: each placed once, on the node the
+/// controller chose, within its pool, listed identically on every node.
+#[test]
+fn three_hundred_creates_from_three_nodes_are_placed_once_and_listed_alike() {
+    if !prerequisites("three_hundred_creates_from_three_nodes_are_placed_once_and_listed_alike") {
+        return;
+    }
+    let c = Cluster::start();
+    c.wait_nodes(&HOSTS, &all_ready(), "start");
+    let results = create_storm(&c, &HOSTS, 4, 25, "v", || {});
+    assert_eq!(results.len(), 300);
+    let failed: Vec<_> = results.iter().filter(|r| !r.1).collect();
+    assert!(failed.is_empty(), "creates failed: {failed:?}");
+    let seen = assert_consistent(&c);
+    assert_eq!(seen.len(), 300);
+    let mut per_node = BTreeMap::new();
+    for (node, _) in seen.values() {
+        *per_node.entry(node.clone()).or_insert(0) += 1;
+    }
+    eprintln!("placed per node: {per_node:?}");
+    // The most room first, and room shrinks with each placement: all three
+    // nodes take some.
+    assert_eq!(per_node.len(), 3, "{per_node:?}");
+    remove_all_and_finish(c);
+}
+
+/// The controller's daemon killed -9 in the middle of creates from the
+/// other two nodes: another node takes over; every create that was asked
+/// for ends created (once) or refused; nothing is left half-made.
+#[test]
+fn a_controller_killed_during_creates_loses_none_and_does_none_twice() {
+    if !prerequisites("a_controller_killed_during_creates_loses_none_and_does_none_twice") {
+        return;
+    }
+    let mut c = Cluster::start();
+    c.wait_nodes(&HOSTS, &all_ready(), "start");
+    let first = controller_on(c.node("h1")).expect("a controller");
+    let askers: Vec<&str> = HOSTS.iter().copied().filter(|h| *h != first).collect();
+    let killed_at = std::sync::Mutex::new(None);
+    let pid = c.node(&first).pid().expect("the controller runs");
+    let results = create_storm(&c, &askers, 2, 20, "k", || {
+        // Some creates are through; kill the controller in the middle.
+        eventually("creates under way", || {
+            (volume_nodes(c.node(askers[0])).len() >= 10)
+                .then_some(())
+                .ok_or(())
+        });
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        *killed_at.lock().unwrap() = Some(Instant::now());
+    });
+    let killed_at = killed_at.into_inner().unwrap().unwrap();
+    // A new controller among the survivors (the figure is measured by the
+    // failover bench; here it must only happen).
+    eventually("a new controller", || {
+        match controller_on(c.node(askers[0])) {
+            Some(n) if n != first => Ok(()),
+            other => Err(other),
+        }
+    });
+    eprintln!(
+        "new controller {:?} named {:?} after the kill",
+        controller_on(c.node(askers[0])),
+        killed_at.elapsed()
+    );
+    // The dead node returns; what was placed on it converges there.
+    c.node_mut(&first).kill9();
+    c.node_mut(&first).restart();
+    c.wait_nodes(&HOSTS, &all_ready(), "after the restart");
+    let seen = assert_consistent(&c);
+    for (name, ok, err) in &results {
+        if *ok {
+            assert!(seen.contains_key(name), "{name} was created but is gone");
+        } else {
+            // A refused create either never happened or goes on: never
+            // half, and its error says which.
+            eprintln!("{name}: {err}");
+            assert!(
+                err.contains("retry") || err.contains("goes on") || err.contains("unavailable"),
+                "{name}: unclear error {err}"
+            );
+        }
+    }
+    // None twice: each name at most once (a map), each volume with one
+    // image (assert_consistent), and no want left over.
+    assert!(seen.len() <= results.len());
+    remove_all_and_finish(c);
+}
+
+/// A node cut off for 20 s: the others show it unreachable and place new
+/// volumes elsewhere; its mounted volume keeps working locally; a delete of
+/// one of its volumes asked meanwhile waits; after the heal it converges.
+#[test]
+fn a_node_partitioned_for_twenty_seconds_keeps_working_locally_and_converges() {
+    if !prerequisites("a_node_partitioned_for_twenty_seconds_keeps_working_locally_and_converges") {
+        return;
+    }
+    let c = Cluster::start();
+    c.wait_nodes(&HOSTS, &all_ready(), "start");
+    let h3 = c.node("h3");
+    h3.ok(&["volume", "create", "busy", "--size", "16M", "--node", "h3"]);
+    h3.ok(&[
+        "volume", "create", "doomed", "--size", "16M", "--node", "h3",
+    ]);
+    let mp = std::path::PathBuf::from(h3.ok(&["volume", "mount", "busy", "--id", "app"]).trim());
+    c.wait_listed(&HOSTS, "doomed", "h3");
+
+    c.net.partition("h3");
+    let cut = Instant::now();
+    c.wait_nodes(
+        &["h1", "h2"],
+        &[("h1", "ready"), ("h2", "ready"), ("h3", "unreachable")],
+        "h3 cut off",
+    );
+    // New placements avoid it.
+    for i in 0..6 {
+        let v = c.node("h1").json(&[
+            "volume",
+            "create",
+            &format!("while-cut-{i}"),
+            "--size",
+            "16M",
+        ]);
+        assert_ne!(v["node"], "h3", "{v}");
+    }
+    // Naming it is refused, clearly.
+    let err = c.node("h2").fails(&[
+        "volume", "create", "on-cut", "--size", "16M", "--node", "h3",
+    ]);
+    assert!(err.contains("unreachable"), "{err}");
+    // A delete of its volume is recorded and waits for it.
+    let err = c.node("h1").fails(&["volume", "rm", "doomed"]);
+    assert!(err.contains("when it returns"), "{err}");
+    // Its mounted volume works locally all along.
+    let mut n = 0;
+    while cut.elapsed() < Duration::from_secs(20) {
+        let path = mp.join(format!("w{n}"));
+        std::fs::write(&path, format!("{n}")).unwrap();
+        std::fs::File::open(&path).unwrap().sync_all().unwrap();
+        n += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.net.heal("h3");
+    c.wait_nodes(&HOSTS, &all_ready(), "after the heal");
+    // It converges: the delete happened, the cut-time volumes are known.
+    for h in HOSTS {
+        let d = c.node(h);
+        eventually(&format!("{h} sees doomed gone"), || {
+            (!volume_nodes(d).contains_key("doomed"))
+                .then_some(())
+                .ok_or(())
+        });
+    }
+    c.wait_listed(
+        &HOSTS,
+        "while-cut-0",
+        &volume_nodes(c.node("h1"))["while-cut-0"],
+    );
+    for i in 0..n {
+        assert_eq!(
+            std::fs::read_to_string(mp.join(format!("w{i}"))).unwrap(),
+            i.to_string()
+        );
+    }
+    c.node("h3")
+        .ok(&["volume", "unmount", "busy", "--id", "app"]);
+    assert_consistent(&c);
+    remove_all_and_finish(c);
+}
+
+/// Claims acquired from the three nodes in one group: ordinals 1..N, each
+/// exactly once, and every node lists them alike.
+#[test]
+fn claims_from_three_nodes_get_each_ordinal_exactly_once() {
+    if !prerequisites("claims_from_three_nodes_get_each_ordinal_exactly_once") {
+        return;
+    }
+    let c = Cluster::start();
+    c.wait_nodes(&HOSTS, &all_ready(), "start");
+    let per_thread = 3;
+    let mut ordinals: Vec<u64> = std::thread::scope(|s| {
+        let handles: Vec<_> = HOSTS
+            .iter()
+            .flat_map(|h| (0..2).map(move |t| (*h, t)))
+            .map(|(h, t)| {
+                let d = c.node(h);
+                s.spawn(move || {
+                    (0..per_thread)
+                        .map(|_| {
+                            let holder = format!("{h}-{t}");
+                            let claim = d.json(&[
+                                "claim",
+                                "acquire",
+                                "es",
+                                "--volumes",
+                                "data",
+                                "--size",
+                                "16M",
+                                "--holder",
+                                &holder,
+                            ]);
+                            claim["ordinal"]
+                                .as_u64()
+                                .unwrap_or_else(|| panic!("{claim}"))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    ordinals.sort_unstable();
+    let want: Vec<u64> = (1..=(HOSTS.len() * 2 * per_thread) as u64).collect();
+    assert_eq!(ordinals, want, "each ordinal exactly once, lowest first");
+    let listed = |d: &Daemon| d.json(&["claim", "ls", "es"]).as_array().unwrap().len();
+    for h in HOSTS {
+        eventually(&format!("{h} lists every claim"), || {
+            (listed(c.node(h)) == want.len()).then_some(()).ok_or(())
+        });
+    }
+    for h in HOSTS {
+        let d = c.node(h);
+        for claim in d.json(&["claim", "ls", "es"]).as_array().unwrap() {
+            let claim = if claim.get("claim").is_some() {
+                &claim["claim"]
+            } else {
+                claim
+            };
+            let holder = claim["holder"].as_str().unwrap().to_string();
+            let ordinal = claim["ordinal"].as_u64().unwrap();
+            d.ok(&[
+                "claim",
+                "release",
+                "es",
+                &ordinal.to_string(),
+                "--holder",
+                &holder,
+            ]);
+        }
+        break;
+    }
+    remove_all_and_finish(c);
+}
