@@ -362,10 +362,7 @@ async fn run(config: Config, api_socket: Option<PathBuf>, dirs: &Dirs) -> anyhow
         }
     }
     let token = load_token(&state_dir)?;
-    let state = ApiState {
-        service: service.clone(),
-        token: Arc::new(token),
-    };
+    let state = ApiState::new(service.clone(), token);
     let router = rest::router(state);
     let api_sock = api_socket.unwrap_or_else(|| config.api_socket());
     let unix = listen::bind_unix(&api_sock, 0o600).await?;

@@ -30,7 +30,7 @@ use csi::identity_client::IdentityClient;
 use csi::node_client::NodeClient;
 use csi::volume_capability::access_mode::Mode;
 use csi::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 
 /// The node ID every daemon here runs with.
@@ -50,28 +50,7 @@ impl Csi {
     /// Connect over the unix socket, waiting for the daemon to bind it (the
     /// REST API may answer a moment before).
     async fn connect(socket: &Path) -> Csi {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let channel = loop {
-            let path = socket.to_path_buf();
-            let connector = tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move {
-                    let stream = tokio::net::UnixStream::connect(path).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                }
-            });
-            // The URI is required by the API and unused by the connector.
-            match Endpoint::from_static("http://csi.invalid")
-                .connect_with_connector(connector)
-                .await
-            {
-                Ok(c) => break c,
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) => panic!("no CSI server on {}: {e}", socket.display()),
-            }
-        };
+        let channel = common::csi_channel(socket).await;
         Csi {
             identity: IdentityClient::new(channel.clone()),
             controller: ControllerClient::new(channel.clone()),

@@ -951,6 +951,16 @@ fn agent_loop(weak: Weak<VolumeService>) {
             return;
         };
         let seen = svc.want_signal.generation();
+        // The controller's key went with its node's lease: stand now (the
+        // compare-and-swap lets one node win).
+        // (The read guard must end before campaign() writes the cache.)
+        let lease = *svc.node_lease.lock();
+        let no_controller = svc.controller.read().is_none();
+        if let (true, Some(lease)) = (no_controller, lease) {
+            if let Err(e) = svc.campaign(lease) {
+                tracing::debug!(error = %e, "standing for controller failed; the heartbeat tries again");
+            }
+        }
         let now: HashSet<String> = svc.nodes.read().keys().cloned().collect();
         if now != ready {
             svc.note_node_changes(&ready, &now);

@@ -334,7 +334,7 @@ impl VolumeService {
 
     /// Take the controller key if nobody holds it: under this node's lease,
     /// so it goes when the node does and the next live node takes it.
-    fn campaign(&self, lease: LeaseId) -> Result<(), StoreError> {
+    pub(crate) fn campaign(&self, lease: LeaseId) -> Result<(), StoreError> {
         if self.controller.read().is_some() {
             return Ok(());
         }
@@ -525,6 +525,7 @@ impl Heartbeat {
                 svc.put_node_record(&record, l)?;
                 tracing::info!(node = %svc.config.node_id, ttl = ?self.ttl, "node registered");
                 self.lease = Some(l);
+                *svc.node_lease.lock() = Some(l);
                 self.written = Some((record, Instant::now()));
                 svc.campaign(l)
             }),
@@ -560,6 +561,7 @@ impl Heartbeat {
             Err(StoreError::LeaseExpired(_)) => {
                 tracing::warn!(node = %svc.config.node_id, "the node's lease lapsed; registering again");
                 self.lease = None;
+                *svc.node_lease.lock() = None;
             }
             Err(e) => {
                 tracing::warn!(node = %svc.config.node_id, error = %e, "node keepalive failed")

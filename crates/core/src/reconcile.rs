@@ -132,6 +132,7 @@ impl VolumeService {
             wants: RwLock::new(BTreeMap::new()),
             want_signal: Default::default(),
             want_workers: Mutex::new(Default::default()),
+            node_lease: Mutex::new(None),
             clustered: Default::default(),
         };
         svc.load_records(&range.kvs);

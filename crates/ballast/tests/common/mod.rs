@@ -15,6 +15,34 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ballast");
 
+/// A gRPC channel to the CSI server on a unix socket, waiting (up to 30 s)
+/// for the daemon to bind it (the REST API may answer a moment before).
+pub async fn csi_channel(socket: &Path) -> tonic::transport::Channel {
+    use tonic::transport::{Endpoint, Uri};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let path = socket.to_path_buf();
+        let connector = tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        });
+        // The URI is required by the API and unused by the connector.
+        match Endpoint::from_static("http://csi.invalid")
+            .connect_with_connector(connector)
+            .await
+        {
+            Ok(c) => return c,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("no CSI server on {}: {e}", socket.display()),
+        }
+    }
+}
+
 /// Whether this test can run here: root and loop devices. Locally a missing
 /// prerequisite skips the test; with CI=true it fails it.
 pub fn require_root_loop(test: &str) -> bool {

@@ -272,6 +272,10 @@ pub struct VolumeService {
     pub(crate) want_signal: Arc<crate::desired::Signal>,
     /// Ids of the wants this node's agent is working on.
     pub(crate) want_workers: Mutex<std::collections::HashSet<String>>,
+    /// The lease this node's record lives under, while it is registered:
+    /// the agent stands for controller with it as soon as the watch shows
+    /// the controller gone, not at the next heartbeat.
+    pub(crate) node_lease: Mutex<Option<crate::store::LeaseId>>,
     /// An agent runs (see [`VolumeService::is_clustered`]).
     pub(crate) clustered: std::sync::atomic::AtomicBool,
 }
@@ -312,6 +316,25 @@ impl VolumeService {
         let page: Vec<Volume> = it.by_ref().take(limit).cloned().collect();
         let more = it.next().is_some();
         (page, more)
+    }
+
+    /// `f` of each volume, in name order, with the store revisions its view
+    /// is made of (its record's and its attachment's on the node that holds
+    /// it): the same revisions, the same volume. For a caller that keeps
+    /// something made from each volume (a serialised view) and remakes it
+    /// only when they change. Locks `revs`, then the volumes (nothing takes
+    /// them the other way round).
+    pub fn map_volumes_versioned<T>(&self, mut f: impl FnMut(&Volume, (u64, u64)) -> T) -> Vec<T> {
+        let revs = self.revs.lock();
+        let vols = self.volumes.read();
+        let rev = |key: &str| revs.get(key).map_or(0, |&(r, _)| r);
+        vols.values()
+            .map(|v| {
+                let node = v.node.as_deref().unwrap_or(&self.config.node_id);
+                let version = (rev(&vol_key(&v.name)), rev(&attachment_key(&v.name, node)));
+                f(v, version)
+            })
+            .collect()
     }
 
     pub fn volume_count(&self) -> usize {
