@@ -244,7 +244,7 @@ impl VolumeService {
                 },
                 Some(node),
             )?;
-            return self.get_volume(&name);
+            return self.created(&name);
         }
         if !self.is_clustered() {
             return self.create_volume_with(req, wait);
@@ -261,7 +261,7 @@ impl VolumeService {
                 },
                 None,
             )?;
-            return self.get_volume(&name);
+            return self.created(&name);
         }
         // A create placed here is admitted again by the local create; a
         // concurrent one may have taken the last room meanwhile, and the
@@ -291,8 +291,23 @@ impl VolumeService {
             self.submit_want(&name, &want)?;
             drop(admit);
             self.follow(&name, &want)?;
-            return self.get_volume(&name);
+            return self.created(&name);
         }
+    }
+
+    /// The volume a want created, once the want is gone. The copy here has
+    /// it unless the watch is behind the store: then it is read there.
+    fn created(&self, name: &str) -> Result<Volume> {
+        if let Ok(v) = self.get_volume(name) {
+            return Ok(v);
+        }
+        self.reread(&[&crate::service::vol_key(name)]);
+        self.get_volume(name).map_err(|_| {
+            tracing::warn!(volume = name, "a create's want is done but the volume is not in the store");
+            Error::Unavailable(format!(
+                "the create of volume {name:?} was carried out elsewhere but the volume is not there now; retry"
+            ))
+        })
     }
 
     /// Delete a volume wherever it lives.

@@ -1094,3 +1094,29 @@ fn a_node_id_kept_alive_by_another_daemon_is_refused() {
         .start_heartbeat(info("three", Some("one")), ttl, Duration::from_millis(100))
         .unwrap();
 }
+
+#[test]
+fn many_creates_asked_through_the_controller_all_answer_with_their_volume() {
+    use ballast_core::desired::Placement;
+    use ballast_core::Wait;
+    let c = Cluster::new();
+    let (na, nb, nc) = (c.node("node-a"), c.node("node-b"), c.node("node-c"));
+    let a = member(&c, &na, "z1", 1 << 40);
+    let b = member(&c, &nb, "z1", 1 << 40);
+    let cc = member(&c, &nc, "z1", 1 << 40);
+    let others = settled(&[&a, &b, &cc]);
+    std::thread::scope(|s| {
+        for (k, svc) in others.iter().enumerate() {
+            s.spawn(move || {
+                let me = svc.node_id().to_string();
+                for i in 0..150 {
+                    let name = format!("m{k}-{i}");
+                    let v = svc
+                        .create_volume_placed(sized(&name, 16), Placement::on(&me), Wait::Block)
+                        .unwrap_or_else(|e| panic!("{name}: {e}"));
+                    assert_eq!(v.node.as_deref(), Some(me.as_str()));
+                }
+            });
+        }
+    });
+}

@@ -110,13 +110,14 @@ impl VolumeService {
     /// Take one change into the in-memory copy: a put (`value`) or a delete
     /// at revision `rev`, unless a change as new is already here.
     pub(crate) fn apply_record(&self, key: &str, value: Option<&[u8]>, rev: u64) {
-        {
-            let mut revs = self.revs.lock();
-            if revs.get(key).is_some_and(|&(seen, _)| seen >= rev) {
-                return;
-            }
-            revs.insert(key.to_string(), (rev, value.is_some()));
+        // Held until the copy is updated: two changes of one key applied at
+        // once (the watch and a re-read) must land in revision order, or an
+        // older one could overwrite the newer in the copy.
+        let mut revs = self.revs.lock();
+        if revs.get(key).is_some_and(|&(seen, _)| seen >= rev) {
+            return;
         }
+        revs.insert(key.to_string(), (rev, value.is_some()));
         if let Some(name) = key.strip_prefix(VOL_PREFIX) {
             let atts = self.attachments.read();
             let mut vols = self.volumes.write();
