@@ -263,6 +263,21 @@ impl VolumeService {
             )?;
             return self.created(&name);
         }
+        // Nothing to choose when the request names a pool of this node, or
+        // this node: the local create admits it (and takes the volume's lock
+        // before it measures the pool, which may hang).
+        let here = self.config.node_id.as_str();
+        let pinned_here = match &req.pool {
+            Some(p) => self.pools.read().get(p).is_some_and(|p| p.is_on(here)),
+            None => placement.node.as_deref() == Some(here),
+        };
+        if pinned_here
+            && placement.selector.is_empty()
+            && placement.among.is_empty()
+            && placement.spread.is_none()
+        {
+            return self.create_volume_with(req, wait);
+        }
         // A create placed here is admitted again by the local create; a
         // concurrent one may have taken the last room meanwhile, and the
         // next choice sees that.

@@ -568,8 +568,8 @@ fn nodes_register_under_a_lease_and_a_dead_one_is_shown_unreachable() {
         ("node-a".to_string(), NodeState::Ready),
         ("node-b".to_string(), NodeState::Ready),
     ];
-    eventually("both nodes see both ready", || {
-        states(&a) == ready && states(&b) == ready
+    eventually("both nodes see both ready, and node-b's volume", || {
+        states(&a) == ready && states(&b) == ready && a.get_volume("on-b").is_ok()
     });
     let seen = a.get_node("node-b").unwrap();
     let record = seen.record.expect("a live record");
