@@ -1120,3 +1120,26 @@ fn many_creates_asked_through_the_controller_all_answer_with_their_volume() {
         }
     });
 }
+
+#[test]
+fn a_snapshot_is_deleted_only_on_its_pools_node() {
+    use ballast_core::Wait;
+    let c = Cluster::new();
+    let (na, nb) = (c.node("node-a"), c.node("node-b"));
+    let a = c.start(&na);
+    let b = c.start(&nb);
+    create(&a, "src");
+    a.create_snapshot("src", "snap", Wait::Block).unwrap();
+    eventually("node-b sees the snapshot made", || {
+        b.get_snapshot("snap").is_ok_and(|s| s.ready)
+    });
+    let err = b.delete_snapshot("snap", Wait::Block).unwrap_err();
+    assert!(
+        matches!(&err, Error::OtherNode { node, .. } if node == "node-a"),
+        "{err}"
+    );
+    assert!(b.get_snapshot("snap").is_ok());
+    assert!(a.get_snapshot("snap").is_ok());
+    a.delete_snapshot("snap", Wait::Block).unwrap();
+    eventually("gone on node-b too", || b.get_snapshot("snap").is_err());
+}

@@ -161,6 +161,9 @@ impl VolumeService {
             });
         }
         let pool = self.get_pool(&snap.pool)?;
+        // Its data is on its pool's node: removed anywhere else, the record
+        // would go and the data stay there for ever.
+        self.check_pool_here(&pool)?;
         self.driver(pool.driver)?.delete_snapshot(&pool, &snap)?;
         let ev = self.events.next(
             EventKind::Snapshot,
