@@ -330,8 +330,18 @@ async fn run(config: Config, api_socket: Option<PathBuf>, dirs: &Dirs) -> anyhow
     // Daemons starting together on a new store race for the name
     // `default`: the loser's write conflicts, it re-reads, and its default
     // pool is then `default-<node>`.
+    // A controller-only daemon (`--csi-mode controller`, the Kubernetes
+    // controller pods) holds no volumes: it makes no pool, so placement
+    // never picks it.
     let mut attempts = 0;
+    let holds_volumes = config.csi_mode != ballast_server::csi::CsiMode::Controller;
+    if !holds_volumes {
+        tracing::info!("controller only: no default pool here; volumes are placed on other nodes");
+    }
     loop {
+        if !holds_volumes {
+            break;
+        }
         let default_pool = service.default_pool_name();
         if service.get_pool(&default_pool).is_ok() {
             break;

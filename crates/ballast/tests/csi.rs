@@ -1023,6 +1023,9 @@ async fn csi_modes_serve_only_their_services_on_the_given_endpoint() {
             !d.run.join("csi.sock").exists(),
             "{mode}: --csi-endpoint moves the socket"
         );
+        // A controller-only daemon holds no volumes: no pool of its own.
+        let pools = d.json(&["pool", "ls"]).as_array().unwrap().len();
+        assert_eq!(pools, usize::from(node), "{mode}: pools");
         // Every instance reports the same plugin capabilities, whatever it
         // serves (spec, GetPluginCapabilities).
         let caps = ok(
