@@ -20,6 +20,10 @@ command -v prometheus >/dev/null || need_pkgs+=(prometheus)
 command -v chromium >/dev/null || need_pkgs+=(chromium)
 # A real etcd backs the store tests of crates/etcd and crates/ballast/tests/cluster.rs.
 [[ -x /usr/bin/etcd ]] || need_pkgs+=(etcd-server)
+# crates/ballast/tests/multinode.rs makes test hosts as network namespaces
+# (ip from iproute2; nsenter is util-linux's).
+command -v ip >/dev/null || need_pkgs+=(iproute2)
+command -v nsenter >/dev/null || need_pkgs+=(util-linux)
 # etcd-client (ballast's `etcd` feature) generates its gRPC code with protoc.
 command -v protoc >/dev/null || need_pkgs+=(protobuf-compiler)
 if ((${#need_pkgs[@]})); then

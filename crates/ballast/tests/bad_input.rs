@@ -1143,3 +1143,61 @@ fn serve_refuses_an_out_of_range_overcommit_ratio_and_makes_nothing() {
         assert!(!run.exists(), "serve {args:?} {env:?} made its run dir");
     }
 }
+
+/// Placement fields of a create (node, selector, spread) are checked like
+/// every name and label: a bad one is refused by name and changes nothing,
+/// and a node or selector nothing matches says why.
+#[test]
+fn bad_placements_are_refused_and_change_nothing() {
+    let d = quiet_daemon();
+    for (b, names) in [
+        (json!({"name": "v", "node": "../x"}), &["node"][..]),
+        (json!({"name": "v", "node": ""}), &["node"][..]),
+        (json!({"name": "v", "node": "a\u{1}b"}), &["node"][..]),
+        (
+            json!({"name": "v", "selector": {"zone=a": "b"}}),
+            &["label"][..],
+        ),
+        (
+            json!({"name": "v", "selector": {"zone": "a\nb"}}),
+            &["label"][..],
+        ),
+        (json!({"name": "v", "spread": "zo=ne"}), &["label"][..]),
+        (json!({"name": "v", "selector": "zone=a"}), &[][..]),
+    ] {
+        api_refuses(
+            &d,
+            "POST",
+            "/v1/volumes",
+            &body(b),
+            400,
+            "invalid_argument",
+            names,
+        );
+    }
+    let msg = api_refuses(
+        &d,
+        "POST",
+        "/v1/volumes",
+        &body(json!({"name": "v", "node": "no-such-node"})),
+        404,
+        "not_found",
+        &["no-such-node"],
+    );
+    assert!(msg.contains("node"), "{msg}");
+    let msg = api_refuses(
+        &d,
+        "POST",
+        "/v1/volumes",
+        &body(json!({"name": "v", "selector": {"zone": "nowhere"}})),
+        409,
+        "unplaceable",
+        &["selector"],
+    );
+    assert!(msg.contains("no node can take"), "{msg}");
+    cli_refuses(
+        &d,
+        &["volume", "create", "v", "--selector", "zone"],
+        &["KEY=VALUE"],
+    );
+}

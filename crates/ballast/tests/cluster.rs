@@ -7,14 +7,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::etcd::{require_etcd, Etcd};
-use common::{mount_targets, require_root_loop, Daemon};
+use common::{mount_targets, require_root_loop, volume_listing as listing, Daemon};
 
 fn node(etcd: &Etcd, id: &str, prefix: &str) -> Daemon {
     Daemon::start_with(
@@ -30,24 +29,6 @@ fn node(etcd: &Etcd, id: &str, prefix: &str) -> Daemon {
         ],
         &[],
     )
-}
-
-/// name -> (node, state) as `volume ls` on `d` shows it.
-fn listing(d: &Daemon) -> BTreeMap<String, (String, String)> {
-    let vols = d.json(&["volume", "ls"]);
-    vols.as_array()
-        .expect("a list")
-        .iter()
-        .map(|v| {
-            (
-                v["name"].as_str().unwrap().to_string(),
-                (
-                    v["node"].as_str().unwrap_or("-").to_string(),
-                    v["state"].as_str().unwrap().to_string(),
-                ),
-            )
-        })
-        .collect()
 }
 
 fn eventually(what: &str, mut ok: impl FnMut() -> bool) {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::etcd::{require_etcd, EtcdCluster};
 use common::netns::{require_netns, Net};
-use common::{require_root_loop, Daemon, BIN};
+use common::{require_root_loop, volume_listing, Daemon, BIN};
 
 const HOSTS: [&str; 3] = ["h1", "h2", "h3"];
 const MEMBERS: [&str; 3] = ["e1", "e2", "e3"];
@@ -180,16 +180,9 @@ fn own_pool(d: &Daemon, host: &str) -> String {
 
 /// volume name -> node as `volume ls` on `d` shows it.
 fn volume_nodes(d: &Daemon) -> BTreeMap<String, String> {
-    d.json(&["volume", "ls"])
-        .as_array()
-        .expect("a list")
-        .iter()
-        .map(|v| {
-            (
-                v["name"].as_str().unwrap().to_string(),
-                v["node"].as_str().unwrap_or("-").to_string(),
-            )
-        })
+    volume_listing(d)
+        .into_iter()
+        .map(|(name, (node, _))| (name, node))
         .collect()
 }
 
@@ -207,6 +200,17 @@ fn eventually<E: std::fmt::Debug>(what: &str, mut f: impl FnMut() -> Result<(), 
 
 fn all_ready() -> Vec<(&'static str, &'static str)> {
     HOSTS.iter().map(|h| (*h, "ready")).collect()
+}
+
+/// A test's cluster with every node ready; None (a skip, or a failure
+/// under CI=true) when the machine lacks a prerequisite.
+fn ready_cluster(test: &str) -> Option<Cluster> {
+    if !prerequisites(test) {
+        return None;
+    }
+    let c = Cluster::start();
+    c.wait_nodes(&HOSTS, &all_ready(), "start");
+    Some(c)
 }
 
 fn prerequisites(test: &str) -> bool {
@@ -338,11 +342,9 @@ fn net_partitions_heals_and_cleans_up() {
 /// a kill -9 and restart of one (in its namespace) changes none of that.
 #[test]
 fn three_nodes_see_each_other_and_each_others_volumes() {
-    if !prerequisites("three_nodes_see_each_other_and_each_others_volumes") {
+    let Some(mut c) = ready_cluster("three_nodes_see_each_other_and_each_others_volumes") else {
         return;
-    }
-    let mut c = Cluster::start();
-    c.wait_nodes(&HOSTS, &all_ready(), "start");
+    };
 
     for h in HOSTS {
         let d = c.node(h);
@@ -392,11 +394,10 @@ fn three_nodes_see_each_other_and_each_others_volumes() {
 /// keep working); healed, it is ready again everywhere and has caught up.
 #[test]
 fn a_partitioned_node_is_unreachable_and_ready_again_after_the_heal() {
-    if !prerequisites("a_partitioned_node_is_unreachable_and_ready_again_after_the_heal") {
+    let Some(c) = ready_cluster("a_partitioned_node_is_unreachable_and_ready_again_after_the_heal")
+    else {
         return;
-    }
-    let c = Cluster::start();
-    c.wait_nodes(&HOSTS, &all_ready(), "start");
+    };
     c.create_on("h3", "on-h3");
     c.wait_listed(&HOSTS, "on-h3", "h3");
 
@@ -439,12 +440,10 @@ fn a_partitioned_node_is_unreachable_and_ready_again_after_the_heal() {
 /// one of them with near certainty.
 #[test]
 fn losing_one_etcd_member_of_three_changes_nothing() {
-    if !prerequisites("losing_one_etcd_member_of_three_changes_nothing") {
-        return;
-    }
     const ROUNDS: usize = 5;
-    let mut c = Cluster::start();
-    c.wait_nodes(&HOSTS, &all_ready(), "start");
+    let Some(mut c) = ready_cluster("losing_one_etcd_member_of_three_changes_nothing") else {
+        return;
+    };
 
     let leader = c.etcd.leader().expect("an etcd leader");
     c.etcd.kill_member(leader);
@@ -482,24 +481,6 @@ fn controller_on(d: &Daemon) -> Option<String> {
     d.json(&["cluster", "status"])["controller"]["node"]
         .as_str()
         .map(str::to_string)
-}
-
-/// name -> (node, state) as `volume ls` on `d` shows it.
-fn volume_states(d: &Daemon) -> BTreeMap<String, (String, String)> {
-    d.json(&["volume", "ls"])
-        .as_array()
-        .expect("a list")
-        .iter()
-        .map(|v| {
-            (
-                v["name"].as_str().unwrap().to_string(),
-                (
-                    v["node"].as_str().unwrap_or("-").to_string(),
-                    v["state"].as_str().unwrap().to_string(),
-                ),
-            )
-        })
-        .collect()
 }
 
 /// Run `per_thread` creates of 16M without a node on each of `threads`
@@ -543,14 +524,14 @@ fn create_storm(
 fn assert_consistent(c: &Cluster) -> BTreeMap<String, (String, String)> {
     let first = c.node("h1");
     eventually("every node lists the same, settled volumes", || {
-        let seen = volume_states(first);
+        let seen = volume_listing(first);
         let settled = seen
             .values()
             .all(|(_, state)| state == "available" || state == "mounted");
-        let same = HOSTS.iter().all(|h| volume_states(c.node(h)) == seen);
+        let same = HOSTS.iter().all(|h| volume_listing(c.node(h)) == seen);
         (settled && same).then_some(()).ok_or(seen.len())
     });
-    let seen = volume_states(first);
+    let seen = volume_listing(first);
     for h in HOSTS {
         let d = c.node(h);
         let mine: usize = seen.values().filter(|(n, _)| n == h).count();
@@ -580,14 +561,14 @@ fn assert_consistent(c: &Cluster) -> BTreeMap<String, (String, String)> {
 /// Remove every volume from h1 (the other nodes' through their agents),
 /// then nothing is left anywhere.
 fn remove_all_and_finish(c: Cluster) {
-    let names: Vec<String> = volume_states(c.node("h1")).into_keys().collect();
+    let names: Vec<String> = volume_listing(c.node("h1")).into_keys().collect();
     for n in &names {
         c.node("h1").ok(&["volume", "rm", n]);
     }
     eventually("every node lists nothing", || {
         HOSTS
             .iter()
-            .all(|h| volume_states(c.node(h)).is_empty())
+            .all(|h| volume_listing(c.node(h)).is_empty())
             .then_some(())
             .ok_or(())
     });
@@ -599,11 +580,11 @@ fn remove_all_and_finish(c: Cluster) {
 /// controller chose, within its pool, listed identically on every node.
 #[test]
 fn three_hundred_creates_from_three_nodes_are_placed_once_and_listed_alike() {
-    if !prerequisites("three_hundred_creates_from_three_nodes_are_placed_once_and_listed_alike") {
+    let Some(c) =
+        ready_cluster("three_hundred_creates_from_three_nodes_are_placed_once_and_listed_alike")
+    else {
         return;
-    }
-    let c = Cluster::start();
-    c.wait_nodes(&HOSTS, &all_ready(), "start");
+    };
     let results = create_storm(&c, &HOSTS, 4, 25, "v", || {});
     assert_eq!(results.len(), 300);
     let failed: Vec<_> = results.iter().filter(|r| !r.1).collect();
@@ -626,11 +607,11 @@ fn three_hundred_creates_from_three_nodes_are_placed_once_and_listed_alike() {
 /// for ends created (once) or refused; nothing is left half-made.
 #[test]
 fn a_controller_killed_during_creates_loses_none_and_does_none_twice() {
-    if !prerequisites("a_controller_killed_during_creates_loses_none_and_does_none_twice") {
+    let Some(mut c) =
+        ready_cluster("a_controller_killed_during_creates_loses_none_and_does_none_twice")
+    else {
         return;
-    }
-    let mut c = Cluster::start();
-    c.wait_nodes(&HOSTS, &all_ready(), "start");
+    };
     let first = controller_on(c.node("h1")).expect("a controller");
     let askers: Vec<&str> = HOSTS.iter().copied().filter(|h| *h != first).collect();
     let killed_at = std::sync::Mutex::new(None);
@@ -692,11 +673,11 @@ fn a_controller_killed_during_creates_loses_none_and_does_none_twice() {
 /// one of its volumes asked meanwhile waits; after the heal it converges.
 #[test]
 fn a_node_partitioned_for_twenty_seconds_keeps_working_locally_and_converges() {
-    if !prerequisites("a_node_partitioned_for_twenty_seconds_keeps_working_locally_and_converges") {
+    let Some(c) =
+        ready_cluster("a_node_partitioned_for_twenty_seconds_keeps_working_locally_and_converges")
+    else {
         return;
-    }
-    let c = Cluster::start();
-    c.wait_nodes(&HOSTS, &all_ready(), "start");
+    };
     let h3 = c.node("h3");
     h3.ok(&["volume", "create", "busy", "--size", "16M", "--node", "h3"]);
     h3.ok(&[
@@ -772,11 +753,9 @@ fn a_node_partitioned_for_twenty_seconds_keeps_working_locally_and_converges() {
 /// exactly once, and every node lists them alike.
 #[test]
 fn claims_from_three_nodes_get_each_ordinal_exactly_once() {
-    if !prerequisites("claims_from_three_nodes_get_each_ordinal_exactly_once") {
+    let Some(c) = ready_cluster("claims_from_three_nodes_get_each_ordinal_exactly_once") else {
         return;
-    }
-    let c = Cluster::start();
-    c.wait_nodes(&HOSTS, &all_ready(), "start");
+    };
     let per_thread = 3;
     let mut ordinals: Vec<u64> = std::thread::scope(|s| {
         let handles: Vec<_> = HOSTS
@@ -850,11 +829,9 @@ fn claims_from_three_nodes_get_each_ordinal_exactly_once() {
 /// members return everything works again without a restart.
 #[test]
 fn quorum_loss_refuses_writes_serves_reads_and_recovers() {
-    if !prerequisites("quorum_loss_refuses_writes_serves_reads_and_recovers") {
+    let Some(mut c) = ready_cluster("quorum_loss_refuses_writes_serves_reads_and_recovers") else {
         return;
-    }
-    let mut c = Cluster::start();
-    c.wait_nodes(&HOSTS, &all_ready(), "start");
+    };
     c.node("h1").ok(&[
         "volume", "create", "before", "--size", "16M", "--node", "h1",
     ]);
@@ -917,11 +894,9 @@ fn quorum_loss_refuses_writes_serves_reads_and_recovers() {
 /// start, naming why; the node it would have shadowed is untouched.
 #[test]
 fn a_second_daemon_with_a_live_node_id_refuses_to_start() {
-    if !prerequisites("a_second_daemon_with_a_live_node_id_refuses_to_start") {
+    let Some(c) = ready_cluster("a_second_daemon_with_a_live_node_id_refuses_to_start") else {
         return;
-    }
-    let c = Cluster::start();
-    c.wait_nodes(&HOSTS, &all_ready(), "start");
+    };
     let scratch = tempfile::Builder::new()
         .prefix("ballast-test-")
         .tempdir_in("/var/tmp")
@@ -972,11 +947,10 @@ fn csi_on_any_node_places_by_topology_and_answers_for_the_cluster() {
     use csi::controller_client::ControllerClient;
     use csi::volume_capability::access_mode::Mode;
     use csi::volume_capability::{AccessMode, AccessType, MountVolume};
-    if !prerequisites("csi_on_any_node_places_by_topology_and_answers_for_the_cluster") {
+    let Some(c) = ready_cluster("csi_on_any_node_places_by_topology_and_answers_for_the_cluster")
+    else {
         return;
-    }
-    let c = Cluster::start();
-    c.wait_nodes(&HOSTS, &all_ready(), "start");
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

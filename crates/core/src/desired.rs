@@ -234,35 +234,16 @@ impl VolumeService {
                 Ok(node) if node != self.config.node_id && self.is_clustered() => node,
                 _ => return self.create_volume_with(req, wait),
             };
-            let name = req.name.clone();
-            self.remote(
-                &name,
-                WantOp::Create {
-                    req: Box::new(req),
-                    placement,
-                    reserved_bytes: 0,
-                },
-                Some(node),
-            )?;
-            return self.created(&name);
+            return self.create_elsewhere(req, placement, Some(node));
         }
         if !self.is_clustered() {
             return self.create_volume_with(req, wait);
         }
         self.precheck_placement(&req, &placement)?;
-        let name = req.name.clone();
         if !self.is_controller() {
-            self.remote(
-                &name,
-                WantOp::Create {
-                    req: Box::new(req),
-                    placement,
-                    reserved_bytes: 0,
-                },
-                None,
-            )?;
-            return self.created(&name);
+            return self.create_elsewhere(req, placement, None);
         }
+        let name = req.name.clone();
         // Nothing to choose when the request names a pool of this node, or
         // this node: the local create admits it (and takes the volume's lock
         // before it measures the pool, which may hang).
@@ -308,6 +289,27 @@ impl VolumeService {
             self.follow(&name, &want)?;
             return self.created(&name);
         }
+    }
+
+    /// Ask for a create through a want: for `node`, or for the controller
+    /// to place (None).
+    fn create_elsewhere(
+        &self,
+        req: CreateVolume,
+        placement: Placement,
+        node: Option<String>,
+    ) -> Result<Volume> {
+        let name = req.name.clone();
+        self.remote(
+            &name,
+            WantOp::Create {
+                req: Box::new(req),
+                placement,
+                reserved_bytes: 0,
+            },
+            node,
+        )?;
+        self.created(&name)
     }
 
     /// The volume a want created, once the want is gone. The copy here has

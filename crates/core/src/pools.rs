@@ -445,42 +445,22 @@ impl VolumeService {
         Ok(())
     }
 
-    /// The pool's (provisioned, exclusive) bytes: the sum of its volumes'
-    /// and snapshots' sizes, and what they are charged. A full copy or an
-    /// original is charged its size; a copy-on-write snapshot or clone what
-    /// it holds exclusively now, measured here (never cached), so what its
-    /// source's or its own writes have made its own counts at the next
-    /// admission, never more than its size.
     /// [`Self::pool_charges`] of another node's pool, from the records
     /// alone: a copy-on-write item, which only its node can measure, is
     /// charged nothing here.
     pub(crate) fn pool_charges_without_measure(&self, pool: &Pool) -> (u64, u64) {
-        let reserved = self.reserved_in(&pool.name);
-        let mut provisioned = reserved;
-        let mut charged = reserved;
-        for v in self.volumes.read().values().filter(|v| v.pool == pool.name) {
-            provisioned = provisioned.saturating_add(v.size_bytes);
-            if !v.cow {
-                charged = charged.saturating_add(v.size_bytes);
-            }
-        }
-        for s in self
-            .snapshots
-            .read()
-            .values()
-            .filter(|s| s.pool == pool.name)
-        {
-            provisioned = provisioned.saturating_add(s.size_bytes);
-            if !s.cow {
-                charged = charged.saturating_add(s.size_bytes);
-            }
-        }
+        let (provisioned, charged, _, _) = self.record_charges(pool);
         (provisioned, charged)
     }
 
-    pub(crate) fn pool_charges(&self, pool: &Pool) -> (u64, u64) {
-        let mut provisioned = 0u64;
-        let mut charged = 0u64;
+    /// What the records in a pool charge (volumes and snapshots at their
+    /// size, creates the controller placed there and that have no record
+    /// yet at what they reserved), and the copy-on-write items, which only
+    /// a measure can charge.
+    fn record_charges(&self, pool: &Pool) -> (u64, u64, Vec<Volume>, Vec<Snapshot>) {
+        let reserved = self.reserved_in(&pool.name);
+        let mut provisioned = reserved;
+        let mut charged = reserved;
         let mut cow_vols: Vec<Volume> = Vec::new();
         let mut cow_snaps: Vec<Snapshot> = Vec::new();
         for v in self.volumes.read().values().filter(|v| v.pool == pool.name) {
@@ -504,10 +484,17 @@ impl VolumeService {
                 charged = charged.saturating_add(s.size_bytes);
             }
         }
-        // Creates the controller placed here that have no record yet.
-        let reserved = self.reserved_in(&pool.name);
-        provisioned = provisioned.saturating_add(reserved);
-        charged = charged.saturating_add(reserved);
+        (provisioned, charged, cow_vols, cow_snaps)
+    }
+
+    /// The pool's (provisioned, exclusive) bytes: the sum of its volumes'
+    /// and snapshots' sizes, and what they are charged. A full copy or an
+    /// original is charged its size; a copy-on-write snapshot or clone what
+    /// it holds exclusively now, measured here (never cached), so what its
+    /// source's or its own writes have made its own counts at the next
+    /// admission, never more than its size.
+    pub(crate) fn pool_charges(&self, pool: &Pool) -> (u64, u64) {
+        let (provisioned, mut charged, cow_vols, cow_snaps) = self.record_charges(pool);
         if cow_vols.is_empty() && cow_snaps.is_empty() {
             return (provisioned, charged);
         }

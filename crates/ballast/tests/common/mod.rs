@@ -15,6 +15,24 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ballast");
 
+/// name -> (node, state) as `volume ls` on `d` shows it.
+pub fn volume_listing(d: &Daemon) -> std::collections::BTreeMap<String, (String, String)> {
+    d.json(&["volume", "ls"])
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap().to_string(),
+                (
+                    v["node"].as_str().unwrap_or("-").to_string(),
+                    v["state"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
 /// A gRPC channel to the CSI server on a unix socket, waiting (up to 30 s)
 /// for the daemon to bind it (the REST API may answer a moment before).
 pub async fn csi_channel(socket: &Path) -> tonic::transport::Channel {
