@@ -290,14 +290,21 @@ async fn run(config: Config, api_socket: Option<PathBuf>, dirs: &Dirs) -> anyhow
         ),
     };
     let host: Arc<dyn Host> = Arc::new(LinuxHost::new());
+    #[allow(unused_mut)]
+    let mut drivers: Vec<Arc<dyn ballast_core::Driver>> = vec![
+        Arc::new(LoopDriver::new(host.clone())),
+        Arc::new(DirDriver::new(host.clone())),
+        Arc::new(BtrfsDriver::new(host.clone())),
+    ];
+    #[cfg(feature = "rbd")]
+    drivers.push(Arc::new(ballast_drivers::RbdDriver::new(
+        host.clone(),
+        state_dir.join("rbd-maps"),
+    )));
     let parts = ServiceParts {
         store,
         host: host.clone(),
-        drivers: vec![
-            Arc::new(LoopDriver::new(host.clone())),
-            Arc::new(DirDriver::new(host.clone())),
-            Arc::new(BtrfsDriver::new(host.clone())),
-        ],
+        drivers,
         config: ServiceConfig {
             mounts_dir: run_dir.join("mounts"),
             pools_dir: state_dir.join("pools"),

@@ -13,7 +13,7 @@ use crate::client::Client;
 #[command(group = clap::ArgGroup::new("storage").args(["disks", "disk_file", "path"]))]
 pub struct CreatePoolArgs {
     pub name: String,
-    /// loop, dir or btrfs
+    /// loop, dir, btrfs or rbd
     #[arg(long, default_value = "loop")]
     pub driver: String,
     /// btrfs: a block device to make the filesystem on (repeatable)
@@ -46,6 +46,21 @@ pub struct CreatePoolArgs {
     /// its max size, for a pool that can grow) [default: 1.0]
     #[arg(long, value_name = "RATIO")]
     pub overcommit: Option<f64>,
+    /// rbd: the cluster's ceph.conf (the same path on every node)
+    #[arg(long, value_name = "PATH", requires = "ceph_pool")]
+    pub ceph_conf: Option<String>,
+    /// rbd: the RADOS pool holding the images
+    #[arg(long, value_name = "POOL", requires = "ceph_conf")]
+    pub ceph_pool: Option<String>,
+    /// rbd: the cephx id, without "client." [default: admin]
+    #[arg(long, value_name = "ID")]
+    pub ceph_user: Option<String>,
+    /// rbd: the keyring holding that id's key [default: ceph.conf's]
+    #[arg(long, value_name = "PATH")]
+    pub keyring: Option<String>,
+    /// rbd: the filesystem of volumes that ask for none (ext4 or xfs)
+    #[arg(long, value_name = "FS")]
+    pub fs: Option<String>,
 }
 
 pub fn create(c: &Client, output: Output, a: &CreatePoolArgs) -> anyhow::Result<()> {
@@ -66,6 +81,11 @@ pub fn create(c: &Client, output: Output, a: &CreatePoolArgs) -> anyhow::Result<
         max_size: a.max_size.clone(),
         spare_disks: a.spare_disks.clone(),
         overcommit_ratio: a.overcommit,
+        ceph_conf: a.ceph_conf.clone(),
+        ceph_pool: a.ceph_pool.clone(),
+        ceph_user: a.ceph_user.clone(),
+        keyring: a.keyring.clone(),
+        fs: a.fs.clone(),
     };
     let p: PoolView = c.post(
         "/v1/pools",

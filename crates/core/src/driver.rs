@@ -205,6 +205,29 @@ pub trait Driver: Send + Sync {
     fn volume_usage(&self, _pool: &Pool, _vol: &Volume) -> Result<Option<(u64, u64)>, DriverError> {
         Ok(None)
     }
+
+    // ----- shared storage (rbd) -----------------------------------------
+
+    /// Cut every other client off the volume's storage before this node
+    /// maps it: `addrs` (what the last holder's mappings registered) and
+    /// whoever still has the image open, blocklisted for `expire`. Returns
+    /// once the cluster enforces it, with the addresses it fenced.
+    fn fence(
+        &self,
+        pool: &Pool,
+        _vol: &Volume,
+        _addrs: &[String],
+        _expire: std::time::Duration,
+    ) -> Result<Vec<String>, DriverError> {
+        Err(DriverError::Unsupported(format!(
+            "pool {} ({}) has no clients to fence",
+            pool.name, pool.driver
+        )))
+    }
+    /// Lift the blocklist entries of a fence whose node has cleaned up.
+    fn unfence(&self, _pool: &Pool, _addrs: &[String]) -> Result<(), DriverError> {
+        Ok(())
+    }
 }
 
 /// The node side of a backend. Every method is idempotent.
@@ -242,6 +265,22 @@ pub trait NodeOps: Send + Sync {
     fn grows_offline(&self, vol: &Volume) -> bool;
     /// Whether `mountpoint` is a mount of this volume right now.
     fn is_mounted(&self, vol: &Volume, mountpoint: &Path) -> Result<bool, DriverError>;
+    /// The cluster client addresses this node's mapping of the volume
+    /// registered (rbd: the mapping helper's), recorded so a later holder
+    /// can fence exactly them. Empty for node-local storage.
+    fn clients(&self, _pool: &Pool, _vol: &Volume) -> Result<Vec<String>, DriverError> {
+        Ok(Vec::new())
+    }
+    /// How this node maps the driver's volumes (rbd: krbd, rbd-nbd or
+    /// rbd-fuse), for `node inspect`; None for local storage.
+    fn mapping(&self) -> Option<String> {
+        None
+    }
+    /// Find mapping helpers that stopped answering, kill them and detach
+    /// their mounts lazily; returns what it killed. Never blocks on one.
+    fn watchdog(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Whether volumes are served where they are (dir, btrfs): nothing to
     /// attach, format or mount, so staging has no side effect to undo and
     /// [`NodeOps::mount`] only names the volume's directory.

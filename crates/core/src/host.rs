@@ -241,6 +241,46 @@ pub trait Host: Send + Sync {
     fn btrfs_device_add(&self, device: &Path, mountpoint: &Path) -> Result<(), HostError>;
     /// The devices of the btrfs mounted at `mountpoint`.
     fn btrfs_devices(&self, mountpoint: &Path) -> Result<Vec<BtrfsDevice>, HostError>;
+    // ----- FUSE helpers (rbd-fuse) ---------------------------------------
+    // A helper is a process of its own, outside the daemon, serving a mount;
+    // restarting ballast leaves it serving. Defaults: not available.
+
+    /// Start the FUSE helper `argv` for `mountpoint` (which exists); it
+    /// daemonizes once its mount is up, within `timeout`. Afterwards the
+    /// mount must be in the mount table, or the helper is stopped again.
+    fn fuse_helper_start(
+        &self,
+        argv: &[String],
+        mountpoint: &Path,
+        timeout: std::time::Duration,
+    ) -> Result<(), HostError> {
+        let _ = (argv, timeout);
+        Err(HostError::failed(
+            format!("start a FUSE helper at {}", mountpoint.display()),
+            "not available on this host",
+        ))
+    }
+    /// The pids of the helper processes serving `mountpoint`.
+    fn fuse_helper_pids(&self, _mountpoint: &Path) -> Result<Vec<u32>, HostError> {
+        Ok(Vec::new())
+    }
+    /// Stop the helper at `mountpoint` without flushing anything (SIGKILL)
+    /// and detach its mount lazily. Nothing there is fine.
+    fn fuse_helper_kill(&self, _mountpoint: &Path) -> Result<(), HostError> {
+        Ok(())
+    }
+    /// Whether `path` answers a stat within `limit` (a hung FUSE server
+    /// does not; the probe thread is abandoned, never waited for).
+    fn responds(&self, path: &Path, limit: std::time::Duration) -> bool {
+        let _ = limit;
+        path.exists()
+    }
+    /// Detach the mount at `target` lazily (MNT_DETACH): it goes from the
+    /// table now and from the kernel when its last user lets go.
+    fn unmount_lazy(&self, target: &Path) -> Result<(), HostError> {
+        self.unmount(target)
+    }
+
     /// This boot's ID; mounts and loop devices do not outlive it.
     fn boot_id(&self) -> Option<String> {
         std::fs::read_to_string("/proc/sys/kernel/random/boot_id")

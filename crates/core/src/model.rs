@@ -191,6 +191,9 @@ pub enum DriverKind {
     /// Subvolumes of a btrfs filesystem with qgroup limits: hard size
     /// limits, O(1) snapshots and clones, disks added online.
     Btrfs,
+    /// RBD images in a Ceph pool: shared storage, mapped on whichever node
+    /// uses the volume, one writer at a time.
+    Rbd,
 }
 
 impl DriverKind {
@@ -199,6 +202,7 @@ impl DriverKind {
             DriverKind::Loop => "loop",
             DriverKind::Dir => "dir",
             DriverKind::Btrfs => "btrfs",
+            DriverKind::Rbd => "rbd",
         }
     }
 }
@@ -210,9 +214,10 @@ impl FromStr for DriverKind {
             "loop" => Ok(DriverKind::Loop),
             "dir" => Ok(DriverKind::Dir),
             "btrfs" => Ok(DriverKind::Btrfs),
+            "rbd" => Ok(DriverKind::Rbd),
             _ => Err(InvalidInput::new(
                 format!("driver {s:?}"),
-                "is not supported; use loop, dir or btrfs",
+                "is not supported; use loop, dir, btrfs or rbd",
             )),
         }
     }
@@ -258,12 +263,40 @@ pub struct Pool {
     /// them takes them as its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// An rbd pool's cluster: shared by every node, so `node` is None.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceph: Option<CephPool>,
+}
+
+/// Where an rbd pool's images are. The paths must be the same on every
+/// node that maps its volumes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CephPool {
+    #[schema(value_type = String)]
+    pub conf: PathBuf,
+    /// The RADOS pool holding the images.
+    pub pool: String,
+    /// The cephx id without `client.` [default: admin].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub keyring: Option<PathBuf>,
+    /// The filesystem of volumes that ask for none [default: ext4].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs: Option<FsType>,
 }
 
 impl Pool {
-    /// Whether this pool's storage is on `node`.
+    /// Whether this pool's storage is on `node` (a shared pool's is on
+    /// every node).
     pub fn is_on(&self, node: &str) -> bool {
-        self.node.as_deref().is_none_or(|n| n == node)
+        self.is_shared() || self.node.as_deref().is_none_or(|n| n == node)
+    }
+
+    /// Storage every node reaches (rbd): no node owns it.
+    pub fn is_shared(&self) -> bool {
+        self.ceph.is_some()
     }
 
     /// A ready pool with default growth settings and no disks of its own.
@@ -278,6 +311,7 @@ impl Pool {
             disks: Vec::new(),
             adding: None,
             node: None,
+            ceph: None,
             adopted: false,
             state: PoolState::Ready,
         }

@@ -46,6 +46,8 @@ pub struct CreatePool {
     pub spare_disks: Vec<PathBuf>,
     /// [default: 1.0]
     pub overcommit_ratio: Option<f64>,
+    /// rbd: the Ceph cluster and pool.
+    pub ceph: Option<crate::model::CephPool>,
 }
 
 fn invalid(what: impl Into<String>, reason: impl Into<String>) -> Error {
@@ -153,6 +155,13 @@ impl VolumeService {
         match driver {
             DriverKind::Loop | DriverKind::Dir => self.shape_plain_pool(&req, &mut pool)?,
             DriverKind::Btrfs => self.shape_btrfs_pool(&req, &mut pool)?,
+            DriverKind::Rbd => shape_rbd_pool(&req, &mut pool)?,
+        }
+        if driver != DriverKind::Rbd && req.ceph.is_some() {
+            return Err(invalid(
+                "--ceph-conf, --ceph-pool",
+                format!("apply to rbd pools only, not {driver}"),
+            ));
         }
         self.make_pool(pool)
     }
@@ -526,8 +535,9 @@ impl VolumeService {
     /// Record the intent, make the storage, bring it up, record the pool.
     pub(crate) fn make_pool(&self, mut pool: Pool) -> Result<Pool> {
         let driver = self.driver(pool.driver)?.clone();
-        // Every driver so far keeps its storage on this machine.
-        pool.node = Some(self.config.node_id.clone());
+        // A shared pool (rbd) is no node's; every other keeps its storage
+        // on this machine.
+        pool.node = (!pool.is_shared()).then(|| self.config.node_id.clone());
         pool.state = PoolState::Creating;
         self.persist_pool(&pool.name.clone(), Some(&pool), None)?;
         self.failpoints.hit("poolcreate.after_intent");
@@ -886,4 +896,42 @@ impl VolumeService {
         }
         Ok(())
     }
+}
+
+/// An rbd pool: a cluster and a RADOS pool, nothing on this node's disks.
+fn shape_rbd_pool(req: &CreatePool, pool: &mut Pool) -> Result<()> {
+    let local_only = [
+        ("--disk", !req.disks.is_empty()),
+        ("--disk-file", req.disk_file.is_some()),
+        ("--spare-disk", !req.spare_disks.is_empty()),
+        ("--grow-step", req.grow_step.is_some()),
+        ("--max-size", req.max_size.is_some()),
+        ("--path", req.path.is_some()),
+    ];
+    if let Some((flag, _)) = local_only.iter().find(|(_, given)| *given) {
+        return Err(invalid(
+            *flag,
+            "does not apply to rbd pools, whose storage is the Ceph cluster's",
+        ));
+    }
+    let ceph = req
+        .ceph
+        .clone()
+        .ok_or_else(|| invalid("rbd pool", "needs --ceph-conf and --ceph-pool"))?;
+    absolute("ceph.conf", &ceph.conf)?;
+    if let Some(k) = &ceph.keyring {
+        absolute("keyring", k)?;
+    }
+    validate_name("ceph pool", &ceph.pool)?;
+    if let Some(u) = &ceph.user {
+        validate_name("ceph user", u)?;
+        if u.starts_with("client.") {
+            return Err(invalid(
+                format!("ceph user {u:?}"),
+                "is the id without \"client.\"",
+            ));
+        }
+    }
+    pool.ceph = Some(ceph);
+    Ok(())
 }

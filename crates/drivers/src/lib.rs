@@ -6,10 +6,14 @@ pub mod btrfs;
 pub mod copy;
 pub mod dir;
 pub mod loopback;
+#[cfg(feature = "rbd")]
+pub mod rbd;
 
 pub use btrfs::BtrfsDriver;
 pub use dir::DirDriver;
 pub use loopback::LoopDriver;
+#[cfg(feature = "rbd")]
+pub use rbd::RbdDriver;
 
 use std::path::Path;
 

@@ -23,6 +23,14 @@ pub struct LoopNode {
     host: Arc<dyn Host>,
 }
 
+impl LoopNode {
+    /// The node side of loop devices, for drivers whose volumes end up as
+    /// a file to attach (rbd through rbd-fuse).
+    pub fn new(host: Arc<dyn Host>) -> Self {
+        LoopNode { host }
+    }
+}
+
 impl LoopDriver {
     pub fn new(host: Arc<dyn Host>) -> Self {
         Self {

@@ -8,6 +8,7 @@
 
 mod btrfs;
 mod deadline;
+mod fuse;
 mod loopdev;
 mod mountinfo;
 mod tool;
@@ -340,6 +341,57 @@ impl Host for LinuxHost {
                     e,
                 )
             })
+    }
+
+    fn fuse_helper_start(
+        &self,
+        argv: &[String],
+        mountpoint: &Path,
+        timeout: Duration,
+    ) -> Result<(), HostError> {
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| HostError::failed("start a FUSE helper", "no program"))?;
+        tool::run_tool(program, args, timeout)?;
+        let mounted = self.mounts()?.iter().any(|m| m.target == mountpoint);
+        if !mounted {
+            let _ = self.fuse_helper_kill(mountpoint);
+            return Err(HostError::failed(
+                format!("start {program} at {}", mountpoint.display()),
+                "it exited without its mount in the mount table",
+            ));
+        }
+        Ok(())
+    }
+
+    fn fuse_helper_pids(&self, mountpoint: &Path) -> Result<Vec<u32>, HostError> {
+        Ok(fuse::helper_pids(mountpoint))
+    }
+
+    fn fuse_helper_kill(&self, mountpoint: &Path) -> Result<(), HostError> {
+        fuse::kill_helpers(mountpoint);
+        self.unmount_lazy(mountpoint)
+    }
+
+    fn responds(&self, path: &Path, limit: Duration) -> bool {
+        let owned = path.to_path_buf();
+        let op = format!("stat {}", path.display());
+        deadline::within_for(&op, limit, move || {
+            std::fs::metadata(&owned).map_err(|e| HostError::io("stat", &e))
+        })
+        .is_ok()
+    }
+
+    fn unmount_lazy(&self, target: &Path) -> Result<(), HostError> {
+        let op = format!("unmount {} (lazily)", target.display());
+        match nix::mount::umount2(target, MntFlags::MNT_DETACH) {
+            Ok(()) => {
+                tracing::info!(target = %target.display(), "unmounted lazily");
+                Ok(())
+            }
+            Err(Errno::EINVAL | Errno::ENOENT) => Ok(()),
+            Err(e) => Err(errno_failed(op, e)),
+        }
     }
 
     fn unmount(&self, target: &Path) -> Result<(), HostError> {

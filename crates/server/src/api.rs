@@ -233,6 +233,9 @@ pub struct PoolView {
     /// A btrfs mounted by someone else that the pool uses as it is.
     #[serde(default)]
     pub adopted: bool,
+    /// rbd: the Ceph cluster and pool holding the images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceph: Option<ballast_core::model::CephPool>,
 }
 
 impl PoolView {
@@ -249,6 +252,7 @@ impl PoolView {
             growth: p.growth,
             disks: p.disks,
             adopted: p.adopted,
+            ceph: p.ceph,
         }
     }
 }
@@ -300,6 +304,24 @@ pub struct CreatePoolBody {
     #[serde(default)]
     #[schema(schema_with = wire::s_opt_ratio)]
     pub overcommit_ratio: Option<f64>,
+    /// rbd: the ceph.conf naming the cluster's monitors (the same path on
+    /// every node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = wire::s_opt_path)]
+    pub ceph_conf: Option<String>,
+    /// rbd: the RADOS pool holding the images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceph_pool: Option<String>,
+    /// rbd: the cephx id, without `client.` [default: admin].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceph_user: Option<String>,
+    /// rbd: the keyring with that id's key [default: ceph.conf's].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = wire::s_opt_path)]
+    pub keyring: Option<String>,
+    /// rbd: the filesystem of volumes that ask for none, ext4 or xfs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs: Option<String>,
 }
 
 impl CreatePoolBody {
@@ -324,6 +346,8 @@ impl CreatePoolBody {
             .chain(self.spare_disks.iter().map(|d| ("spare disk", d)))
             .chain(self.disk_file.iter().map(|f| ("disk file", f)))
             .chain(self.path.iter().map(|p| ("path", p)))
+            .chain(self.ceph_conf.iter().map(|p| ("ceph_conf", p)))
+            .chain(self.keyring.iter().map(|p| ("keyring", p)))
         {
             wire::check_path(what, p)?;
         }
@@ -347,6 +371,36 @@ impl CreatePoolBody {
             })
             .transpose()
         };
+        let fs = self
+            .fs
+            .as_deref()
+            .map(str::parse::<ballast_core::model::FsType>)
+            .transpose()?;
+        let ceph = match (self.ceph_conf, self.ceph_pool) {
+            (Some(conf), Some(pool)) => Some(ballast_core::model::CephPool {
+                conf: PathBuf::from(conf),
+                pool,
+                user: self.ceph_user,
+                keyring: self.keyring.map(PathBuf::from),
+                fs,
+            }),
+            (None, None) => {
+                let given = [
+                    ("ceph_user", self.ceph_user.is_some()),
+                    ("keyring", self.keyring.is_some()),
+                    ("fs", fs.is_some()),
+                ];
+                if let Some((what, _)) = given.iter().find(|(_, g)| *g) {
+                    return Err(InvalidInput::new(
+                        *what,
+                        "applies to rbd pools only (with ceph_conf and ceph_pool)",
+                    ));
+                }
+                None
+            }
+            (Some(_), None) => return Err(InvalidInput::new("ceph_conf", "needs ceph_pool")),
+            (None, Some(_)) => return Err(InvalidInput::new("ceph_pool", "needs ceph_conf")),
+        };
         Ok(CreatePool {
             name: self.name,
             driver: self.driver.as_deref().map(str::parse).transpose()?,
@@ -362,6 +416,7 @@ impl CreatePoolBody {
             max_size: size_of("max size", self.max_size)?,
             spare_disks: self.spare_disks.into_iter().map(PathBuf::from).collect(),
             overcommit_ratio: self.overcommit_ratio,
+            ceph,
         })
     }
 }

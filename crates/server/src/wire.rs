@@ -514,8 +514,8 @@ pub fn s_opt_driver() -> RefOr<Schema> {
     done(
         ObjectBuilder::new()
             .schema_type(string_type(true))
-            .enum_values(Some(["loop", "dir", "btrfs"]))
-            .description(Some("`loop` (the default), `dir` or `btrfs`.")),
+            .enum_values(Some(["loop", "dir", "btrfs", "rbd"]))
+            .description(Some("`loop` (the default), `dir`, `btrfs` or `rbd`.")),
     )
 }
 

@@ -397,8 +397,9 @@ impl VolumeService {
                 }
                 None
             }
-            DriverKind::Loop => {
-                let fs = req.fs.unwrap_or(self.config.default_fs);
+            DriverKind::Loop | DriverKind::Rbd => {
+                let pool_fs = pool.ceph.as_ref().and_then(|c| c.fs);
+                let fs = req.fs.or(pool_fs).unwrap_or(self.config.default_fs);
                 if size < fs.min_size() {
                     return Err(InvalidInput::new(
                         format!("size {size}"),
