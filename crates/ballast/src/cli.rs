@@ -155,6 +155,10 @@ pub enum VolumeCmd {
         /// Consumer ID; each ID needs its own unmount
         #[arg(long)]
         id: Option<String>,
+        /// Shared (rbd) volumes: take the volume over from the live node
+        /// holding it; that node is fenced off it first
+        #[arg(long)]
+        preempt: bool,
     },
     /// Release a mount; the last one unmounts the volume
     Unmount {
@@ -348,10 +352,10 @@ fn volume(c: &Client, output: Output, cmd: &VolumeCmd) -> anyhow::Result<()> {
                 }
             }
         }
-        VolumeCmd::Mount { name, id } => {
+        VolumeCmd::Mount { name, id, preempt } => {
             let r: MountReply = c.post(
                 &format!("/v1/volumes/{}/mount", seg("volume", name)?),
-                json!({ "id": id }),
+                json!({ "id": id, "preempt": preempt }),
             )?;
             print_one(output, &r, || println!("{}", r.mountpoint))
         }

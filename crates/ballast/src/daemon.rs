@@ -435,6 +435,9 @@ async fn run(config: Config, api_socket: Option<PathBuf>, dirs: &Dirs) -> anyhow
     // Places creates while this node is the controller; does the work other
     // nodes ask of this one.
     service.start_agent().context("starting the node agent")?;
+    // Fences of this node to clean up after, fences to lift, and mapping
+    // helpers that stopped answering.
+    service.start_fencing().context("starting the fencing loop")?;
     if let Some(sock) = &config.docker_socket {
         let plugin = listen::bind_unix(sock, 0o600).await?;
         // A stale plugin socket stalls `docker volume ls` until it times out.

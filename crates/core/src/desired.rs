@@ -352,8 +352,27 @@ impl VolumeService {
     /// answers and counts its error.)
     fn elsewhere(&self, name: &str) -> Option<String> {
         let vol = self.get_volume(name).ok()?;
-        vol.node
-            .filter(|n| *n != self.config.node_id && self.is_clustered())
+        if !self.is_clustered() {
+            return None;
+        }
+        let me = &self.config.node_id;
+        match vol.node {
+            Some(n) => (n != *me).then_some(n),
+            // Shared storage: the work goes where the volume is staged (a
+            // grow is the mounting node's; a delete must see its consumers).
+            None => {
+                let atts = self.attachments.read();
+                let holders = atts.get(name)?;
+                if holders.contains_key(me) {
+                    return None;
+                }
+                let live = self.nodes.read();
+                holders
+                    .keys()
+                    .find(|n| live.contains_key(n.as_str()))
+                    .cloned()
+            }
+        }
     }
 
     fn source_node(&self, source: &crate::model::CreateSource) -> Result<String> {

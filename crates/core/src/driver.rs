@@ -281,6 +281,14 @@ pub trait NodeOps: Send + Sync {
     fn watchdog(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Tear the volume down on this node without flushing anything to its
+    /// storage, after another node fenced this one off it: the data here
+    /// is stale and must not reach the storage. Best effort, never blocks
+    /// on a hung mapping. Local storage just unmounts and detaches.
+    fn abandon(&self, pool: &Pool, vol: &Volume, mountpoint: &Path) {
+        let _ = self.unmount(vol, mountpoint);
+        let _ = self.detach(pool, vol);
+    }
     /// Whether volumes are served where they are (dir, btrfs): nothing to
     /// attach, format or mount, so staging has no side effect to undo and
     /// [`NodeOps::mount`] only names the volume's directory.

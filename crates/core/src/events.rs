@@ -37,6 +37,8 @@ pub enum EventKind {
     /// Needs an operator now: a pool at its max size above its watermark,
     /// or one that could not be brought up.
     Critical,
+    /// A node was fenced off shared storage, cleaned up, or unfenced.
+    Fence,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

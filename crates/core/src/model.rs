@@ -740,6 +740,10 @@ pub struct Staging {
     /// Where the filesystem is mounted; what consumers bind or use.
     #[schema(value_type = String)]
     pub mountpoint: PathBuf,
+    /// Shared storage: the cluster clients this node's mapping registered,
+    /// what a node taking the volume over fences.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<String>,
 }
 
 /// A volume record as the store holds it.

@@ -85,6 +85,10 @@ pub struct NodeRecord {
     /// When this record was last written (capacity is as of then).
     pub updated_at: DateTime<Utc>,
     pub pools: Vec<NodePool>,
+    /// How the node maps shared storage, by driver (rbd: krbd, rbd-nbd or
+    /// rbd-fuse, as its kernel offers).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mappings: BTreeMap<String, String>,
 }
 
 /// A pool of the node and its capacity when the node last wrote its record.
@@ -406,6 +410,11 @@ impl VolumeService {
             instance: info.instance.clone(),
             updated_at: Utc::now(),
             pools,
+            mappings: self
+                .drivers
+                .iter()
+                .filter_map(|(k, d)| Some((k.to_string(), d.node().mapping()?)))
+                .collect(),
         }
     }
 

@@ -555,6 +555,23 @@ impl NodeOps for RbdNode {
             .collect())
     }
 
+    fn abandon(&self, _pool: &Pool, vol: &Volume, mountpoint: &Path) {
+        let dir = self.fuse_dir(vol);
+        // The helper first: with it gone nothing more reaches the image,
+        // and whatever waits on it gets an error instead of hanging.
+        let _ = self.host.fuse_helper_kill(&dir);
+        let _ = self.host.unmount_lazy(mountpoint);
+        let file = self.image_file(vol);
+        if let Ok(loops) = self.host.loop_devices() {
+            for l in loops.into_iter().filter(|l| l.backing_file == file) {
+                let _ = self.host.loop_detach(&l.device);
+            }
+        }
+        let _ = self.host.unmount_lazy(&dir);
+        let _ = std::fs::remove_dir(&dir);
+        let _ = std::fs::remove_dir(mountpoint);
+    }
+
     fn mapping(&self) -> Option<String> {
         let krbd = Path::new("/sys/bus/rbd").exists();
         let nbd = Path::new("/sys/module/nbd").exists();

@@ -128,6 +128,10 @@ pub struct MountBody {
     #[serde(default)]
     #[schema(schema_with = wire::s_opt_consumer_id)]
     pub id: Option<String>,
+    /// Mount only: take a shared (rbd) volume over from the live node
+    /// holding it, fencing that node first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preempt: bool,
 }
 
 impl MountBody {
@@ -179,6 +183,10 @@ pub struct VolumeView {
     /// Filesystem usage; present on inspect of a mounted volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<VolumeUsage>,
+    /// Shared storage: every node's hold on the volume and fences of it
+    /// (in a single volume's view only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<ballast_core::service::Holder>,
 }
 
 impl VolumeView {
@@ -206,6 +214,7 @@ impl VolumeView {
             device,
             consumers: v.consumers.into_values().collect(),
             usage,
+            holders: Vec::new(),
         }
     }
 }

@@ -219,11 +219,7 @@ pub fn router(state: PluginState) -> Router {
         .route("/VolumeDriver.Path", post(path))
         .route("/VolumeDriver.Get", post(get))
         .route("/VolumeDriver.List", post(list))
-        .route(
-            "/VolumeDriver.Capabilities",
-            // Pools are node-local: the volume lives on this host only.
-            post(|| async { Reply::ok(json!({"Capabilities": {"Scope": "local"}})) }),
-        )
+        .route("/VolumeDriver.Capabilities", post(capabilities))
         .fallback(|| async {
             Reply {
                 status: StatusCode::NOT_FOUND,
@@ -379,4 +375,13 @@ mod tests {
         o.insert("size".to_string(), json!(5));
         assert!(create_request("v".into(), &o).is_err());
     }
+}
+
+/// `global` once the store has a shared (rbd) pool: its volumes are the
+/// same on every host, so Docker (swarm) may treat a name as cluster-wide
+/// (the Docker 1.12 scope). Otherwise a volume lives on one host: `local`.
+async fn capabilities(State(state): State<PluginState>) -> Reply {
+    let shared = state.service.list_pools().iter().any(|p| p.is_shared());
+    let scope = if shared { "global" } else { "local" };
+    Reply::ok(json!({"Capabilities": {"Scope": scope}}))
 }

@@ -484,7 +484,13 @@ async fn get_volume(
     let view = blocking(&state, move |s| {
         let v = s.get_volume(&name)?;
         let usage = s.volume_usage(&v);
-        Ok(VolumeView::new(v, usage))
+        let holders = match v.node {
+            None => s.holders(&name)?,
+            Some(_) => Vec::new(),
+        };
+        let mut view = VolumeView::new(v, usage);
+        view.holders = holders;
+        Ok(view)
     })
     .await?;
     Ok(Json(view))
@@ -529,8 +535,22 @@ async fn mount_volume(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<MountBody>,
 ) -> Result<Json<MountReply>, ApiError> {
+    let preempt = body.preempt;
     let consumer = cli_consumer(body)?;
-    let vol = blocking(&state, move |s| s.mount(&name, consumer)).await?;
+    let vol = blocking(&state, move |s| {
+        if preempt {
+            s.publish_preempt(
+                &name,
+                consumer,
+                None,
+                ballast_core::model::Sharing::Unspecified,
+                Wait::Block,
+            )
+        } else {
+            s.mount(&name, consumer)
+        }
+    })
+    .await?;
     let view = VolumeView::new(vol, None);
     Ok(Json(MountReply {
         mountpoint: view.mountpoint.clone().unwrap_or_default(),
@@ -546,6 +566,9 @@ async fn unmount_volume(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<MountBody>,
 ) -> Result<Json<VolumeView>, ApiError> {
+    if body.preempt {
+        return Err(InvalidInput::new("preempt", "applies to mount only").into());
+    }
     let consumer = cli_consumer(body)?;
     let vol = blocking(&state, move |s| s.unmount(&name, &consumer)).await?;
     Ok(Json(VolumeView::new(vol, None)))

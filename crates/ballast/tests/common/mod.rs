@@ -3,6 +3,7 @@
 //! host's real loop devices and mount table.
 #![allow(dead_code)]
 
+pub mod ceph;
 pub mod etcd;
 pub mod hung_fuse;
 pub mod netns;

@@ -288,7 +288,9 @@ mod health;
 mod journal;
 mod publish;
 mod resize;
+mod shared;
 mod snapshot;
+pub use shared::{Fence, Holder, FENCE_EXPIRY};
 mod unpublish;
 
 pub(crate) use cache::stored_record;

@@ -40,7 +40,24 @@ impl VolumeService {
     ) -> Result<Volume> {
         let driver = self.volume_driver_label(name);
         self.timed(Operation::Mount, driver, || {
-            self.publish_op(name, consumer, target, sharing, wait)
+            self.publish_op(name, consumer, target, sharing, false, wait)
+        })
+    }
+
+    /// [`VolumeService::publish_with`] that takes a shared volume over from
+    /// a live node holding it (REX-Ray's `preempt`): that node is fenced
+    /// first.
+    pub fn publish_preempt(
+        &self,
+        name: &str,
+        consumer: ConsumerRef,
+        target: Option<PublishTarget>,
+        sharing: Sharing,
+        wait: Wait,
+    ) -> Result<Volume> {
+        let driver = self.volume_driver_label(name);
+        self.timed(Operation::Mount, driver, || {
+            self.publish_op(name, consumer, target, sharing, true, wait)
         })
     }
 
@@ -50,6 +67,7 @@ impl VolumeService {
         consumer: ConsumerRef,
         target: Option<PublishTarget>,
         sharing: Sharing,
+        preempt: bool,
         wait: Wait,
     ) -> Result<Volume> {
         // Only a target asks anything of others.
@@ -122,7 +140,7 @@ impl VolumeService {
             }
         }
         if vol.staging.is_none() {
-            return self.stage_and_publish(&pool, vol, consumer, target, sharing);
+            return self.stage_and_publish(&pool, vol, consumer, target, sharing, preempt);
         }
         let Some(target) = target else {
             add_consumer(&mut vol, &consumer, None, sharing);
@@ -221,10 +239,13 @@ impl VolumeService {
         consumer: ConsumerRef,
         target: Option<PublishTarget>,
         sharing: Sharing,
+        preempt: bool,
     ) -> Result<Volume> {
         let name = vol.name.clone();
         let driver = self.driver(pool.driver)?;
         let node = driver.node();
+        let read_only = target.as_ref().is_some_and(|t| t.read_only);
+        self.claim_shared(pool, &vol, read_only, preempt)?;
         if target.is_none() && node.serves_in_place() {
             // Nothing is attached or mounted (dir, btrfs): staging is one
             // record update, and there is nothing an intent would undo.
@@ -233,6 +254,7 @@ impl VolumeService {
             vol.staging = Some(Staging {
                 device: None,
                 mountpoint: data,
+                clients: Vec::new(),
             });
             add_consumer(&mut vol, &consumer, None, sharing);
             let ev = self.event(
@@ -255,7 +277,7 @@ impl VolumeService {
         )?;
         self.failpoints.hit("stage.after_intent");
         let mountpoint = self.mountpoint_for(&name);
-        let staged = (|| -> Result<(Option<LoopDevice>, PathBuf)> {
+        let staged = (|| -> Result<(Option<LoopDevice>, PathBuf, Vec<String>)> {
             let dev = node.attach(pool, &vol)?;
             self.failpoints.hit("stage.after_attach");
             let dev_path = dev.as_ref().map(|d| d.path.clone());
@@ -268,7 +290,8 @@ impl VolumeService {
                 self.host
                     .loop_set_autoclear(&path, false)
                     .map_err(DriverError::from)?;
-                return Ok((dev, path));
+                let clients = node.clients(pool, &vol)?;
+                return Ok((dev, path, clients));
             }
             if let (Some(path), false) = (&dev_path, vol.formatted) {
                 node.format(&vol, path)?;
@@ -288,9 +311,10 @@ impl VolumeService {
             if let (Some(path), true) = (&dev_path, vol.fs_grow_pending && !offline_grow) {
                 node.grow_fs(&vol, path, Some(&data))?;
             }
-            Ok((dev, data))
+            let clients = node.clients(pool, &vol)?;
+            Ok((dev, data, clients))
         })();
-        let (dev, data) = match staged {
+        let (dev, data, clients) = match staged {
             Ok(v) => v,
             Err(e) => {
                 self.undo_stage(pool, &vol, target.as_ref());
@@ -304,6 +328,7 @@ impl VolumeService {
         vol.staging = Some(Staging {
             device: dev.as_ref().map(|d| d.path.clone()),
             mountpoint: data,
+            clients,
         });
         if let Some(t) = &target {
             // bind_target cleans up after itself; the target is not ours

@@ -99,6 +99,7 @@ impl VolumeService {
             Some(Staging {
                 device: Some(dev),
                 mountpoint,
+                ..
             }) if node.can_grow_online(vol) => {
                 node.grow_fs(vol, dev, Some(mountpoint))?;
             }
@@ -146,6 +147,7 @@ impl VolumeService {
             Some(Staging {
                 device: Some(dev),
                 mountpoint,
+                ..
             }),
             true,
         ) = (vol.staging.clone(), vol.fs_grow_pending)
