@@ -314,7 +314,7 @@ impl VolumeService {
         f: impl FnOnce() -> std::result::Result<(), DriverError>,
     ) -> Result<()> {
         let frozen = match &vol.staging {
-            Some(s) if !vol.block && vol.driver == DriverKind::Loop => {
+            Some(s) if !vol.block && matches!(vol.driver, DriverKind::Loop | DriverKind::Rbd) => {
                 self.host.freeze(&s.mountpoint).map_err(DriverError::from)?;
                 Some(s.mountpoint.clone())
             }
