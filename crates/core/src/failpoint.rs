@@ -34,6 +34,8 @@ pub const ALL: &[&str] = &[
     "claim.after_record",
     "claim.after_volumes",
     "autogrow.decided",
+    "fence.before_blocklist",
+    "fence.after_blocklist",
 ];
 
 /// A test's code run when a failpoint is reached (to race an operation

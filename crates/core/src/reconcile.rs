@@ -153,7 +153,7 @@ impl VolumeService {
             .as_deref()
             .is_some_and(|b| b != self.boot_id.as_bytes());
         for pool in self.list_pools() {
-            if pool.node.is_none() {
+            if pool.node.is_none() && !pool.is_shared() {
                 let mut p = pool.clone();
                 p.node = Some(me.clone());
                 self.persist_pool(&p.name.clone(), Some(&p), None)?;
@@ -161,7 +161,8 @@ impl VolumeService {
         }
         for kv in kvs.iter().filter(|kv| kv.key.starts_with(VOL_PREFIX)) {
             let mut vol: Volume = decode(&kv.key, &kv.value)?;
-            if vol.node.is_some() {
+            // Shared storage (rbd) is no node's.
+            if vol.node.is_some() || vol.driver == crate::model::DriverKind::Rbd {
                 continue;
             }
             vol.node = Some(me.clone());

@@ -97,7 +97,8 @@ impl VolumeService {
             autogrow: req.autogrow,
             source: None,
             cow: false,
-            node: Some(self.config.node_id.clone()),
+            // Shared storage is no node's: any node may stage it.
+            node: (!pool.is_shared()).then(|| self.config.node_id.clone()),
             staging: None,
             consumers: BTreeMap::new(),
         };
@@ -253,7 +254,8 @@ impl VolumeService {
             autogrow: req.autogrow,
             source: Some(source.clone()),
             cow,
-            node: Some(self.config.node_id.clone()),
+            // Shared storage is no node's: any node may stage it.
+            node: (!pool.is_shared()).then(|| self.config.node_id.clone()),
             staging: None,
             consumers: BTreeMap::new(),
         };

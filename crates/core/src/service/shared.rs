@@ -211,6 +211,7 @@ impl VolumeService {
         let driver = self.driver(pool.driver)?;
         self.failpoints.hit("fence.before_blocklist");
         let addrs = driver.fence(pool, vol, clients, FENCE_EXPIRY)?;
+        self.failpoints.hit("fence.after_blocklist");
         let key = fence_key(node, &pool.name);
         let mut fence = match self.store.get(&key)? {
             Some(raw) => serde_json::from_slice::<Fence>(&raw).ok(),

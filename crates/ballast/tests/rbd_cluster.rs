@@ -1,0 +1,441 @@
+//! rbd volumes following their workload across three test hosts (network
+//! namespaces, tests/common/netns.rs) with a 3-member etcd and a real Ceph
+//! cluster on a host of its own: one writer enforced, a dead holder fenced
+//! before the volume is mapped elsewhere, and unfenced automatically when
+//! it comes back.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::ceph::{require_ceph, Ceph};
+use common::etcd::{require_etcd, EtcdCluster};
+use common::netns::{require_netns, Net};
+use common::{require_root_loop, Daemon};
+
+const HOSTS: [&str; 3] = ["h1", "h2", "h3"];
+const MEMBERS: [&str; 3] = ["e1", "e2", "e3"];
+const NODE_TTL: &str = "2s";
+const PLUGIN: &str = "ballast";
+
+struct Cluster {
+    nodes: Vec<Daemon>,
+    plugins: tempfile::TempDir,
+    ceph: Ceph,
+    etcd: EtcdCluster,
+    net: Net,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let mut hosts: Vec<&str> = MEMBERS.to_vec();
+        hosts.extend(HOSTS);
+        hosts.push("ceph");
+        let net = Net::new(&hosts);
+        let etcd = EtcdCluster::start(&net, &MEMBERS);
+        let ceph = Ceph::start_in_netns(&net.netns_path("ceph"), net.addr("ceph"));
+        ceph.create_pool("rbd");
+        let plugins = tempfile::tempdir().unwrap();
+        let nodes = HOSTS
+            .iter()
+            .map(|h| {
+                let dir = plugins.path().join(h);
+                std::fs::create_dir_all(&dir).unwrap();
+                let listen = format!("{}:0", net.addr(h));
+                Daemon::start_in_netns(
+                    &net.netns_path(h),
+                    &[
+                        "--store",
+                        &etcd.urls(),
+                        "--store-prefix",
+                        "/rbd/",
+                        "--node-id",
+                        h,
+                        "--node-ttl",
+                        NODE_TTL,
+                        "--listen",
+                        &listen,
+                        "--docker-plugin-name",
+                        PLUGIN,
+                        "--docker-plugin-dir",
+                        dir.to_str().unwrap(),
+                    ],
+                    &[],
+                )
+            })
+            .collect();
+        let c = Cluster {
+            nodes,
+            plugins,
+            ceph,
+            etcd,
+            net,
+        };
+        let conf = c.ceph.conf();
+        c.node("h1").ok(&[
+            "pool",
+            "create",
+            "ceph",
+            "--driver",
+            "rbd",
+            "--ceph-conf",
+            conf.to_str().unwrap(),
+            "--ceph-pool",
+            "rbd",
+        ]);
+        c
+    }
+
+    fn node(&self, host: &str) -> &Daemon {
+        &self.nodes[HOSTS.iter().position(|h| *h == host).unwrap()]
+    }
+
+    fn plugin_sock(&self, host: &str) -> PathBuf {
+        self.plugins.path().join(host).join(format!("{PLUGIN}.sock"))
+    }
+
+    fn signal(&self, host: &str, sig: nix::sys::signal::Signal) {
+        let pid = self.node(host).pid().expect("running") as i32;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
+    }
+
+    fn blocklist(&self) -> String {
+        let out = self.ceph.ceph(&["osd", "blocklist", "ls"]);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    fn fences(&self, host: &str) -> serde_json::Value {
+        self.node(host)
+            .json(&["volume", "inspect", "db"])
+            .get("holders")
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let tail = |text: String| {
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        };
+        for (h, d) in HOSTS.iter().zip(&self.nodes) {
+            eprintln!("--- ballast {h} ---\n{}", tail(d.log()));
+        }
+        eprintln!("--- ceph ---\n{}", tail(self.ceph.log()));
+    }
+}
+
+fn prerequisites(test: &str) -> bool {
+    require_netns(test) && require_root_loop(test) && require_etcd(test) && require_ceph(test)
+}
+
+/// One POST to a Docker volume plugin socket, as dockerd sends it.
+fn plugin_call(sock: &Path, endpoint: &str, body: serde_json::Value) -> serde_json::Value {
+    let mut s = UnixStream::connect(sock).unwrap_or_else(|e| panic!("{}: {e}", sock.display()));
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let body = body.to_string();
+    let head = format!(
+        "POST {endpoint} HTTP/1.1\r\nHost: plugin\r\nConnection: close\r\nContent-Type: application/vnd.docker.plugins.v1.2+json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP reply: {:?}", String::from_utf8_lossy(&resp)));
+    serde_json::from_slice(&resp[split + 4..]).unwrap_or_else(|e| {
+        panic!(
+            "{endpoint}: {e}: {:?}",
+            String::from_utf8_lossy(&resp[split + 4..])
+        )
+    })
+}
+
+fn eventually<T, E: std::fmt::Debug>(
+    what: &str,
+    limit: Duration,
+    mut f: impl FnMut() -> Result<T, E>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() > deadline => panic!("never happened: {what}; last: {e:?}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Nothing of `d`'s mapping is left on its host: no rbd-fuse, no mount or
+/// loop device under its state or mounts.
+fn holds_no_mapping(d: &Daemon) -> Result<(), String> {
+    let state = d.state.to_str().unwrap().to_string();
+    let run = d.run.to_str().unwrap().to_string();
+    let mut left = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c);
+            if c.starts_with("rbd-fuse") && c.contains(&state) {
+                left.push(format!("process {c}"));
+            }
+        }
+    }
+    for t in common::mount_targets() {
+        let t = t.display().to_string();
+        if t.starts_with(&state) || t.starts_with(&run) {
+            left.push(format!("mount {t}"));
+        }
+    }
+    for (dev, f) in common::loop_devices() {
+        if f.display().to_string().starts_with(&state) {
+            left.push(format!("loop {dev}"));
+        }
+    }
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(left.join("; "))
+    }
+}
+
+/// Append fsynced records `<who> <n>` to `file`; each one acknowledged
+/// (written and fsynced) bumps `acked`. Stops at the first error or when
+/// told.
+fn writer(
+    file: PathBuf,
+    who: &'static str,
+    first: u64,
+    acked: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Option<String>> {
+    std::thread::spawn(move || {
+        let mut f = match std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&file)
+        {
+            Ok(f) => f,
+            Err(e) => return Some(e.to_string()),
+        };
+        let mut n = first;
+        while !stop.load(Ordering::SeqCst) {
+            let rec = format!("{who} {n:08}\n");
+            if let Err(e) = f.write_all(rec.as_bytes()).and_then(|()| f.sync_data()) {
+                return Some(e.to_string());
+            }
+            acked.store(n, Ordering::SeqCst);
+            n += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    })
+}
+
+#[test]
+fn a_writer_fails_over_to_another_host_with_the_dead_holder_fenced_and_unfenced_automatically() {
+    let test = "a_writer_fails_over_to_another_host_with_the_dead_holder_fenced_and_unfenced_automatically";
+    if !prerequisites(test) {
+        return;
+    }
+    let c = Cluster::start();
+    let (a, b) = (c.node("h1"), c.node("h2"));
+    // Docker 1.12's scope: a shared pool makes names cluster-wide.
+    let caps = plugin_call(&c.plugin_sock("h2"), "/VolumeDriver.Capabilities", serde_json::json!({}));
+    assert_eq!(caps["Capabilities"]["Scope"], "global", "{caps}");
+    a.ok(&["volume", "create", "db", "--pool", "ceph", "--size", "64M"]);
+
+    // The workload on A, through the Docker plugin as dockerd calls it.
+    let m = plugin_call(
+        &c.plugin_sock("h1"),
+        "/VolumeDriver.Mount",
+        serde_json::json!({"Name": "db", "ID": "container-a"}),
+    );
+    let mp_a = PathBuf::from(m["Mountpoint"].as_str().unwrap_or_else(|| panic!("{m}")));
+    let log = "records";
+    let acked_a = Arc::new(AtomicU64::new(0));
+    let stop_a = Arc::new(AtomicBool::new(false));
+    let wa = writer(mp_a.join(log), "A", 1, acked_a.clone(), stop_a.clone());
+    eventually("A acknowledges records", Duration::from_secs(30), || {
+        (acked_a.load(Ordering::SeqCst) >= 50).then_some(()).ok_or(())
+    });
+
+    // B sees A hold it, and a mount on B while A is alive is refused,
+    // naming A.
+    let holders = c.fences("h2");
+    assert!(holders.to_string().contains("\"h1\""), "{holders}");
+    let refused = plugin_call(
+        &c.plugin_sock("h2"),
+        "/VolumeDriver.Mount",
+        serde_json::json!({"Name": "db", "ID": "container-b"}),
+    );
+    let err = refused["Err"].as_str().unwrap_or_default();
+    assert!(err.contains("h1") && err.contains("preempt"), "{refused}");
+
+    // Cut A off and stop its daemon (no more lease renewal).
+    c.net.partition("h1");
+    c.signal("h1", nix::sys::signal::Signal::SIGSTOP);
+    let cut_acked = acked_a.load(Ordering::SeqCst);
+    let cut = Instant::now();
+
+    // The orchestrator retries the start on B until it works, as dockerd's
+    // restart policy or a scheduler would: no operator step.
+    let mp_b = eventually("the mount on B", Duration::from_secs(60), || {
+        let r = plugin_call(
+            &c.plugin_sock("h2"),
+            "/VolumeDriver.Mount",
+            serde_json::json!({"Name": "db", "ID": "container-b"}),
+        );
+        match r["Mountpoint"].as_str() {
+            Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+            _ => Err(r),
+        }
+    });
+    let failover = cut.elapsed();
+    eprintln!("failover: {failover:?} from the cut to the mount on B");
+    let mounted_b = acked_a.load(Ordering::SeqCst);
+    assert!(
+        c.blocklist().contains(&c.net.addr("h1").to_string()),
+        "A's clients are blocklisted before B mapped: {}",
+        c.blocklist()
+    );
+
+    // The writer resumes on B.
+    let text = std::fs::read_to_string(mp_b.join(log)).unwrap();
+    let acked_b = Arc::new(AtomicU64::new(0));
+    let stop_b = Arc::new(AtomicBool::new(false));
+    let wb = writer(mp_b.join(log), "B", 1, acked_b.clone(), stop_b.clone());
+    eventually("B acknowledges records", Duration::from_secs(30), || {
+        (acked_b.load(Ordering::SeqCst) >= 50).then_some(()).ok_or(())
+    });
+
+    // A comes back: its stuck writes must not land, its mapping goes, and
+    // the fence is lifted, all by itself.
+    c.net.heal("h1");
+    c.signal("h1", nix::sys::signal::Signal::SIGCONT);
+    stop_a.store(true, Ordering::SeqCst);
+    eventually("A holds no mapping", Duration::from_secs(60), || holds_no_mapping(a));
+    eventually("the fence is lifted", Duration::from_secs(60), || {
+        let bl = c.blocklist();
+        let holders = c.fences("h2").to_string();
+        (!bl.contains(&c.net.addr("h1").to_string()) && !holders.contains("fenced"))
+            .then_some(())
+            .ok_or((bl, holders))
+    });
+    stop_b.store(true, Ordering::SeqCst);
+    assert_eq!(wb.join().unwrap(), None, "B's writer never failed");
+    // A's writer ends with an error (fenced) or was stopped; either way
+    // nothing it wrote after B's mount may be on the volume.
+    let _ = wa.join();
+
+    let after = std::fs::read_to_string(mp_b.join(log)).unwrap();
+    let a_recs: Vec<u64> = after
+        .lines()
+        .filter_map(|l| l.strip_prefix("A ").and_then(|n| n.parse().ok()))
+        .collect();
+    let b_recs: Vec<u64> = after
+        .lines()
+        .filter_map(|l| l.strip_prefix("B ").and_then(|n| n.parse().ok()))
+        .collect();
+    for n in 1..=cut_acked {
+        assert!(a_recs.contains(&n), "A's acknowledged record {n} is lost");
+    }
+    assert!(
+        a_recs.iter().all(|n| *n <= mounted_b),
+        "a record A wrote after B's mount is on the volume: {:?} (B mounted after {mounted_b})",
+        a_recs.iter().filter(|n| **n > mounted_b).collect::<Vec<_>>()
+    );
+    assert!(
+        after.starts_with(&text),
+        "what B found at its mount was changed afterwards by someone else"
+    );
+    assert_eq!(b_recs.len() as u64, acked_b.load(Ordering::SeqCst));
+    assert!(
+        after.lines().all(|l| l.starts_with("A ") || l.starts_with("B ")),
+        "the record file is intact"
+    );
+
+    // A is a full member again: it can take the volume back once B lets go.
+    plugin_call(
+        &c.plugin_sock("h2"),
+        "/VolumeDriver.Unmount",
+        serde_json::json!({"Name": "db", "ID": "container-b"}),
+    );
+    let back = eventually("A mounts it again", Duration::from_secs(30), || {
+        let r = plugin_call(
+            &c.plugin_sock("h1"),
+            "/VolumeDriver.Mount",
+            serde_json::json!({"Name": "db", "ID": "container-a2"}),
+        );
+        r["Mountpoint"].as_str().map(PathBuf::from).ok_or(r)
+    });
+    assert_eq!(std::fs::read_to_string(back.join(log)).unwrap(), after);
+    plugin_call(
+        &c.plugin_sock("h1"),
+        "/VolumeDriver.Unmount",
+        serde_json::json!({"Name": "db", "ID": "container-a2"}),
+    );
+    a.ok(&["volume", "rm", "db"]);
+    for h in HOSTS {
+        eventually(&format!("{h} holds nothing"), Duration::from_secs(10), || {
+            holds_no_mapping(c.node(h))
+        });
+    }
+    let _ = b;
+}
+
+#[test]
+fn preempt_takes_a_volume_from_a_live_holder_only_when_asked() {
+    if !prerequisites("preempt_takes_a_volume_from_a_live_holder_only_when_asked") {
+        return;
+    }
+    let c = Cluster::start();
+    let (a, b) = (c.node("h1"), c.node("h2"));
+    a.ok(&["volume", "create", "db", "--pool", "ceph", "--size", "32M"]);
+    let mp_a = PathBuf::from(a.ok(&["volume", "mount", "db"]).trim());
+    // Durable on A (a preempt loses what A had not flushed, by design).
+    std::fs::write(mp_a.join("from-a"), b"a").unwrap();
+    std::fs::File::open(mp_a.join("from-a")).unwrap().sync_all().unwrap();
+    std::fs::File::open(&mp_a).unwrap().sync_all().unwrap();
+
+    let err = b.fails(&["volume", "mount", "db"]);
+    assert!(err.contains("h1") && err.contains("--preempt"), "{err}");
+    assert!(holds_no_mapping(b).is_ok(), "a refused mount maps nothing");
+    let holders = c.fences("h3");
+    assert_eq!(holders.as_array().map(Vec::len), Some(1), "{holders}");
+    assert_eq!(holders[0]["node"], "h1");
+    assert!(holders[0].get("fenced").is_none(), "{holders}");
+
+    let mp_b = PathBuf::from(b.ok(&["volume", "mount", "db", "--preempt"]).trim());
+    assert_eq!(std::fs::read(mp_b.join("from-a")).unwrap(), b"a");
+    // A, alive and in touch, tears its mapping down by itself and the
+    // fence goes.
+    eventually("A holds no mapping", Duration::from_secs(30), || holds_no_mapping(a));
+    eventually("the fence is lifted", Duration::from_secs(30), || {
+        let holders = c.fences("h3");
+        let bl = c.blocklist();
+        let only_b = holders.as_array().is_some_and(|h| h.len() == 1 && h[0]["node"] == "h2");
+        (only_b && !bl.contains(&c.net.addr("h1").to_string()))
+            .then_some(())
+            .ok_or((holders, bl))
+    });
+    let v = a.json(&["volume", "inspect", "db"]);
+    assert_ne!(v["state"], "mounted", "A no longer shows it mounted: {v}");
+    b.ok(&["volume", "unmount", "db"]);
+    b.ok(&["volume", "rm", "db"]);
+}
