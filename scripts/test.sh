@@ -26,6 +26,15 @@ command -v ip >/dev/null || need_pkgs+=(iproute2)
 command -v nsenter >/dev/null || need_pkgs+=(util-linux)
 # etcd-client (ballast's `etcd` feature) generates its gRPC code with protoc.
 command -v protoc >/dev/null || need_pkgs+=(protobuf-compiler)
+# rbd pools: a throwaway Ceph cluster for the tests, rbd-fuse for mapping,
+# and librados/librbd headers plus libclang for the bindings (bindgen).
+for p in ceph-mon ceph-osd ceph-mgr rbd-fuse; do
+  command -v "$p" >/dev/null || need_pkgs+=("$p")
+done
+command -v ceph >/dev/null || need_pkgs+=(ceph-common)
+[[ -e /usr/include/rados/librados.h ]] || need_pkgs+=(librados-dev)
+[[ -e /usr/include/rbd/librbd.h ]] || need_pkgs+=(librbd-dev)
+compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null || need_pkgs+=(libclang-dev)
 if ((${#need_pkgs[@]})); then
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
     echo "installing ${need_pkgs[*]}"

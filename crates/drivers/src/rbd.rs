@@ -31,6 +31,11 @@ const MAP_TIMEOUT: Duration = Duration::from_secs(20);
 /// A mapped image's file must answer a stat within this, or its helper is
 /// taken for hung.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The OSDs drop the watch of a client that died without closing its image
+/// after `osd_client_watch_timeout` (30 s by default).
+const WATCH_GONE: Duration = Duration::from_secs(40);
+/// rbd-fuse closes its image and exits once its mount is gone.
+const HELPER_EXIT: Duration = Duration::from_secs(10);
 
 /// Connections, one per cluster and identity, shared by the control and
 /// node sides.
@@ -244,7 +249,18 @@ impl Driver for RbdDriver {
 
     fn delete(&self, pool: &Pool, vol: &Volume) -> Result<(), DriverError> {
         let rp = self.rados_pool(pool)?;
-        match rp.remove_image(&vol.id) {
+        // A helper that just unmounted closes the image a moment later, and
+        // a killed one's watch lasts until the OSDs time it out (30 s): a
+        // watched image is retried for a while before it counts as in use.
+        let deadline = std::time::Instant::now() + WATCH_GONE;
+        let mut removed = rp.remove_image(&vol.id);
+        while removed.as_ref().is_err_and(|e| e.errno() == Some(libc::EBUSY))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(500));
+            removed = rp.remove_image(&vol.id);
+        }
+        match removed {
             Ok(()) => Ok(()),
             Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
             Err(e) if e.errno() == Some(libc::ENOTEMPTY) => Err(DriverError::Busy(format!(
@@ -502,9 +518,18 @@ impl NodeOps for RbdNode {
         if self.fuse_mounted(&dir)? {
             // rbd-fuse flushes and exits when its mount goes; one that does
             // not answer has nothing left worth flushing.
-            if self.host.unmount(&dir).is_err() || !self.host.fuse_helper_pids(&dir)?.is_empty() {
+            if self.host.unmount(&dir).is_err() {
                 self.host.fuse_helper_kill(&dir)?;
             }
+        }
+        // Let it close the image (its watch goes with it), then make sure.
+        let deadline = std::time::Instant::now() + HELPER_EXIT;
+        while !self.host.fuse_helper_pids(&dir)?.is_empty() {
+            if std::time::Instant::now() > deadline {
+                self.host.fuse_helper_kill(&dir)?;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
         let _ = std::fs::remove_dir(&dir);
         Ok(())
