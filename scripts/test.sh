@@ -34,7 +34,7 @@ done
 command -v ceph >/dev/null || need_pkgs+=(ceph-common)
 [[ -e /usr/include/rados/librados.h ]] || need_pkgs+=(librados-dev)
 [[ -e /usr/include/rbd/librbd.h ]] || need_pkgs+=(librbd-dev)
-compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null || need_pkgs+=(libclang-dev)
+compgen -G '/usr/lib/llvm-*/lib/libclang.so' >/dev/null || need_pkgs+=(libclang-dev)
 if ((${#need_pkgs[@]})); then
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
     echo "installing ${need_pkgs[*]}"
