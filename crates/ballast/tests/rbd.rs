@@ -325,3 +325,217 @@ fn an_image_deleted_behind_ballasts_back_fails_the_mount_and_leaves_no_mapping()
     // Deleting the record of a gone image works.
     d.ok(&["volume", "rm", "gone"]);
 }
+
+/// The CSI path on an rbd pool, as csi-sanity drives it: a topology-free
+/// volume (any node may stage it), stage and publish with data kept across
+/// a second stage, a snapshot and a volume from it, an expansion, and
+/// deletes that leave no image behind.
+#[test]
+fn csi_lifecycle_on_an_rbd_pool() {
+    use ballast_csi_proto::v1 as csi;
+    use csi::controller_client::ControllerClient;
+    use csi::node_client::NodeClient;
+    use csi::volume_capability::access_mode::Mode;
+    use csi::volume_capability::{AccessMode, AccessType, MountVolume};
+    if !prerequisites("csi_lifecycle_on_an_rbd_pool") {
+        return;
+    }
+    let (ceph, d) = setup();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cap = |mode: Mode| csi::VolumeCapability {
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+        access_type: Some(AccessType::Mount(MountVolume {
+            fs_type: "ext4".into(),
+            ..Default::default()
+        })),
+    };
+    let params: std::collections::HashMap<String, String> =
+        [("pool".to_string(), "ceph".to_string())].into();
+    let co = d.dir.path().join("co");
+    let (staging, target) = (co.join("staging"), co.join("target"));
+    std::fs::create_dir_all(&staging).unwrap();
+    rt.block_on(async {
+        let ch = common::csi_channel(&d.run.join("csi.sock")).await;
+        let (mut ctl, mut node) = (ControllerClient::new(ch.clone()), NodeClient::new(ch));
+        let v = ctl
+            .create_volume(csi::CreateVolumeRequest {
+                name: "pvc-rbd".into(),
+                capacity_range: Some(csi::CapacityRange {
+                    required_bytes: 64 << 20,
+                    limit_bytes: 0,
+                }),
+                volume_capabilities: vec![cap(Mode::SingleNodeWriter)],
+                parameters: params.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        assert!(v.accessible_topology.is_empty(), "shared: no topology: {v:?}");
+        let id = v.volume_id.clone();
+        let stage = |path: &Path| csi::NodeStageVolumeRequest {
+            volume_id: id.clone(),
+            staging_target_path: path.display().to_string(),
+            volume_capability: Some(cap(Mode::SingleNodeWriter)),
+            ..Default::default()
+        };
+        let publish = |st: &Path, t: &Path| csi::NodePublishVolumeRequest {
+            volume_id: id.clone(),
+            staging_target_path: st.display().to_string(),
+            target_path: t.display().to_string(),
+            volume_capability: Some(cap(Mode::SingleNodeWriter)),
+            ..Default::default()
+        };
+        node.node_stage_volume(stage(&staging)).await.unwrap();
+        // Repeated: the same answer, no second mapping.
+        node.node_stage_volume(stage(&staging)).await.unwrap();
+        assert_eq!(helpers_under(&d.state).len(), 1);
+        node.node_publish_volume(publish(&staging, &target))
+            .await
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(target.join("hello")).unwrap();
+            f.write_all(b"persistent").unwrap();
+            f.sync_all().unwrap();
+        }
+        let snap = ctl
+            .create_snapshot(csi::CreateSnapshotRequest {
+                source_volume_id: id.clone(),
+                name: "snap-rbd".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .snapshot
+            .unwrap();
+        assert!(snap.ready_to_use);
+        node.node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+            volume_id: id.clone(),
+            target_path: target.display().to_string(),
+        })
+        .await
+        .unwrap();
+        node.node_unstage_volume(csi::NodeUnstageVolumeRequest {
+            volume_id: id.clone(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .unwrap();
+        assert!(helpers_under(&d.state).is_empty(), "unstage unmaps");
+
+        let grown = ctl
+            .controller_expand_volume(csi::ControllerExpandVolumeRequest {
+                volume_id: id.clone(),
+                capacity_range: Some(csi::CapacityRange {
+                    required_bytes: 128 << 20,
+                    limit_bytes: 0,
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(grown.capacity_bytes, 128 << 20);
+
+        let from_snap = ctl
+            .create_volume(csi::CreateVolumeRequest {
+                name: "pvc-rbd-restore".into(),
+                capacity_range: Some(csi::CapacityRange {
+                    required_bytes: 64 << 20,
+                    limit_bytes: 0,
+                }),
+                volume_capabilities: vec![cap(Mode::SingleNodeWriter)],
+                parameters: params.clone(),
+                volume_content_source: Some(csi::VolumeContentSource {
+                    r#type: Some(csi::volume_content_source::Type::Snapshot(
+                        csi::volume_content_source::SnapshotSource {
+                            snapshot_id: snap.snapshot_id.clone(),
+                        },
+                    )),
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        let rid = from_snap.volume_id.clone();
+        let st2 = co.join("staging-2");
+        std::fs::create_dir_all(&st2).unwrap();
+        node.node_stage_volume(csi::NodeStageVolumeRequest {
+            volume_id: rid.clone(),
+            ..stage(&st2)
+        })
+        .await
+        .unwrap();
+        assert_eq!(std::fs::read(st2.join("hello")).unwrap(), b"persistent");
+        node.node_unstage_volume(csi::NodeUnstageVolumeRequest {
+            volume_id: rid.clone(),
+            staging_target_path: st2.display().to_string(),
+        })
+        .await
+        .unwrap();
+
+        for vid in [rid, id.clone()] {
+            if vid == id {
+                ctl.delete_snapshot(csi::DeleteSnapshotRequest {
+                    snapshot_id: snap.snapshot_id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            }
+            ctl.delete_volume(csi::DeleteVolumeRequest {
+                volume_id: vid.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            // Repeated: still fine.
+            ctl.delete_volume(csi::DeleteVolumeRequest {
+                volume_id: vid,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+    });
+    assert!(images(&ceph).is_empty(), "{:?}", images(&ceph));
+    d.assert_no_leftovers();
+}
+
+#[test]
+fn a_monitor_restart_during_an_attach_delays_it_and_nothing_more() {
+    if !prerequisites("a_monitor_restart_during_an_attach_delays_it_and_nothing_more") {
+        return;
+    }
+    let (mut ceph, d) = setup();
+    d.ok(&["volume", "create", "m", "--pool", "ceph", "--size", "32M"]);
+    ceph.stop_mon();
+    let d = std::sync::Arc::new(d);
+    let attach = {
+        let d = d.clone();
+        std::thread::spawn(move || d.cli(&["volume", "mount", "m"]))
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    ceph.start_mon();
+    let out = attach.join().unwrap();
+    assert!(
+        out.status.success(),
+        "the mount waits out a monitor restart: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mp = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    std::fs::write(mp.join("f"), b"x").unwrap();
+    d.ok(&["volume", "unmount", "m"]);
+    d.ok(&["volume", "rm", "m"]);
+    assert!(helpers_under(&d.state).is_empty());
+}

@@ -329,12 +329,18 @@ impl CsiPlugin {
                 ("name".to_string(), v.name.clone()),
             ]),
             content_source: None,
-            accessible_topology: vec![csi::Topology {
-                segments: HashMap::from([(
-                    TOPOLOGY_KEY.to_string(),
-                    v.node.clone().unwrap_or_else(|| self.node_id.clone()),
-                )]),
-            }],
+            // A shared pool's volume (rbd) is reachable from every node:
+            // no topology constrains where its pod goes.
+            accessible_topology: if v.driver == ballast_core::model::DriverKind::Rbd {
+                Vec::new()
+            } else {
+                vec![csi::Topology {
+                    segments: HashMap::from([(
+                        TOPOLOGY_KEY.to_string(),
+                        v.node.clone().unwrap_or_else(|| self.node_id.clone()),
+                    )]),
+                }]
+            },
         }
     }
 
