@@ -442,3 +442,82 @@ fn preempt_takes_a_volume_from_a_live_holder_only_when_asked() {
     b.ok(&["volume", "unmount", "db"]);
     b.ok(&["volume", "rm", "db"]);
 }
+
+/// A node whose fence cannot be carried out (its cephx user may not
+/// blocklist) never maps the volume: the attach on B fails, naming the
+/// fence, and A, back again, still holds the only mapping.
+#[test]
+fn a_fence_that_fails_fails_the_attach_and_never_makes_two_writers() {
+    if !prerequisites("a_fence_that_fails_fails_the_attach_and_never_makes_two_writers") {
+        return;
+    }
+    let c = Cluster::start();
+    let (a, b) = (c.node("h1"), c.node("h2"));
+    let keyring = c.plugins.path().join("weak.keyring");
+    let made = c.ceph.ceph(&[
+        "auth",
+        "get-or-create",
+        "client.weak",
+        "mon",
+        "allow r",
+        "osd",
+        "allow rwx pool=rbd",
+        "-o",
+        keyring.to_str().unwrap(),
+    ]);
+    assert!(made.status.success(), "{made:?}");
+    let conf = c.ceph.conf();
+    a.ok(&[
+        "pool",
+        "create",
+        "weak",
+        "--driver",
+        "rbd",
+        "--ceph-conf",
+        conf.to_str().unwrap(),
+        "--ceph-pool",
+        "rbd",
+        "--ceph-user",
+        "weak",
+        "--keyring",
+        keyring.to_str().unwrap(),
+    ]);
+    a.ok(&["volume", "create", "w", "--pool", "weak", "--size", "32M"]);
+    let mp = PathBuf::from(a.ok(&["volume", "mount", "w"]).trim());
+    std::fs::write(mp.join("a"), b"a").unwrap();
+
+    c.net.partition("h1");
+    c.signal("h1", nix::sys::signal::Signal::SIGSTOP);
+    // Once A's lease lapsed B tries to fence it, and must fail each time.
+    let err = eventually("B's attempt reaches the fence", Duration::from_secs(60), || {
+        let err = b.fails(&["volume", "mount", "w"]);
+        if err.contains("blocklist") {
+            Ok(err)
+        } else {
+            Err(err)
+        }
+    });
+    assert!(err.contains("fence"), "{err}");
+    for _ in 0..3 {
+        let again = b.fails(&["volume", "mount", "w"]);
+        assert!(again.contains("blocklist"), "{again}");
+    }
+    assert!(holds_no_mapping(b).is_ok(), "{:?}", holds_no_mapping(b));
+    assert!(
+        !c.blocklist().contains(&c.net.addr("h1").to_string()),
+        "nothing was blocklisted: {}",
+        c.blocklist()
+    );
+    c.net.heal("h1");
+    c.signal("h1", nix::sys::signal::Signal::SIGCONT);
+    eventually("A is ready again", Duration::from_secs(30), || {
+        let v = a.json(&["volume", "inspect", "w"]);
+        (v["mountpoint"].as_str().map(PathBuf::from) == Some(mp.clone()))
+            .then_some(())
+            .ok_or(v)
+    });
+    std::fs::write(mp.join("b"), b"still A's").unwrap();
+    a.ok(&["volume", "unmount", "w"]);
+    a.ok(&["volume", "rm", "w"]);
+    holds_no_mapping(a).unwrap();
+}
