@@ -437,7 +437,9 @@ async fn run(config: Config, api_socket: Option<PathBuf>, dirs: &Dirs) -> anyhow
     service.start_agent().context("starting the node agent")?;
     // Fences of this node to clean up after, fences to lift, and mapping
     // helpers that stopped answering.
-    service.start_fencing().context("starting the fencing loop")?;
+    service
+        .start_fencing()
+        .context("starting the fencing loop")?;
     if let Some(sock) = &config.docker_socket {
         let plugin = listen::bind_unix(sock, 0o600).await?;
         // A stale plugin socket stalls `docker volume ls` until it times out.

@@ -100,12 +100,19 @@ fn rbd_volumes_snapshot_clone_grow_and_delete_on_a_real_cluster() {
     let (ceph, d) = setup();
     let pool = d.json(&["pool", "inspect", "ceph"]);
     assert_eq!(pool["driver"], "rbd");
-    assert!(pool.get("node").is_none(), "a shared pool is no node's: {pool}");
+    assert!(
+        pool.get("node").is_none(),
+        "a shared pool is no node's: {pool}"
+    );
     assert_eq!(pool["ceph"]["pool"], "rbd");
 
     d.ok(&["volume", "create", "v1", "--pool", "ceph", "--size", "64M"]);
     let id = vol_id(&d, "v1");
-    assert_eq!(images(&ceph), vec![id.clone()], "the volume is an RBD image");
+    assert_eq!(
+        images(&ceph),
+        vec![id.clone()],
+        "the volume is an RBD image"
+    );
     assert_eq!(image_size(&ceph, &id), 64 << 20);
     let info = ceph.rbd(&["info", &format!("rbd/{id}")]);
     let info = String::from_utf8_lossy(&info.stdout).to_string();
@@ -115,7 +122,11 @@ fn rbd_volumes_snapshot_clone_grow_and_delete_on_a_real_cluster() {
 
     let mp = PathBuf::from(d.ok(&["volume", "mount", "v1"]).trim());
     std::fs::write(mp.join("data"), b"written through rbd-fuse").unwrap();
-    assert_eq!(helpers_under(&d.state).len(), 1, "one rbd-fuse helper maps the volume");
+    assert_eq!(
+        helpers_under(&d.state).len(),
+        1,
+        "one rbd-fuse helper maps the volume"
+    );
     let watchers = ceph.rbd(&["status", &format!("rbd/{id}")]);
     assert!(
         String::from_utf8_lossy(&watchers.stdout).contains("watcher="),
@@ -148,7 +159,10 @@ fn rbd_volumes_snapshot_clone_grow_and_delete_on_a_real_cluster() {
     // gone afterwards).
     d.ok(&["volume", "create", "c2", "--from-volume", "v1"]);
     let c2mp = PathBuf::from(d.ok(&["volume", "mount", "c2"]).trim());
-    assert_eq!(std::fs::read(c2mp.join("data")).unwrap(), b"written through rbd-fuse");
+    assert_eq!(
+        std::fs::read(c2mp.join("data")).unwrap(),
+        b"written through rbd-fuse"
+    );
     d.ok(&["volume", "unmount", "c2"]);
     d.ok(&["volume", "rm", "c2"]);
     let snaps = ceph.rbd(&["snap", "ls", &format!("rbd/{id}")]);
@@ -164,10 +178,19 @@ fn rbd_volumes_snapshot_clone_grow_and_delete_on_a_real_cluster() {
     let mp = PathBuf::from(d.ok(&["volume", "mount", "v1"]).trim());
     let st = nix::sys::statvfs::statvfs(&mp).unwrap();
     let bytes = st.blocks() * st.fragment_size();
-    assert!(bytes > 100 << 20, "the filesystem grew to the image: {bytes}");
-    assert_eq!(std::fs::read(mp.join("data")).unwrap(), b"written through rbd-fuse");
+    assert!(
+        bytes > 100 << 20,
+        "the filesystem grew to the image: {bytes}"
+    );
+    assert_eq!(
+        std::fs::read(mp.join("data")).unwrap(),
+        b"written through rbd-fuse"
+    );
     d.ok(&["volume", "unmount", "v1"]);
-    assert!(helpers_under(&d.state).is_empty(), "unmount ends the helper");
+    assert!(
+        helpers_under(&d.state).is_empty(),
+        "unmount ends the helper"
+    );
     assert!(mounts_under(&d.state).is_empty(), "no FUSE mount is left");
 
     d.ok(&["volume", "rm", "c1"]);
@@ -179,7 +202,9 @@ fn rbd_volumes_snapshot_clone_grow_and_delete_on_a_real_cluster() {
 
 #[test]
 fn kill_9_of_ballast_leaves_rbd_io_running_and_the_restart_adopts_every_mapping() {
-    if !prerequisites("kill_9_of_ballast_leaves_rbd_io_running_and_the_restart_adopts_every_mapping") {
+    if !prerequisites(
+        "kill_9_of_ballast_leaves_rbd_io_running_and_the_restart_adopts_every_mapping",
+    ) {
         return;
     }
     let (_ceph, mut d) = setup();
@@ -210,7 +235,10 @@ fn kill_9_of_ballast_leaves_rbd_io_running_and_the_restart_adopts_every_mapping(
     for (i, mp) in mps.iter().enumerate() {
         let v = d.json(&["volume", "inspect", &format!("k{i}")]);
         assert_eq!(v["state"], "mounted", "k{i} is still mounted: {v}");
-        assert_eq!(v["mountpoint"].as_str().map(PathBuf::from).as_ref(), Some(mp));
+        assert_eq!(
+            v["mountpoint"].as_str().map(PathBuf::from).as_ref(),
+            Some(mp)
+        );
         assert_eq!(
             std::fs::read_to_string(mp.join("after-kill")).unwrap(),
             format!("volume {i}")
@@ -249,7 +277,12 @@ fn bad_ceph_settings_fail_clearly_and_quickly_and_make_no_pool() {
         (err, t.elapsed())
     };
     // A ceph.conf that is not there.
-    let (err, _) = create(&["--ceph-conf", "/nonexistent/ceph.conf", "--ceph-pool", "rbd"]);
+    let (err, _) = create(&[
+        "--ceph-conf",
+        "/nonexistent/ceph.conf",
+        "--ceph-pool",
+        "rbd",
+    ]);
     assert!(err.contains("/nonexistent/ceph.conf"), "{err}");
 
     // Monitors nobody answers at: clear, and within the 5 s the issue allows
@@ -262,7 +295,10 @@ fn bad_ceph_settings_fail_clearly_and_quickly_and_make_no_pool() {
     std::fs::write(&dead, unreachable).unwrap();
     let (err, took) = create(&["--ceph-conf", dead.to_str().unwrap(), "--ceph-pool", "rbd"]);
     assert!(err.contains("no monitor answered"), "{err}");
-    assert!(took < Duration::from_secs(8), "unreachable monitors took {took:?}");
+    assert!(
+        took < Duration::from_secs(8),
+        "unreachable monitors took {took:?}"
+    );
 
     // A keyring with a key the monitors do not know.
     let bad_key = scratch.join("bad.keyring");
@@ -279,17 +315,38 @@ fn bad_ceph_settings_fail_clearly_and_quickly_and_make_no_pool() {
         "--keyring",
         bad_key.to_str().unwrap(),
     ]);
-    assert!(err.contains("refused the key") || err.contains("keyring"), "{err}");
+    assert!(
+        err.contains("refused the key") || err.contains("keyring"),
+        "{err}"
+    );
 
     // A pool the cluster does not have.
     let (err, _) = create(&["--ceph-conf", conf, "--ceph-pool", "nosuchpool"]);
-    assert!(err.contains("nosuchpool") && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("nosuchpool") && err.contains("does not exist"),
+        "{err}"
+    );
 
     // Flags of other drivers, and ceph flags on other drivers.
-    let (err, _) = create(&["--ceph-conf", conf, "--ceph-pool", "rbd", "--path", "/tmp/x"]);
+    let (err, _) = create(&[
+        "--ceph-conf",
+        conf,
+        "--ceph-pool",
+        "rbd",
+        "--path",
+        "/tmp/x",
+    ]);
     assert!(err.contains("--path"), "{err}");
     let err = d.fails(&[
-        "pool", "create", "bad", "--driver", "loop", "--ceph-conf", conf, "--ceph-pool", "rbd",
+        "pool",
+        "create",
+        "bad",
+        "--driver",
+        "loop",
+        "--ceph-conf",
+        conf,
+        "--ceph-pool",
+        "rbd",
     ]);
     assert!(err.contains("rbd pools only"), "{err}");
 
@@ -302,11 +359,14 @@ fn bad_ceph_settings_fail_clearly_and_quickly_and_make_no_pool() {
 
 #[test]
 fn an_image_deleted_behind_ballasts_back_fails_the_mount_and_leaves_no_mapping() {
-    if !prerequisites("an_image_deleted_behind_ballasts_back_fails_the_mount_and_leaves_no_mapping") {
+    if !prerequisites("an_image_deleted_behind_ballasts_back_fails_the_mount_and_leaves_no_mapping")
+    {
         return;
     }
     let (ceph, d) = setup();
-    d.ok(&["volume", "create", "gone", "--pool", "ceph", "--size", "32M"]);
+    d.ok(&[
+        "volume", "create", "gone", "--pool", "ceph", "--size", "32M",
+    ]);
     let id = vol_id(&d, "gone");
     let rm = ceph.rbd(&["rm", &format!("rbd/{id}")]);
     assert!(rm.status.success(), "{rm:?}");
@@ -376,7 +436,10 @@ fn csi_lifecycle_on_an_rbd_pool() {
             .into_inner()
             .volume
             .unwrap();
-        assert!(v.accessible_topology.is_empty(), "shared: no topology: {v:?}");
+        assert!(
+            v.accessible_topology.is_empty(),
+            "shared: no topology: {v:?}"
+        );
         let id = v.volume_id.clone();
         let stage = |path: &Path| csi::NodeStageVolumeRequest {
             volume_id: id.clone(),

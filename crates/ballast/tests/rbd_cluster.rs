@@ -27,7 +27,8 @@ struct Cluster {
     nodes: Vec<Daemon>,
     plugins: tempfile::TempDir,
     ceph: Ceph,
-    etcd: EtcdCluster,
+    /// Kept for its lifetime: the nodes' store.
+    _etcd: EtcdCluster,
     net: Net,
 }
 
@@ -73,7 +74,7 @@ impl Cluster {
             nodes,
             plugins,
             ceph,
-            etcd,
+            _etcd: etcd,
             net,
         };
         let conf = c.ceph.conf();
@@ -96,7 +97,10 @@ impl Cluster {
     }
 
     fn plugin_sock(&self, host: &str) -> PathBuf {
-        self.plugins.path().join(host).join(format!("{PLUGIN}.sock"))
+        self.plugins
+            .path()
+            .join(host)
+            .join(format!("{PLUGIN}.sock"))
     }
 
     fn signal(&self, host: &str, sig: nix::sys::signal::Signal) {
@@ -256,7 +260,11 @@ fn a_writer_fails_over_to_another_host_with_the_dead_holder_fenced_and_unfenced_
     let c = Cluster::start();
     let (a, b) = (c.node("h1"), c.node("h2"));
     // Docker 1.12's scope: a shared pool makes names cluster-wide.
-    let caps = plugin_call(&c.plugin_sock("h2"), "/VolumeDriver.Capabilities", serde_json::json!({}));
+    let caps = plugin_call(
+        &c.plugin_sock("h2"),
+        "/VolumeDriver.Capabilities",
+        serde_json::json!({}),
+    );
     assert_eq!(caps["Capabilities"]["Scope"], "global", "{caps}");
     a.ok(&["volume", "create", "db", "--pool", "ceph", "--size", "64M"]);
 
@@ -272,7 +280,9 @@ fn a_writer_fails_over_to_another_host_with_the_dead_holder_fenced_and_unfenced_
     let stop_a = Arc::new(AtomicBool::new(false));
     let wa = writer(mp_a.join(log), "A", 1, acked_a.clone(), stop_a.clone());
     eventually("A acknowledges records", Duration::from_secs(30), || {
-        (acked_a.load(Ordering::SeqCst) >= 50).then_some(()).ok_or(())
+        (acked_a.load(Ordering::SeqCst) >= 50)
+            .then_some(())
+            .ok_or(())
     });
 
     // B sees A hold it, and a mount on B while A is alive is refused,
@@ -321,7 +331,9 @@ fn a_writer_fails_over_to_another_host_with_the_dead_holder_fenced_and_unfenced_
     let stop_b = Arc::new(AtomicBool::new(false));
     let wb = writer(mp_b.join(log), "B", 1, acked_b.clone(), stop_b.clone());
     eventually("B acknowledges records", Duration::from_secs(30), || {
-        (acked_b.load(Ordering::SeqCst) >= 50).then_some(()).ok_or(())
+        (acked_b.load(Ordering::SeqCst) >= 50)
+            .then_some(())
+            .ok_or(())
     });
 
     // A comes back: its stuck writes must not land, its mapping goes, and
@@ -329,7 +341,9 @@ fn a_writer_fails_over_to_another_host_with_the_dead_holder_fenced_and_unfenced_
     c.net.heal("h1");
     c.signal("h1", nix::sys::signal::Signal::SIGCONT);
     stop_a.store(true, Ordering::SeqCst);
-    eventually("A holds no mapping", Duration::from_secs(60), || holds_no_mapping(a));
+    eventually("A holds no mapping", Duration::from_secs(60), || {
+        holds_no_mapping(a)
+    });
     eventually("the fence is lifted", Duration::from_secs(60), || {
         let bl = c.blocklist();
         let holders = c.fences("h2").to_string();
@@ -358,7 +372,10 @@ fn a_writer_fails_over_to_another_host_with_the_dead_holder_fenced_and_unfenced_
     assert!(
         a_recs.iter().all(|n| *n <= mounted_b),
         "a record A wrote after B's mount is on the volume: {:?} (B mounted after {mounted_b})",
-        a_recs.iter().filter(|n| **n > mounted_b).collect::<Vec<_>>()
+        a_recs
+            .iter()
+            .filter(|n| **n > mounted_b)
+            .collect::<Vec<_>>()
     );
     assert!(
         after.starts_with(&text),
@@ -366,7 +383,9 @@ fn a_writer_fails_over_to_another_host_with_the_dead_holder_fenced_and_unfenced_
     );
     assert_eq!(b_recs.len() as u64, acked_b.load(Ordering::SeqCst));
     assert!(
-        after.lines().all(|l| l.starts_with("A ") || l.starts_with("B ")),
+        after
+            .lines()
+            .all(|l| l.starts_with("A ") || l.starts_with("B ")),
         "the record file is intact"
     );
 
@@ -392,9 +411,11 @@ fn a_writer_fails_over_to_another_host_with_the_dead_holder_fenced_and_unfenced_
     );
     a.ok(&["volume", "rm", "db"]);
     for h in HOSTS {
-        eventually(&format!("{h} holds nothing"), Duration::from_secs(10), || {
-            holds_no_mapping(c.node(h))
-        });
+        eventually(
+            &format!("{h} holds nothing"),
+            Duration::from_secs(10),
+            || holds_no_mapping(c.node(h)),
+        );
     }
     let _ = b;
 }
@@ -410,7 +431,10 @@ fn preempt_takes_a_volume_from_a_live_holder_only_when_asked() {
     let mp_a = PathBuf::from(a.ok(&["volume", "mount", "db"]).trim());
     // Durable on A (a preempt loses what A had not flushed, by design).
     std::fs::write(mp_a.join("from-a"), b"a").unwrap();
-    std::fs::File::open(mp_a.join("from-a")).unwrap().sync_all().unwrap();
+    std::fs::File::open(mp_a.join("from-a"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
     std::fs::File::open(&mp_a).unwrap().sync_all().unwrap();
 
     let err = b.fails(&["volume", "mount", "db"]);
@@ -425,11 +449,15 @@ fn preempt_takes_a_volume_from_a_live_holder_only_when_asked() {
     assert_eq!(std::fs::read(mp_b.join("from-a")).unwrap(), b"a");
     // A, alive and in touch, tears its mapping down by itself and the
     // fence goes.
-    eventually("A holds no mapping", Duration::from_secs(30), || holds_no_mapping(a));
+    eventually("A holds no mapping", Duration::from_secs(30), || {
+        holds_no_mapping(a)
+    });
     eventually("the fence is lifted", Duration::from_secs(30), || {
         let holders = c.fences("h3");
         let bl = c.blocklist();
-        let only_b = holders.as_array().is_some_and(|h| h.len() == 1 && h[0]["node"] == "h2");
+        let only_b = holders
+            .as_array()
+            .is_some_and(|h| h.len() == 1 && h[0]["node"] == "h2");
         (only_b && !bl.contains(&c.net.addr("h1").to_string()))
             .then_some(())
             .ok_or((holders, bl))
@@ -489,14 +517,18 @@ fn a_fence_that_fails_fails_the_attach_and_never_makes_two_writers() {
     c.net.partition("h1");
     c.signal("h1", nix::sys::signal::Signal::SIGSTOP);
     // Once A's lease lapsed B tries to fence it, and must fail each time.
-    let err = eventually("B's attempt reaches the fence", Duration::from_secs(60), || {
-        let err = b.fails(&["volume", "mount", "w"]);
-        if err.contains("blocklist") {
-            Ok(err)
-        } else {
-            Err(err)
-        }
-    });
+    let err = eventually(
+        "B's attempt reaches the fence",
+        Duration::from_secs(60),
+        || {
+            let err = b.fails(&["volume", "mount", "w"]);
+            if err.contains("blocklist") {
+                Ok(err)
+            } else {
+                Err(err)
+            }
+        },
+    );
     assert!(err.contains("fence"), "{err}");
     for _ in 0..3 {
         let again = b.fails(&["volume", "mount", "w"]);

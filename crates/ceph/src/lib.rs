@@ -213,11 +213,8 @@ impl Cluster {
             let s = if status.is_null() {
                 String::new()
             } else {
-                String::from_utf8_lossy(std::slice::from_raw_parts(
-                    status as *const u8,
-                    status_len,
-                ))
-                .into_owned()
+                String::from_utf8_lossy(std::slice::from_raw_parts(status as *const u8, status_len))
+                    .into_owned()
             };
             if !out.is_null() {
                 sys::rados_buffer_free(out);

@@ -254,7 +254,9 @@ impl Driver for RbdDriver {
         // watched image is retried for a while before it counts as in use.
         let deadline = std::time::Instant::now() + WATCH_GONE;
         let mut removed = rp.remove_image(&vol.id);
-        while removed.as_ref().is_err_and(|e| e.errno() == Some(libc::EBUSY))
+        while removed
+            .as_ref()
+            .is_err_and(|e| e.errno() == Some(libc::EBUSY))
             && std::time::Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(500));
@@ -564,7 +566,13 @@ impl NodeOps for RbdNode {
         // client shares it and differs in the nonce.
         let ip = me
             .split(['[', ',', ']'])
-            .filter_map(|a| a.rsplit_once(':').map(|(ip, _)| ip.trim_start_matches("v1:").trim_start_matches("v2:").to_string()))
+            .filter_map(|a| {
+                a.rsplit_once(':').map(|(ip, _)| {
+                    ip.trim_start_matches("v1:")
+                        .trim_start_matches("v2:")
+                        .to_string()
+                })
+            })
             .next()
             .unwrap_or_default();
         let img = cluster

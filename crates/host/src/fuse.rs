@@ -31,7 +31,10 @@ pub(crate) fn helper_pids(mountpoint: &Path) -> Vec<u32> {
         let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
             continue;
         };
-        let argv: Vec<&[u8]> = cmdline.split(|&b| b == 0).filter(|a| !a.is_empty()).collect();
+        let argv: Vec<&[u8]> = cmdline
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .collect();
         if serves(&argv, want) {
             out.push(pid);
         }
@@ -42,7 +45,9 @@ pub(crate) fn helper_pids(mountpoint: &Path) -> Vec<u32> {
 /// SIGKILL every helper serving `mountpoint`: nothing it holds is flushed.
 pub(crate) fn kill_helpers(mountpoint: &Path) {
     for pid in helper_pids(mountpoint) {
-        let Ok(pid) = i32::try_from(pid) else { continue };
+        let Ok(pid) = i32::try_from(pid) else {
+            continue;
+        };
         let pid = nix::unistd::Pid::from_raw(pid);
         if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).is_ok() {
             tracing::warn!(%pid, mountpoint = %mountpoint.display(), "killed the FUSE helper");

@@ -354,6 +354,15 @@ async fn list(State(st): State<PluginState>) -> Reply {
     Reply::ok(json!({ "Volumes": vols }))
 }
 
+/// `global` once the store has a shared (rbd) pool: its volumes are the
+/// same on every host, so Docker (swarm) may treat a name as cluster-wide
+/// (the Docker 1.12 scope). Otherwise a volume lives on one host: `local`.
+async fn capabilities(State(state): State<PluginState>) -> Reply {
+    let shared = state.service.list_pools().iter().any(|p| p.is_shared());
+    let scope = if shared { "global" } else { "local" };
+    Reply::ok(json!({"Capabilities": {"Scope": scope}}))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,13 +384,4 @@ mod tests {
         o.insert("size".to_string(), json!(5));
         assert!(create_request("v".into(), &o).is_err());
     }
-}
-
-/// `global` once the store has a shared (rbd) pool: its volumes are the
-/// same on every host, so Docker (swarm) may treat a name as cluster-wide
-/// (the Docker 1.12 scope). Otherwise a volume lives on one host: `local`.
-async fn capabilities(State(state): State<PluginState>) -> Reply {
-    let shared = state.service.list_pools().iter().any(|p| p.is_shared());
-    let scope = if shared { "global" } else { "local" };
-    Reply::ok(json!({"Capabilities": {"Scope": scope}}))
 }

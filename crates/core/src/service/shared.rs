@@ -67,6 +67,15 @@ pub struct Holder {
     pub fenced: Option<String>,
 }
 
+/// Another node's hold, as a claim weighs it.
+struct Hold {
+    node: String,
+    /// What its mapping registered (to fence).
+    clients: Vec<String>,
+    read_only: bool,
+    since: Option<DateTime<Utc>>,
+}
+
 fn since(a: &Attachment) -> Option<DateTime<Utc>> {
     a.consumers.values().map(|c| c.since).min()
 }
@@ -146,28 +155,41 @@ impl VolumeService {
             self.apply_record(&vkey, Some(&kv.value), kv.mod_revision);
         }
         let fences = self.fences()?;
-        let mut holders: Vec<(String, Vec<String>, bool, Option<DateTime<Utc>>)> = self
+        let mut holders: Vec<Hold> = self
             .attachments_in_store(vol)?
             .into_iter()
             .filter(|a| a.node != me)
-            .map(|a| {
-                let clients = a
+            .map(|a| Hold {
+                clients: a
                     .staging
                     .as_ref()
                     .map(|s| s.clients.clone())
-                    .unwrap_or_default();
-                (a.node.clone(), clients, reads_only(&a), since(&a))
+                    .unwrap_or_default(),
+                read_only: reads_only(&a),
+                since: since(&a),
+                node: a.node,
             })
             .collect();
         // A stage under way elsewhere holds the volume as much as a done one.
         if let Some(raw) = self.store.get(&intent_key(&vol.name))? {
             if let Ok(i) = serde_json::from_slice::<Intent>(&raw) {
-                if i.owner != me && !holders.iter().any(|h| h.0 == i.owner) {
-                    holders.push((i.owner, Vec::new(), false, Some(i.started)));
+                if i.owner != me && !holders.iter().any(|h| h.node == i.owner) {
+                    holders.push(Hold {
+                        node: i.owner,
+                        clients: Vec::new(),
+                        read_only: false,
+                        since: Some(i.started),
+                    });
                 }
             }
         }
-        for (node, clients, their_ro, since) in holders {
+        for Hold {
+            node,
+            clients,
+            read_only: their_ro,
+            since,
+        } in holders
+        {
             if fences
                 .iter()
                 .any(|f| f.node == node && f.pool == pool.name && f.volumes.contains(&vol.name))
@@ -305,7 +327,9 @@ impl VolumeService {
                     let _ = self.host.unmount_lazy(t);
                 }
             }
-            driver.node().abandon(&pool, &vol, &self.mountpoint_for(name));
+            driver
+                .node()
+                .abandon(&pool, &vol, &self.mountpoint_for(name));
             let txn = Txn::new().delete(akey.clone());
             match self.store.txn(txn) {
                 Ok(rev) => self.apply_record(&akey, None, rev),
