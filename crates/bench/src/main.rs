@@ -20,6 +20,8 @@
 //!   Chromium (see `dashboard.rs`).
 //! - `cluster`: the store on etcd against redb (see `cluster.rs`).
 //! - `placement`: creates placed across three nodes (see `placement.rs`).
+//! - `rbd`: rbd volumes on an existing Ceph cluster: create, mount, and a
+//!   sequential write against `rbd bench` (see `rbd.rs`).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -33,6 +35,7 @@ mod dashboard;
 mod loopcopy;
 mod metrics;
 mod placement;
+mod rbd;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -137,6 +140,27 @@ enum Cmd {
         #[arg(long, default_value_t = 30_000)]
         volumes: usize,
     },
+    /// rbd pool on an existing Ceph cluster: create and mount latency,
+    /// sequential write through the mapping against `rbd bench`
+    Rbd {
+        /// The cluster's ceph.conf; its [client] section names the admin
+        /// keyring
+        #[arg(long, value_name = "PATH")]
+        ceph_conf: PathBuf,
+        /// The RADOS pool holding the images
+        #[arg(long, value_name = "NAME", default_value = "rbd")]
+        ceph_pool: String,
+        /// Volumes to create and mount
+        #[arg(long, default_value_t = 20)]
+        volumes: usize,
+        /// MiB to write sequentially (a multiple of 4)
+        #[arg(long, value_name = "M", default_value_t = 256)]
+        write_mib: u64,
+        /// Sequential write runs per side (alternating which side goes
+        /// first); the medians are compared
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+    },
     /// Everything, with the defaults
     All,
 }
@@ -164,6 +188,22 @@ fn main() -> Result<()> {
         } => cluster::cluster_bench(&args.dir, n, volumes, clients),
         Cmd::Failover { kills, ttl } => cluster::failover_bench(&args.dir, kills, &ttl),
         Cmd::Placement { n, volumes } => placement::placement_bench(&args.dir, n, volumes),
+        Cmd::Rbd {
+            ceph_conf,
+            ceph_pool,
+            volumes,
+            write_mib,
+            reps,
+        } => rbd::rbd_bench(
+            &args.dir,
+            &rbd::Opts {
+                ceph_conf: &ceph_conf,
+                ceph_pool: &ceph_pool,
+                volumes,
+                write_mib,
+                reps: reps.max(1),
+            },
+        ),
         Cmd::All => {
             lifecycle(&args.dir, 30)?;
             scale(&args.dir, 10_000)?;
