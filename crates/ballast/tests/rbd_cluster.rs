@@ -553,3 +553,106 @@ fn a_fence_that_fails_fails_the_attach_and_never_makes_two_writers() {
     a.ok(&["volume", "rm", "w"]);
     holds_no_mapping(a).unwrap();
 }
+
+/// CSI MULTI_NODE_READER_ONLY on an rbd volume: readers stage it on two
+/// nodes at once, read-only (a write is refused), while a writer on a
+/// third node is refused, naming a reader; a node-local pool still
+/// refuses the mode.
+#[test]
+fn readers_on_several_nodes_share_an_rbd_volume_and_keep_writers_out() {
+    use ballast_csi_proto::v1 as csi;
+    use csi::node_client::NodeClient;
+    use csi::volume_capability::access_mode::Mode;
+    use csi::volume_capability::{AccessMode, AccessType, MountVolume};
+    if !prerequisites("readers_on_several_nodes_share_an_rbd_volume_and_keep_writers_out") {
+        return;
+    }
+    let c = Cluster::start();
+    let a = c.node("h1");
+    let v = a.json(&[
+        "volume", "create", "shared", "--pool", "ceph", "--size", "32M",
+    ]);
+    let id = v["id"].as_str().unwrap().to_string();
+    let mp = PathBuf::from(a.ok(&["volume", "mount", "shared"]).trim());
+    std::fs::write(mp.join("readme"), b"for everyone").unwrap();
+    a.ok(&["volume", "unmount", "shared"]);
+
+    let cap = csi::VolumeCapability {
+        access_mode: Some(AccessMode {
+            mode: Mode::MultiNodeReaderOnly as i32,
+        }),
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let staging = |h: &str| c.node(h).dir.path().join("rox-staging");
+    rt.block_on(async {
+        for h in ["h1", "h2"] {
+            let mut node =
+                NodeClient::new(common::csi_channel(&c.node(h).run.join("csi.sock")).await);
+            std::fs::create_dir_all(staging(h)).unwrap();
+            node.node_stage_volume(csi::NodeStageVolumeRequest {
+                volume_id: id.clone(),
+                staging_target_path: staging(h).display().to_string(),
+                volume_capability: Some(cap.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("stage on {h}: {e}"));
+            assert_eq!(
+                std::fs::read(staging(h).join("readme")).unwrap(),
+                b"for everyone",
+                "{h} reads the data"
+            );
+            let w = std::fs::write(staging(h).join("nope"), b"x").unwrap_err();
+            assert_eq!(w.raw_os_error(), Some(libc::EROFS), "{h}: {w}");
+        }
+        // Nobody fences a reader to write: a writer on h3 is refused.
+        let err = c.node("h3").fails(&["volume", "mount", "shared"]);
+        assert!(
+            err.contains("read-only") && (err.contains("h1") || err.contains("h2")),
+            "{err}"
+        );
+        assert!(holds_no_mapping(c.node("h3")).is_ok());
+        for h in ["h1", "h2"] {
+            let mut node =
+                NodeClient::new(common::csi_channel(&c.node(h).run.join("csi.sock")).await);
+            node.node_unstage_volume(csi::NodeUnstageVolumeRequest {
+                volume_id: id.clone(),
+                staging_target_path: staging(h).display().to_string(),
+            })
+            .await
+            .unwrap();
+        }
+        // A node-local volume still refuses the mode.
+        let pools = a.json(&["pool", "ls"]);
+        let local = pools
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["driver"] == "loop" && p["node"] == "h1")
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("h1 has a loop pool: {pools}"));
+        let lv = a.json(&[
+            "volume", "create", "local", "--pool", &local, "--size", "16M",
+        ]);
+        let mut node = NodeClient::new(common::csi_channel(&a.run.join("csi.sock")).await);
+        let err = node
+            .node_stage_volume(csi::NodeStageVolumeRequest {
+                volume_id: lv["id"].as_str().unwrap().to_string(),
+                staging_target_path: staging("h1").display().to_string(),
+                volume_capability: Some(cap.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    });
+    a.ok(&["volume", "rm", "local"]);
+    a.ok(&["volume", "rm", "shared"]);
+    for h in HOSTS {
+        holds_no_mapping(c.node(h)).unwrap();
+    }
+}

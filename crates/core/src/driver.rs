@@ -246,6 +246,21 @@ pub trait NodeOps: Send + Sync {
         device: Option<&Path>,
         mountpoint: &Path,
     ) -> Result<PathBuf, DriverError>;
+    /// Like [`NodeOps::mount`], read-only (shared storage with readers on
+    /// several nodes: none may write the filesystem, not even its
+    /// superblock). Local storage has no such readers.
+    fn mount_read_only(
+        &self,
+        _pool: &Pool,
+        vol: &Volume,
+        _device: Option<&Path>,
+        _mountpoint: &Path,
+    ) -> Result<PathBuf, DriverError> {
+        Err(DriverError::Unsupported(format!(
+            "volume {} is node-local: it has no readers on other nodes",
+            vol.name
+        )))
+    }
     /// Unmount what [`NodeOps::mount`] returned. Not mounted is fine.
     fn unmount(&self, vol: &Volume, mountpoint: &Path) -> Result<(), DriverError>;
     /// Detach every device backing the volume. Not attached is fine.

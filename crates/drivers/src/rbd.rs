@@ -505,6 +505,40 @@ impl NodeOps for RbdNode {
         self.loops.mount(pool, vol, device, mountpoint)
     }
 
+    fn mount_read_only(
+        &self,
+        _pool: &Pool,
+        vol: &Volume,
+        device: Option<&Path>,
+        mountpoint: &Path,
+    ) -> Result<PathBuf, DriverError> {
+        let (Some(device), Some(fs)) = (device, vol.fs) else {
+            return Err(DriverError::Unsupported(format!(
+                "rbd volume {} has no device or filesystem to mount",
+                vol.name
+            )));
+        };
+        let already = self
+            .host
+            .mounts()?
+            .into_iter()
+            .rev()
+            .find(|m| m.target == mountpoint)
+            .is_some_and(|m| Path::new(&m.source) == device);
+        if !already {
+            self.host.mount(
+                device,
+                mountpoint,
+                fs,
+                ballast_core::host::MountOptions {
+                    read_only: true,
+                    ..Default::default()
+                },
+            )?;
+        }
+        Ok(mountpoint.to_path_buf())
+    }
+
     fn unmount(&self, vol: &Volume, mountpoint: &Path) -> Result<(), DriverError> {
         self.loops.unmount(vol, mountpoint)
     }

@@ -213,13 +213,12 @@ fn access(cap: &csi::VolumeCapability) -> Result<Asked, Status> {
         Ok(Mode::SingleNodeWriter | Mode::SingleNodeSingleWriter) => (false, Sharing::Exclusive),
         Ok(Mode::SingleNodeMultiWriter) => (false, Sharing::Shared),
         Ok(Mode::SingleNodeReaderOnly) => (true, Sharing::Shared),
-        Ok(
-            m @ (Mode::MultiNodeReaderOnly
-            | Mode::MultiNodeSingleWriter
-            | Mode::MultiNodeMultiWriter),
-        ) => {
+        // Readers on many nodes: only shared storage (rbd) has them, which
+        // the callers check against the volume or pool.
+        Ok(Mode::MultiNodeReaderOnly) => (true, Sharing::Shared),
+        Ok(m @ (Mode::MultiNodeSingleWriter | Mode::MultiNodeMultiWriter)) => {
             return Err(Status::invalid_argument(format!(
-                "access mode {} is not supported: ballast pools are node-local",
+                "access mode {} is not supported: a writer has a volume alone (rbd pools take MULTI_NODE_READER_ONLY)",
                 m.as_str_name()
             )))
         }
@@ -261,6 +260,28 @@ fn access(cap: &csi::VolumeCapability) -> Result<Asked, Status> {
             })
         }
     }
+}
+
+/// Whether a capability asks for readers on several nodes.
+fn multi_node(cap: &csi::VolumeCapability) -> bool {
+    cap.access_mode
+        .as_ref()
+        .is_some_and(|m| m.mode == Mode::MultiNodeReaderOnly as i32)
+}
+
+/// MULTI_NODE_READER_ONLY needs storage every node reaches: refused, as
+/// before there was any, for node-local pools.
+fn check_multi_node(caps: &[&csi::VolumeCapability], shared: bool) -> Result<(), Status> {
+    if !shared && caps.iter().any(|c| multi_node(c)) {
+        return Err(Status::invalid_argument(
+            "access mode MULTI_NODE_READER_ONLY is not supported: this pool is node-local (rbd pools take it)",
+        ));
+    }
+    Ok(())
+}
+
+fn is_shared(vol: &Volume) -> bool {
+    vol.driver == ballast_core::model::DriverKind::Rbd
 }
 
 /// One access kind for all capabilities of a request.
@@ -314,6 +335,15 @@ fn i64_of(v: u64) -> i64 {
 }
 
 impl CsiPlugin {
+    /// Whether the pool a request names (or the default) is shared.
+    fn pool_is_shared(&self, pool: Option<&str>) -> bool {
+        let name = pool.map_or_else(|| self.service.default_pool_name(), str::to_string);
+        self.service
+            .list_pools()
+            .iter()
+            .any(|p| p.name == name && p.is_shared())
+    }
+
     fn topology(&self) -> csi::Topology {
         csi::Topology {
             segments: HashMap::from([(TOPOLOGY_KEY.to_string(), self.node_id.clone())]),
@@ -518,6 +548,8 @@ impl csi::controller_server::Controller for CsiPlugin {
                 }
             }
         }
+        let caps: Vec<&csi::VolumeCapability> = r.volume_capabilities.iter().collect();
+        check_multi_node(&caps, self.pool_is_shared(pool.as_deref()))?;
         let source = match r
             .volume_content_source
             .as_ref()
@@ -656,8 +688,9 @@ impl csi::controller_server::Controller for CsiPlugin {
             return Err(Status::invalid_argument("volume_capabilities is required"));
         }
         let vol = self.volume_of(&r.volume_id)?;
+        let caps: Vec<&csi::VolumeCapability> = r.volume_capabilities.iter().collect();
         let ok = match common_access(&r.volume_capabilities) {
-            Ok(a) => fits(&vol, &a),
+            Ok(a) => fits(&vol, &a) && check_multi_node(&caps, is_shared(&vol)).is_ok(),
             Err(_) => false,
         };
         Ok(Response::new(csi::ValidateVolumeCapabilitiesResponse {
@@ -740,6 +773,8 @@ impl csi::controller_server::Controller for CsiPlugin {
         for cap in &r.volume_capabilities {
             access(cap)?;
         }
+        let caps: Vec<&csi::VolumeCapability> = r.volume_capabilities.iter().collect();
+        check_multi_node(&caps, self.pool_is_shared(pool.as_deref()))?;
         // Per topology segment (one node), as Kubernetes' storage capacity
         // tracking asks; without one, this node's.
         let node = r
@@ -980,6 +1015,7 @@ impl csi::node_server::Node for CsiPlugin {
             .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
         let access = access(cap)?.access;
         let vol = self.volume_of(&r.volume_id)?;
+        check_multi_node(&[cap], is_shared(&vol))?;
         if !fits(&vol, &access) {
             // The spec's "exceeds capabilities" of the volume.
             return Err(Status::failed_precondition(format!(
@@ -987,6 +1023,9 @@ impl csi::node_server::Node for CsiPlugin {
                 vol.name
             )));
         }
+        // Readers on several nodes: the staging itself is read-only, so
+        // no node writes the shared filesystem (not even its superblock).
+        let stage_ro = multi_node(cap);
         let id = self.name_of(&r.volume_id)?;
         self.call(move |s| {
             let target = if access == Access::Block {
@@ -1000,7 +1039,7 @@ impl csi::node_server::Node for CsiPlugin {
                 // repeated after a class's mountOptions changed still fits.
                 Some(PublishTarget {
                     path: staging.clone(),
-                    read_only: false,
+                    read_only: stage_ro,
                     flags: MountFlags::default(),
                 })
             };
@@ -1048,6 +1087,7 @@ impl csi::node_server::Node for CsiPlugin {
         }
         let staging = path_arg(&r.staging_target_path, "staging_target_path")?;
         let vol = self.volume_of(&r.volume_id)?;
+        check_multi_node(&[cap], is_shared(&vol))?;
         if !fits(&vol, &access) {
             // The spec's "exceeds capabilities" of the volume.
             return Err(Status::failed_precondition(format!(

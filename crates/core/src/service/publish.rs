@@ -245,6 +245,14 @@ impl VolumeService {
         let driver = self.driver(pool.driver)?;
         let node = driver.node();
         let read_only = target.as_ref().is_some_and(|t| t.read_only);
+        if pool.is_shared() && read_only && !vol.formatted && !vol.block {
+            // Readers on several nodes must not each make the filesystem.
+            return Err(InvalidInput::new(
+                format!("read-only staging of volume {name:?}"),
+                "it has no filesystem yet; stage it read-write once first",
+            )
+            .into());
+        }
         self.claim_shared(pool, &vol, read_only, preempt)?;
         if target.is_none() && node.serves_in_place() {
             // Nothing is attached or mounted (dir, btrfs): staging is one
@@ -302,7 +310,11 @@ impl VolumeService {
                 node.grow_fs(&vol, path, None)?;
             }
             std::fs::create_dir_all(&mountpoint).map_err(|e| DriverError::io(&mountpoint, e))?;
-            let data = node.mount(pool, &vol, dev_path.as_deref(), &mountpoint)?;
+            let data = if pool.is_shared() && read_only {
+                node.mount_read_only(pool, &vol, dev_path.as_deref(), &mountpoint)?
+            } else {
+                node.mount(pool, &vol, dev_path.as_deref(), &mountpoint)?
+            };
             if data != mountpoint {
                 // The backend serves its data in place (dir driver).
                 remove_mountpoint(&mountpoint);
