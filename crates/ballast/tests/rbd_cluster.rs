@@ -89,6 +89,16 @@ impl Cluster {
             "--ceph-pool",
             "rbd",
         ]);
+        for h in HOSTS {
+            eventually(
+                &format!("{h} sees the pool"),
+                Duration::from_secs(30),
+                || {
+                    let out = c.node(h).cli(&["pool", "inspect", "ceph"]);
+                    out.status.success().then_some(()).ok_or(out)
+                },
+            );
+        }
         c
     }
 
@@ -655,4 +665,129 @@ fn readers_on_several_nodes_share_an_rbd_volume_and_keep_writers_out() {
     for h in HOSTS {
         holds_no_mapping(c.node(h)).unwrap();
     }
+}
+
+/// The CSI path of a failover: ControllerPublish to B is refused while A
+/// holds the volume and lives, and once A's lease lapsed it fences A, so
+/// B's NodeStage of the image A still watches succeeds at the first try.
+#[test]
+fn csi_controller_publish_fences_a_dead_holder_and_the_stage_then_succeeds() {
+    use ballast_csi_proto::v1 as csi;
+    use csi::controller_client::ControllerClient;
+    use csi::controller_service_capability::{rpc::Type, Type as Cap};
+    use csi::node_client::NodeClient;
+    use csi::volume_capability::access_mode::Mode;
+    use csi::volume_capability::{AccessMode, AccessType, MountVolume};
+    if !prerequisites("csi_controller_publish_fences_a_dead_holder_and_the_stage_then_succeeds") {
+        return;
+    }
+    let c = Cluster::start();
+    let a = c.node("h1");
+    let v = a.json(&["volume", "create", "pv", "--pool", "ceph", "--size", "32M"]);
+    let id = v["id"].as_str().unwrap().to_string();
+    let cap = csi::VolumeCapability {
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        }),
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+    };
+    let staging = |h: &str| c.node(h).dir.path().join("pv-staging");
+    let stage = |h: &str| csi::NodeStageVolumeRequest {
+        volume_id: id.clone(),
+        staging_target_path: staging(h).display().to_string(),
+        volume_capability: Some(cap.clone()),
+        ..Default::default()
+    };
+    let publish = |node: &str| csi::ControllerPublishVolumeRequest {
+        volume_id: id.clone(),
+        node_id: node.into(),
+        volume_capability: Some(cap.clone()),
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut ctl =
+            ControllerClient::new(common::csi_channel(&c.node("h3").run.join("csi.sock")).await);
+        let caps = ctl
+            .controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            caps.capabilities.iter().any(|c| matches!(
+                &c.r#type,
+                Some(Cap::Rpc(r)) if r.r#type == Type::PublishUnpublishVolume as i32
+            )),
+            "with a shared pool the controller publishes: {caps:?}"
+        );
+        ctl.controller_publish_volume(publish("h1")).await.unwrap();
+        let mut na = NodeClient::new(common::csi_channel(&a.run.join("csi.sock")).await);
+        std::fs::create_dir_all(staging("h1")).unwrap();
+        na.node_stage_volume(stage("h1")).await.unwrap();
+        std::fs::write(staging("h1").join("a"), b"from a").unwrap();
+        std::fs::File::open(staging("h1").join("a"))
+            .unwrap()
+            .sync_all()
+            .unwrap();
+        std::fs::File::open(staging("h1"))
+            .unwrap()
+            .sync_all()
+            .unwrap();
+
+        let refused = ctl
+            .controller_publish_volume(publish("h2"))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
+        assert!(refused.message().contains("h1"), "{refused}");
+
+        c.net.partition("h1");
+        c.signal("h1", nix::sys::signal::Signal::SIGSTOP);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match ctl.controller_publish_volume(publish("h2")).await {
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline => {
+                    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("ControllerPublish to h2 never succeeded: {e}"),
+            }
+        }
+        let mut nb = NodeClient::new(common::csi_channel(&c.node("h2").run.join("csi.sock")).await);
+        std::fs::create_dir_all(staging("h2")).unwrap();
+        nb.node_stage_volume(stage("h2"))
+            .await
+            .expect("the first NodeStage after the publish works");
+        assert_eq!(std::fs::read(staging("h2").join("a")).unwrap(), b"from a");
+
+        c.net.heal("h1");
+        c.signal("h1", nix::sys::signal::Signal::SIGCONT);
+        eventually("A holds no mapping", Duration::from_secs(60), || {
+            holds_no_mapping(a)
+        });
+        nb.node_unstage_volume(csi::NodeUnstageVolumeRequest {
+            volume_id: id.clone(),
+            staging_target_path: staging("h2").display().to_string(),
+        })
+        .await
+        .unwrap();
+        ctl.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
+            volume_id: id.clone(),
+            node_id: "h2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    });
+    eventually("the fence is lifted", Duration::from_secs(60), || {
+        let bl = c.blocklist();
+        (!bl.contains(&c.net.addr("h1").to_string()))
+            .then_some(())
+            .ok_or(bl)
+    });
+    a.ok(&["volume", "rm", "pv"]);
 }

@@ -335,6 +335,10 @@ fn i64_of(v: u64) -> i64 {
 }
 
 impl CsiPlugin {
+    fn has_shared_pools(&self) -> bool {
+        self.service.list_pools().iter().any(|p| p.is_shared())
+    }
+
     /// Whether the pool a request names (or the default) is shared.
     fn pool_is_shared(&self, pool: Option<&str>) -> bool {
         let name = pool.map_or_else(|| self.service.default_pool_name(), str::to_string);
@@ -660,22 +664,56 @@ impl csi::controller_server::Controller for CsiPlugin {
         Ok(Response::new(csi::DeleteVolumeResponse {}))
     }
 
+    /// With shared (rbd) pools: the one-writer check before a node stages
+    /// a volume, fencing a holder whose lease lapsed, so the node's stage
+    /// right after succeeds instead of failing until the old watch times
+    /// out. Node-local pools alone need no controller publish.
     async fn controller_publish_volume(
         &self,
-        _: Request<csi::ControllerPublishVolumeRequest>,
+        request: Request<csi::ControllerPublishVolumeRequest>,
     ) -> Result<Response<csi::ControllerPublishVolumeResponse>, Status> {
-        Err(Status::unimplemented(
-            "node-local pools need no controller publish",
-        ))
+        if !self.has_shared_pools() {
+            return Err(Status::unimplemented(
+                "node-local pools need no controller publish",
+            ));
+        }
+        let r = request.into_inner();
+        required(&r.volume_id, "volume_id")?;
+        required(&r.node_id, "node_id")?;
+        let cap = r
+            .volume_capability
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
+        let asked = access(cap)?;
+        check_multi_node(&[cap], self.has_shared_pools())?;
+        let vol = self.volume_of(&r.volume_id)?;
+        check_multi_node(&[cap], is_shared(&vol))?;
+        let read_only = r.readonly || asked.read_only;
+        let id = self.name_of(&r.volume_id)?;
+        let node = r.node_id.clone();
+        // A live holder elsewhere is Busy: FAILED_PRECONDITION, the spec's
+        // code for "published to another node".
+        self.call(move |s| s.claim_for_node(&id, &node, read_only))
+            .await?;
+        Ok(Response::new(csi::ControllerPublishVolumeResponse {
+            publish_context: HashMap::new(),
+        }))
     }
 
+    /// Nothing to undo here: the node's unstage unmaps, and a dead node's
+    /// hold is fenced by the next publish elsewhere.
     async fn controller_unpublish_volume(
         &self,
-        _: Request<csi::ControllerUnpublishVolumeRequest>,
+        request: Request<csi::ControllerUnpublishVolumeRequest>,
     ) -> Result<Response<csi::ControllerUnpublishVolumeResponse>, Status> {
-        Err(Status::unimplemented(
-            "node-local pools need no controller unpublish",
-        ))
+        if !self.has_shared_pools() {
+            return Err(Status::unimplemented(
+                "node-local pools need no controller unpublish",
+            ));
+        }
+        let r = request.into_inner();
+        required(&r.volume_id, "volume_id")?;
+        Ok(Response::new(csi::ControllerUnpublishVolumeResponse {}))
     }
 
     async fn validate_volume_capabilities(
@@ -809,9 +847,15 @@ impl csi::controller_server::Controller for CsiPlugin {
             Type::ListSnapshots,
             Type::CloneVolume,
         ];
+        // The one-writer check of shared (rbd) volumes, for a CO that
+        // attaches before it stages.
+        let publish = self
+            .has_shared_pools()
+            .then_some(Type::PublishUnpublishVolume);
         Ok(Response::new(csi::ControllerGetCapabilitiesResponse {
             capabilities: caps
                 .into_iter()
+                .chain(publish)
                 .map(|t| csi::ControllerServiceCapability {
                     r#type: Some(Cap::Rpc(Rpc { r#type: t as i32 })),
                 })
@@ -1014,6 +1058,8 @@ impl csi::node_server::Node for CsiPlugin {
             .as_ref()
             .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
         let access = access(cap)?.access;
+        // An argument no volume here could take, before the lookup.
+        check_multi_node(&[cap], self.has_shared_pools())?;
         let vol = self.volume_of(&r.volume_id)?;
         check_multi_node(&[cap], is_shared(&vol))?;
         if !fits(&vol, &access) {
@@ -1079,6 +1125,7 @@ impl csi::node_server::Node for CsiPlugin {
             flags,
             sharing,
         } = access(cap)?;
+        check_multi_node(&[cap], self.has_shared_pools())?;
         // The spec's own code for a plugin with STAGE_UNSTAGE_VOLUME.
         if r.staging_target_path.is_empty() {
             return Err(Status::failed_precondition(

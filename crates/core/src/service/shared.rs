@@ -146,10 +146,41 @@ impl VolumeService {
         read_only: bool,
         preempt: bool,
     ) -> Result<()> {
+        self.claim_shared_for(pool, vol, &self.config.node_id.clone(), read_only, preempt)
+    }
+
+    /// A CO's controller publish of a shared volume to `node` (CSI
+    /// ControllerPublishVolume): the same check and fence as a stage there,
+    /// made by whichever node the CO asks, before the node stages it.
+    pub fn claim_for_node(&self, name: &str, node: &str, read_only: bool) -> Result<()> {
+        validate_name("volume", name)?;
+        let vol = self.get_volume(name)?;
+        let pool = self.get_pool(&vol.pool)?;
+        if !pool.is_shared() {
+            return match &vol.node {
+                Some(n) if n != node => Err(Error::OtherNode {
+                    kind: "volume",
+                    name: vol.name.clone(),
+                    node: n.clone(),
+                }),
+                _ => Ok(()),
+            };
+        }
+        self.claim_shared_for(&pool, &vol, node, read_only, false)
+    }
+
+    fn claim_shared_for(
+        &self,
+        pool: &Pool,
+        vol: &Volume,
+        me: &str,
+        read_only: bool,
+        preempt: bool,
+    ) -> Result<()> {
         if !pool.is_shared() {
             return Ok(());
         }
-        let me = self.config.node_id.clone();
+        let me = me.to_string();
         let vkey = vol_key(&vol.name);
         if let Some(kv) = self.store.get_kv(&vkey)? {
             self.apply_record(&vkey, Some(&kv.value), kv.mod_revision);
