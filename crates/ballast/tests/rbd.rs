@@ -602,3 +602,42 @@ fn a_monitor_restart_during_an_attach_delays_it_and_nothing_more() {
     d.ok(&["volume", "rm", "m"]);
     assert!(helpers_under(&d.state).is_empty());
 }
+
+/// A map that dies half-way (kill -9 at each step of a stage) leaves no
+/// helper, mount or loop device once the restart reconciled it, and the
+/// volume mounts normally afterwards.
+#[test]
+fn kill_9_at_each_stage_step_of_an_rbd_volume_leaks_no_mapping() {
+    if !prerequisites("kill_9_at_each_stage_step_of_an_rbd_volume_leaks_no_mapping") {
+        return;
+    }
+    let (_ceph, mut d) = setup();
+    d.ok(&["volume", "create", "c", "--pool", "ceph", "--size", "32M"]);
+    for fp in [
+        "stage.after_intent",
+        "stage.after_attach",
+        "stage.after_format",
+        "stage.after_mount",
+    ] {
+        d.crash_at(fp, &["volume", "mount", "c"]);
+        let v = d.json(&["volume", "inspect", "c"]);
+        if v["state"] == "mounted" {
+            // Rolled forward: a whole mapping, adopted.
+            assert_eq!(helpers_under(&d.state).len(), 1, "{fp}: {v}");
+            d.ok(&["volume", "unmount", "c"]);
+        }
+        assert!(helpers_under(&d.state).is_empty(), "{fp}: a helper leaked");
+        assert!(mounts_under(&d.state).is_empty(), "{fp}: a mount leaked");
+        assert!(
+            common::loop_devices()
+                .iter()
+                .all(|(_, f)| !f.starts_with(&d.state)),
+            "{fp}: a loop device leaked"
+        );
+        let mp = PathBuf::from(d.ok(&["volume", "mount", "c"]).trim());
+        std::fs::write(mp.join(fp), b"ok").unwrap();
+        d.ok(&["volume", "unmount", "c"]);
+    }
+    d.ok(&["volume", "rm", "c"]);
+    d.assert_no_leftovers();
+}

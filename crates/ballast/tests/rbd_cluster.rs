@@ -791,3 +791,73 @@ fn csi_controller_publish_fences_a_dead_holder_and_the_stage_then_succeeds() {
     });
     a.ok(&["volume", "rm", "pv"]);
 }
+
+/// kill -9 of the fencing node before and after its blocklist call: the
+/// fence was recorded first, so after the restart the attach goes through,
+/// the fenced node still cleans up when back, and the fence is lifted.
+#[test]
+fn kill_9_of_the_fencing_node_mid_fence_still_ends_unfenced() {
+    if !prerequisites("kill_9_of_the_fencing_node_mid_fence_still_ends_unfenced") {
+        return;
+    }
+    let mut c = Cluster::start();
+    c.node("h1")
+        .ok(&["volume", "create", "db", "--pool", "ceph", "--size", "32M"]);
+    for fp in ["fence.before_blocklist", "fence.after_blocklist"] {
+        let mp = PathBuf::from(c.node("h1").ok(&["volume", "mount", "db"]).trim());
+        std::fs::write(mp.join(fp), b"a").unwrap();
+        std::fs::File::open(mp.join(fp))
+            .unwrap()
+            .sync_all()
+            .unwrap();
+        std::fs::File::open(&mp).unwrap().sync_all().unwrap();
+        c.net.partition("h1");
+        c.signal("h1", nix::sys::signal::Signal::SIGSTOP);
+        eventually("h2 sees h1's lease lapse", Duration::from_secs(30), || {
+            let nodes = c.node("h2").json(&["node", "ls"]);
+            let h1 = nodes
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["id"] == "h1")
+                .cloned();
+            h1.filter(|n| n["state"] == "unreachable")
+                .map(drop)
+                .ok_or(nodes)
+        });
+        let b = &mut c.nodes[1];
+        b.crash_at(fp, &["volume", "mount", "db"]);
+        let mp_b = eventually(
+            "the mount on B after its restart",
+            Duration::from_secs(60),
+            || {
+                let out = c.node("h2").cli(&["volume", "mount", "db"]);
+                out.status
+                    .success()
+                    .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+                    .ok_or(out)
+            },
+        );
+        assert_eq!(std::fs::read(mp_b.join(fp)).unwrap(), b"a", "{fp}");
+        c.net.heal("h1");
+        c.signal("h1", nix::sys::signal::Signal::SIGCONT);
+        eventually("A holds no mapping", Duration::from_secs(60), || {
+            holds_no_mapping(c.node("h1"))
+        });
+        eventually("the fence is lifted", Duration::from_secs(60), || {
+            let bl = c.blocklist();
+            (!bl.contains(&c.net.addr("h1").to_string()))
+                .then_some(())
+                .ok_or(bl)
+        });
+        c.node("h2").ok(&["volume", "unmount", "db"]);
+        eventually("h1 is ready again", Duration::from_secs(30), || {
+            let out = c.node("h1").cli(&["node", "inspect", "h1"]);
+            String::from_utf8_lossy(&out.stdout)
+                .contains("ready")
+                .then_some(())
+                .ok_or(out)
+        });
+    }
+    c.node("h1").ok(&["volume", "rm", "db"]);
+}

@@ -22,6 +22,8 @@
 //! - `placement`: creates placed across three nodes (see `placement.rs`).
 //! - `rbd`: rbd volumes on an existing Ceph cluster: create, mount, and a
 //!   sequential write against `rbd bench` (see `rbd.rs`).
+//! - `rbd-failover`: an rbd volume following its writer from a hung node
+//!   (SIGSTOP) to another, fence and unfence timed (see `rbd_failover.rs`).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -36,6 +38,7 @@ mod loopcopy;
 mod metrics;
 mod placement;
 mod rbd;
+mod rbd_failover;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -161,6 +164,24 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         reps: usize,
     },
+    /// rbd failover between two nodes on one etcd: SIGSTOP the holder's
+    /// daemon, time until the other has the volume mounted and written;
+    /// SIGCONT, time until the old holder is unfenced
+    RbdFailover {
+        /// The cluster's ceph.conf; its [client] section names the admin
+        /// keyring
+        #[arg(long, value_name = "PATH")]
+        ceph_conf: PathBuf,
+        /// The RADOS pool holding the image
+        #[arg(long, value_name = "NAME", default_value = "rbd")]
+        ceph_pool: String,
+        /// Failovers (the roles swap each time)
+        #[arg(long, default_value_t = 5)]
+        kills: usize,
+        /// The nodes' `--node-ttl`
+        #[arg(long, default_value = "2s")]
+        ttl: String,
+    },
     /// Everything, with the defaults
     All,
 }
@@ -202,6 +223,20 @@ fn main() -> Result<()> {
                 volumes,
                 write_mib,
                 reps: reps.max(1),
+            },
+        ),
+        Cmd::RbdFailover {
+            ceph_conf,
+            ceph_pool,
+            kills,
+            ttl,
+        } => rbd_failover::rbd_failover_bench(
+            &args.dir,
+            &rbd_failover::Opts {
+                ceph_conf: &ceph_conf,
+                ceph_pool: &ceph_pool,
+                kills,
+                ttl: &ttl,
             },
         ),
         Cmd::All => {

@@ -374,13 +374,13 @@ fn bench_image_prefix() -> String {
 }
 
 /// The cluster, through the `rbd` tool.
-struct Ceph<'a> {
-    conf: &'a str,
-    pool: &'a str,
+pub(crate) struct Ceph<'a> {
+    pub(crate) conf: &'a str,
+    pub(crate) pool: &'a str,
 }
 
 impl Ceph<'_> {
-    fn rbd(&self, args: &[&str]) -> Result<String> {
+    pub(crate) fn rbd(&self, args: &[&str]) -> Result<String> {
         let out = Command::new("rbd")
             .args(["-c", self.conf])
             .args(args)
@@ -395,7 +395,7 @@ impl Ceph<'_> {
         Ok(String::from_utf8(out.stdout)?)
     }
 
-    fn images(&self) -> Result<Vec<String>> {
+    pub(crate) fn images(&self) -> Result<Vec<String>> {
         Ok(self
             .rbd(&["ls", self.pool])?
             .lines()
@@ -447,15 +447,15 @@ impl Ceph<'_> {
 
 /// rbd-fuse helpers, mounts and loop devices under the scratch directory.
 #[derive(Default)]
-struct Leftovers {
-    helpers: Vec<u32>,
+pub(crate) struct Leftovers {
+    pub(crate) helpers: Vec<u32>,
     /// Deepest first.
     mounts: Vec<String>,
     loops: Vec<String>,
 }
 
 impl Leftovers {
-    fn find(dir: &Path) -> Leftovers {
+    pub(crate) fn find(dir: &Path) -> Leftovers {
         let under = |p: &str| Path::new(p).starts_with(dir);
         let mut l = Leftovers::default();
         for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -501,12 +501,12 @@ impl Leftovers {
         l
     }
 
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.helpers.is_empty() && self.mounts.is_empty() && self.loops.is_empty()
     }
 
     /// Unmount (lazily), detach, kill; what there was.
-    fn sweep(self) -> Self {
+    pub(crate) fn sweep(self) -> Self {
         for m in &self.mounts {
             let _ = Command::new("umount").args(["-l", m]).status();
         }

@@ -208,17 +208,28 @@ pub trait Driver: Send + Sync {
 
     // ----- shared storage (rbd) -----------------------------------------
 
-    /// Cut every other client off the volume's storage before this node
-    /// maps it: `addrs` (what the last holder's mappings registered) and
-    /// whoever still has the image open, blocklisted for `expire`. Returns
-    /// once the cluster enforces it, with the addresses it fenced.
-    fn fence(
+    /// Who must be cut off the volume's storage before this node maps it:
+    /// `addrs` (what the last holder's mappings registered) and whoever
+    /// still has it open (this node has not mapped it yet).
+    fn fence_targets(
         &self,
         pool: &Pool,
         _vol: &Volume,
         _addrs: &[String],
-        _expire: std::time::Duration,
     ) -> Result<Vec<String>, DriverError> {
+        Err(DriverError::Unsupported(format!(
+            "pool {} ({}) has no clients to fence",
+            pool.name, pool.driver
+        )))
+    }
+    /// Blocklist `addrs` for `expire`; returns once the cluster enforces
+    /// it. Repeating it is fine.
+    fn fence(
+        &self,
+        pool: &Pool,
+        _addrs: &[String],
+        _expire: std::time::Duration,
+    ) -> Result<(), DriverError> {
         Err(DriverError::Unsupported(format!(
             "pool {} ({}) has no clients to fence",
             pool.name, pool.driver

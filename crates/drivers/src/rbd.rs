@@ -363,12 +363,11 @@ impl Driver for RbdDriver {
         &self.node
     }
 
-    fn fence(
+    fn fence_targets(
         &self,
         pool: &Pool,
         vol: &Volume,
         addrs: &[String],
-        expire: Duration,
     ) -> Result<Vec<String>, DriverError> {
         let cluster = self.clients.get(ceph_of(pool)?)?;
         let me = cluster.addrs().map_err(ceph_error)?;
@@ -386,14 +385,18 @@ impl Driver for RbdDriver {
             Err(DriverError::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
-        for a in &fence {
+        Ok(fence)
+    }
+
+    fn fence(&self, pool: &Pool, addrs: &[String], expire: Duration) -> Result<(), DriverError> {
+        let cluster = self.clients.get(ceph_of(pool)?)?;
+        for a in addrs {
             cluster.blocklist_add(a, expire).map_err(|e| {
                 DriverError::Unavailable(format!("fence {a} (osd blocklist add): {e}"))
             })?;
         }
         // Our next operations are judged by the map that has the entries.
-        cluster.wait_for_latest_osdmap().map_err(ceph_error)?;
-        Ok(fence)
+        cluster.wait_for_latest_osdmap().map_err(ceph_error)
     }
 
     fn unfence(&self, pool: &Pool, addrs: &[String]) -> Result<(), DriverError> {

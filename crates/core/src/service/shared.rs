@@ -251,8 +251,10 @@ impl VolumeService {
         Ok(())
     }
 
-    /// Blocklist `node`'s clients of the volume and record the fence. A
-    /// fence that fails fails the attach: never two writers.
+    /// Blocklist `node`'s clients of the volume, recording the fence first
+    /// (a crash in between leaves a record, so the fenced node still cleans
+    /// up and the entries are still lifted). A fence that fails fails the
+    /// attach: never two writers.
     fn fence_node(
         &self,
         pool: &Pool,
@@ -262,12 +264,11 @@ impl VolumeService {
         reason: &str,
     ) -> Result<()> {
         let driver = self.driver(pool.driver)?;
-        self.failpoints.hit("fence.before_blocklist");
-        let addrs = driver.fence(pool, vol, clients, FENCE_EXPIRY)?;
-        self.failpoints.hit("fence.after_blocklist");
+        let addrs = driver.fence_targets(pool, vol, clients)?;
         let key = fence_key(node, &pool.name);
-        let mut fence = match self.store.get(&key)? {
-            Some(raw) => serde_json::from_slice::<Fence>(&raw).ok(),
+        let previous = self.store.get(&key)?;
+        let mut fence = match &previous {
+            Some(raw) => serde_json::from_slice::<Fence>(raw).ok(),
             None => None,
         }
         .unwrap_or(Fence {
@@ -290,6 +291,22 @@ impl VolumeService {
         fence.at = Utc::now();
         fence.reason = reason.to_string();
         fence.cleaned = false;
+        self.store
+            .commit(Txn::new().put(key.clone(), to_json(&fence)))?;
+        self.failpoints.hit("fence.before_blocklist");
+        if let Err(e) = driver.fence(pool, &addrs, FENCE_EXPIRY) {
+            // Not fenced: the holder keeps the volume, and must not tear
+            // its mapping down for a fence that never happened.
+            let undo = match previous {
+                Some(raw) => Txn::new().put(key, raw),
+                None => Txn::new().delete(key),
+            };
+            if let Err(u) = self.store.commit(undo) {
+                tracing::error!(node, error = %u, "taking back a failed fence's record failed");
+            }
+            return Err(e.into());
+        }
+        self.failpoints.hit("fence.after_blocklist");
         let ev = self.event(
             EventKind::Fence,
             vol,
@@ -302,7 +319,7 @@ impl VolumeService {
                 }
             ),
         );
-        self.commit_event(Txn::new().put(key, to_json(&fence)), Some(ev))?;
+        self.commit_event(Txn::new(), Some(ev))?;
         tracing::warn!(volume = %vol.name, node, reason, ?addrs, "fenced");
         Ok(())
     }
