@@ -1115,7 +1115,7 @@ fn bad_input_is_refused_and_changes_nothing() {
                 "--driver".into(),
                 "zfs".into(),
             ],
-            "use loop, dir or btrfs",
+            "use loop, dir, btrfs or rbd",
         ),
     ];
     for (args, want) in &cases {
