@@ -6,10 +6,14 @@
 //! real loop devices, filesystems and mounts.
 //!
 //! The cases run one after another against one daemon, in a random order
-//! (see [`csi_conformance_cases_in_random_order`]). The paths a CO owns
-//! (staging directories, the parents of targets) live in a fresh
-//! [`CoPaths`] directory per case inside the daemon's scratch directory, so
-//! `host_leftovers()` sees every mount the plugin makes there; the runner
+//! (see [`csi_conformance_cases_in_random_order`]); those that apply to
+//! shared storage run again against a daemon whose default pool is an rbd
+//! pool on a real Ceph cluster
+//! ([`csi_conformance_cases_on_an_rbd_default_pool_in_random_order`]). The
+//! paths a CO owns (staging directories, the parents of targets) live in a
+//! fresh [`CoPaths`] directory per case inside the daemon's scratch
+//! directory, so `host_leftovers()` sees every mount the plugin makes there
+//! (on rbd too: the rbd-fuse maps are in its state directory); the runner
 //! reports what a case left and removes it before the next.
 
 mod common;
@@ -24,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ballast_csi_proto::v1 as csi;
+use common::ceph::{require_ceph, Ceph};
 use common::{require_root_loop, require_tool, Daemon};
 use csi::controller_client::ControllerClient;
 use csi::identity_client::IdentityClient;
@@ -42,20 +47,72 @@ const MIB: i64 = 1 << 20;
 #[derive(Clone)]
 struct Csi {
     identity: IdentityClient<Channel>,
-    controller: ControllerClient<Channel>,
+    controller: Controller,
     node: NodeClient<Channel>,
 }
 
 impl Csi {
     /// Connect over the unix socket, waiting for the daemon to bind it (the
-    /// REST API may answer a moment before).
-    async fn connect(socket: &Path) -> Csi {
+    /// REST API may answer a moment before). See [`Controller`] for `pool`.
+    async fn connect(socket: &Path, pool: Option<&'static str>) -> Csi {
         let channel = common::csi_channel(socket).await;
         Csi {
             identity: IdentityClient::new(channel.clone()),
-            controller: ControllerClient::new(channel.clone()),
+            controller: Controller {
+                client: ControllerClient::new(channel.clone()),
+                pool,
+            },
             node: NodeClient::new(channel),
         }
+    }
+}
+
+/// The controller client. With `pool`, every CreateVolume and GetCapacity
+/// that names no pool names that one, as a StorageClass's `pool` parameter
+/// does (see [`rbd_daemon`] for why the rbd run needs it); every other RPC
+/// is the client's own.
+#[derive(Clone)]
+struct Controller {
+    client: ControllerClient<Channel>,
+    pool: Option<&'static str>,
+}
+
+impl std::ops::Deref for Controller {
+    type Target = ControllerClient<Channel>;
+    fn deref(&self) -> &Self::Target {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Controller {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.client
+    }
+}
+
+impl Controller {
+    fn name_pool(&self, parameters: &mut HashMap<String, String>) {
+        if let Some(pool) = self.pool {
+            parameters
+                .entry("pool".to_string())
+                .or_insert_with(|| pool.to_string());
+        }
+    }
+
+    async fn create_volume(
+        &mut self,
+        mut r: csi::CreateVolumeRequest,
+    ) -> Result<Response<csi::CreateVolumeResponse>, Status> {
+        self.name_pool(&mut r.parameters);
+        self.client.create_volume(r).await
+    }
+
+    async fn get_capacity(
+        &mut self,
+        mut r: csi::GetCapacityRequest,
+    ) -> Result<Response<csi::GetCapacityResponse>, Status> {
+        self.name_pool(&mut r.parameters);
+        self.client.get_capacity(r).await
     }
 }
 
@@ -143,12 +200,66 @@ fn mounts_at(path: &Path) -> usize {
 // ----- fixture and runner --------------------------------------------------
 
 /// What one case works with: the suite's one daemon, a CSI client on its
-/// socket, this case's own CO paths, and the daemon's mkfs gate.
+/// socket, this case's own CO paths, the daemon's mkfs gate, and what its
+/// default pool, which holds the case's volumes, is.
 struct Fixture {
     csi: Csi,
     co: CoPaths,
     d: Arc<Daemon>,
     gate: Arc<MkfsGate>,
+    pool: DefaultPool,
+}
+
+/// The daemon's default pool, the one every case's volumes are in.
+#[derive(Clone)]
+enum DefaultPool {
+    /// The daemon's own loop pool: image files in its pool directory, on
+    /// this node (volumes carry its topology), block volumes too.
+    Loop,
+    /// An rbd pool named `default` on this cluster's RADOS pool `rbd`:
+    /// an image per volume, named by the volume's ID, reachable from every
+    /// node (no topology), MULTI_NODE_READER_ONLY taken, no block volumes,
+    /// capacity the cluster's.
+    Rbd(Arc<Ceph>),
+}
+
+/// The RADOS pool that holds the rbd default pool's images.
+const RADOS_POOL: &str = "rbd";
+
+impl DefaultPool {
+    /// The RBD images in the RADOS pool, sorted.
+    fn rbd_images(ceph: &Ceph) -> Vec<String> {
+        let out = ceph.rbd(&["ls", RADOS_POOL]);
+        assert!(
+            out.status.success(),
+            "rbd ls {RADOS_POOL}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Fixture {
+    /// Whether the default pool is rbd (shared storage).
+    fn rbd(&self) -> bool {
+        matches!(self.pool, DefaultPool::Rbd(_))
+    }
+
+    /// The smallest volume of each pool, as the cases that make many
+    /// volumes ask for it: a 1 MiB block volume on loop; on rbd, which
+    /// has no block volumes, a mount volume of ext4's minimum (8 MiB).
+    fn small(&self) -> (i64, csi::VolumeCapability) {
+        if self.rbd() {
+            (8 * MIB, mount(""))
+        } else {
+            (MIB, block())
+        }
+    }
 }
 
 /// A case of the suite. It runs on a daemon that earlier cases (in any
@@ -167,17 +278,9 @@ macro_rules! cases {
 /// time on a loaded 2-core machine.
 const CASE_DEADLINE: Duration = Duration::from_secs(600);
 
-/// Every case against one daemon, in a random order with a fresh seed each
-/// run (printed; `BALLAST_CSI_SEED=N` replays an order), each case to the
-/// end and each failure reported, so no failure hides behind another and no
-/// case passes only because of what ran before it. `BALLAST_CSI_CASES=a,b`
-/// runs only the cases named.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn csi_conformance_cases_in_random_order() {
-    if !require_root_loop("csi conformance") {
-        return;
-    }
-    let mut cases: Vec<(&str, Case)> = cases![
+/// Every case of the suite: what the loop run runs.
+fn all_cases() -> Vec<(&'static str, Case)> {
+    cases![
         identity_names_the_plugin_and_its_capabilities,
         missing_and_malformed_fields_are_invalid_argument,
         state_errors_follow_each_rpcs_table,
@@ -198,12 +301,142 @@ async fn csi_conformance_cases_in_random_order() {
         node_stats_and_expand_find_the_volume_before_reading_the_path,
         a_python_grpcio_client_with_default_options_is_served,
         a_recreated_name_is_never_taken_for_the_old_volume,
-    ];
-    if let Ok(only) = std::env::var("BALLAST_CSI_CASES") {
-        let only: BTreeSet<&str> = only.split(',').map(str::trim).collect();
-        cases.retain(|(name, _)| only.contains(name));
-        assert!(!cases.is_empty(), "BALLAST_CSI_CASES names no case");
+    ]
+}
+
+/// The cases the rbd run runs: every case of [`all_cases`] that means
+/// something on shared storage, each taking the rbd shape into account
+/// where it differs (see [`DefaultPool::Rbd`]). Left out:
+/// - `block_lifecycle_places_a_device_of_the_size_at_the_target`: rbd
+///   pools have no block volumes (a block CreateVolume is INVALID_ARGUMENT,
+///   which `missing_and_malformed_fields_are_invalid_argument` checks here).
+fn rbd_cases() -> Vec<(&'static str, Case)> {
+    const NOT_ON_RBD: &[&str] = &["block_lifecycle_places_a_device_of_the_size_at_the_target"];
+    let mut cases = all_cases();
+    cases.retain(|(name, _)| !NOT_ON_RBD.contains(name));
+    cases
+}
+
+/// `cases` less those `BALLAST_CSI_CASES=a,b` (if set) does not name; a
+/// name no case of the suite has is a failure. None when the variable names
+/// only cases this run does not have (the other run has them).
+fn selected(mut cases: Vec<(&'static str, Case)>) -> Option<Vec<(&'static str, Case)>> {
+    let Ok(only) = std::env::var("BALLAST_CSI_CASES") else {
+        return Some(cases);
+    };
+    let only: BTreeSet<&str> = only.split(',').map(str::trim).collect();
+    let known: BTreeSet<&str> = all_cases().iter().map(|(n, _)| *n).collect();
+    let unknown: Vec<&&str> = only.difference(&known).collect();
+    assert!(
+        unknown.is_empty(),
+        "BALLAST_CSI_CASES names no case: {unknown:?}"
+    );
+    cases.retain(|(name, _)| only.contains(name));
+    (!cases.is_empty()).then_some(cases)
+}
+
+/// Every case against one daemon, in a random order with a fresh seed each
+/// run (printed; `BALLAST_CSI_SEED=N` replays an order), each case to the
+/// end and each failure reported, so no failure hides behind another and no
+/// case passes only because of what ran before it. `BALLAST_CSI_CASES=a,b`
+/// runs only the cases named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csi_conformance_cases_in_random_order() {
+    if !require_root_loop("csi conformance") {
+        return;
     }
+    let Some(cases) = selected(all_cases()) else {
+        eprintln!("csi conformance: BALLAST_CSI_CASES names none of its cases");
+        return;
+    };
+    let gate = Arc::new(MkfsGate::new());
+    let d = Arc::new(Daemon::start_with(
+        &["--node-id", NODE],
+        &[("PATH", &gate.path_env())],
+    ));
+    run_cases("csi conformance", cases, d, gate, DefaultPool::Loop).await;
+}
+
+/// The cases of [`rbd_cases`] as [`csi_conformance_cases_in_random_order`]
+/// runs them, against a daemon whose default pool is an rbd pool on a real
+/// Ceph cluster (1 mon, 1 mgr, 1 OSD of 4 GiB on loopback): the cases'
+/// volumes are RBD images, staged through rbd-fuse and a loop device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csi_conformance_cases_on_an_rbd_default_pool_in_random_order() {
+    const TEST: &str = "csi conformance on rbd";
+    if !(require_root_loop(TEST) && require_ceph(TEST)) {
+        return;
+    }
+    let Some(cases) = selected(rbd_cases()) else {
+        eprintln!("{TEST}: BALLAST_CSI_CASES names none of its cases");
+        return;
+    };
+    // Declared before the daemon, so dropped after it: the daemon's mounts
+    // of its images go while the cluster still answers.
+    let ceph = Arc::new(Ceph::start());
+    ceph.create_pool(RADOS_POOL);
+    let gate = Arc::new(MkfsGate::new());
+    let d = Arc::new(rbd_daemon(&ceph, &gate));
+    run_cases(TEST, cases, d, gate, DefaultPool::Rbd(ceph.clone())).await;
+}
+
+/// A daemon (serving every CSI service) whose default pool `default` is an
+/// rbd pool on `ceph`, and its only pool. A daemon makes a loop pool
+/// `default` at its first start and refuses to delete it (it is "this
+/// node's default pool"), but a controller-only daemon makes none: so the
+/// first start is controller-only, makes the rbd pool `default`, and the
+/// restart on the same state, serving everything, finds its default pool
+/// there and makes none.
+///
+/// Placement does not take that pool, though: a CreateVolume that names no
+/// pool is RESOURCE_EXHAUSTED, `node "csi-test-node" has no default pool`
+/// (placement takes `default` as a node's default pool only when it is
+/// that node's, and a shared pool is no node's). So the cases' creates and
+/// capacity requests name the pool (see [`Controller`]), as a StorageClass
+/// with `pool: default` would.
+fn rbd_daemon(ceph: &Ceph, gate: &MkfsGate) -> Daemon {
+    let path = gate.path_env();
+    let mut d = Daemon::start_with(
+        &["--node-id", NODE, "--csi-mode", "controller"],
+        &[("PATH", &path)],
+    );
+    let pools = d.json(&["pool", "ls"]);
+    assert_eq!(pools, serde_json::json!([]), "controller only: no pool");
+    let conf = ceph.conf();
+    d.ok(&[
+        "pool",
+        "create",
+        "default",
+        "--driver",
+        "rbd",
+        "--ceph-conf",
+        conf.to_str().unwrap(),
+        "--ceph-pool",
+        RADOS_POOL,
+    ]);
+    d.args = ["--node-id", NODE].map(String::from).to_vec();
+    d.restart_with(&[("PATH", &path)]);
+    let pools = d.json(&["pool", "ls"]);
+    assert_eq!(pools.as_array().map(Vec::len), Some(1), "{pools}");
+    let pool = d.json(&["pool", "inspect", "default"]);
+    assert_eq!(pool["driver"], "rbd", "{pool}");
+    assert_eq!(pool["ceph"]["pool"], RADOS_POOL, "{pool}");
+    // Why the detour: the default pool cannot be deleted (and remade).
+    let err = d.fails(&["pool", "rm", "default"]);
+    assert!(err.contains("default pool"), "{err}");
+    d
+}
+
+/// Run `cases` one after another against `d`, in a random order, each in a
+/// fresh [`CoDir`]; report what each left behind and clean it up; fail
+/// with every failure at the end.
+async fn run_cases(
+    test: &str,
+    mut cases: Vec<(&'static str, Case)>,
+    d: Arc<Daemon>,
+    gate: Arc<MkfsGate>,
+    pool: DefaultPool,
+) {
     let seed = match std::env::var("BALLAST_CSI_SEED") {
         Ok(s) => s
             .trim()
@@ -214,16 +447,15 @@ async fn csi_conformance_cases_in_random_order() {
     fastrand::Rng::with_seed(seed).shuffle(&mut cases);
     let order: Vec<&str> = cases.iter().map(|(n, _)| *n).collect();
     eprintln!(
-        "csi conformance: seed {seed} (replay with BALLAST_CSI_SEED={seed}); order: {}",
+        "{test}: seed {seed} (replay with BALLAST_CSI_SEED={seed}); order: {}",
         order.join(", ")
     );
 
-    let gate = Arc::new(MkfsGate::new());
-    let d = Arc::new(Daemon::start_with(
-        &["--node-id", NODE],
-        &[("PATH", &gate.path_env())],
-    ));
-    let csi = Csi::connect(&d.run.join("csi.sock")).await;
+    let named = match pool {
+        DefaultPool::Loop => None,
+        DefaultPool::Rbd(_) => Some("default"),
+    };
+    let csi = Csi::connect(&d.run.join("csi.sock"), named).await;
     let mut failures: Vec<String> = Vec::new();
     for (name, case) in cases {
         let dir = CoDir::new(&d);
@@ -232,7 +464,9 @@ async fn csi_conformance_cases_in_random_order() {
             co: dir.co.clone(),
             d: d.clone(),
             gate: gate.clone(),
+            pool: pool.clone(),
         };
+        let started = Instant::now();
         let mut task = tokio::spawn(case(f));
         let mut problems = Vec::new();
         match tokio::time::timeout(CASE_DEADLINE, &mut task).await {
@@ -245,8 +479,9 @@ async fn csi_conformance_cases_in_random_order() {
                 problems.push(format!("still running after {CASE_DEADLINE:?}"));
             }
         }
+        let took = started.elapsed();
         gate.disarm();
-        let left = leftovers(&d, &dir);
+        let left = leftovers(&d, &dir, &pool);
         if !left.is_empty() {
             let shown: Vec<&str> = left.iter().take(10).map(String::as_str).collect();
             let more = left.len() - shown.len();
@@ -258,17 +493,17 @@ async fn csi_conformance_cases_in_random_order() {
             problems.push(format!("left behind: {}{more}", shown.join("; ")));
         }
         drop(dir);
-        clean(&d);
+        clean(&d, &pool);
         if problems.is_empty() {
-            eprintln!("csi case {name}: ok");
+            eprintln!("{test} case {name}: ok ({took:.1?})");
         } else {
-            eprintln!("csi case {name}: FAILED: {}", problems.join(" / "));
+            eprintln!("{test} case {name}: FAILED: {}", problems.join(" / "));
             failures.push(format!("{name}: {}", problems.join("\n    ")));
         }
     }
     assert!(
         failures.is_empty(),
-        "{} of {} csi cases failed (seed {seed}, replay with BALLAST_CSI_SEED={seed}):\n  {}\n{}",
+        "{test}: {} of {} csi cases failed (seed {seed}, replay with BALLAST_CSI_SEED={seed}):\n  {}\n{}",
         failures.len(),
         order.len(),
         failures.join("\n  "),
@@ -283,8 +518,9 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "panicked".into())
 }
 
-/// What a case left: snapshots, volumes, and mounts under its CO paths.
-fn leftovers(d: &Daemon, dir: &CoDir) -> Vec<String> {
+/// What a case left: snapshots, volumes, mounts under its CO paths, and on
+/// rbd the images in the RADOS pool.
+fn leftovers(d: &Daemon, dir: &CoDir, pool: &DefaultPool) -> Vec<String> {
     let names = |args: &[&str]| -> Vec<String> {
         d.json(args)
             .as_array()
@@ -307,12 +543,20 @@ fn leftovers(d: &Daemon, dir: &CoDir) -> Vec<String> {
             .into_iter()
             .map(|m| format!("mount {}", m.display())),
     );
+    if let DefaultPool::Rbd(ceph) = pool {
+        left.extend(
+            DefaultPool::rbd_images(ceph)
+                .into_iter()
+                .map(|i| format!("rbd image {RADOS_POOL}/{i}")),
+        );
+    }
     left
 }
 
 /// Remove every snapshot and volume, then make sure the host holds none of
-/// the daemon's mounts or loop devices, so the next case starts clean.
-fn clean(d: &Daemon) {
+/// the daemon's mounts or loop devices, and on rbd the cluster none of
+/// the pool's images, so the next case starts clean.
+fn clean(d: &Daemon, pool: &DefaultPool) {
     for args in [["snapshot", "ls"], ["volume", "ls"]] {
         for v in d.json(&args).as_array().expect("a list") {
             let name = v["name"].as_str().expect("name");
@@ -330,6 +574,21 @@ fn clean(d: &Daemon) {
         }
     }
     d.assert_no_leftovers();
+    if let DefaultPool::Rbd(ceph) = pool {
+        // Images no volume record names (reported above as left behind).
+        for image in DefaultPool::rbd_images(ceph) {
+            let spec = format!("{RADOS_POOL}/{image}");
+            for args in [["snap", "purge", &spec], ["rm", &spec, ""]] {
+                let args: Vec<&str> = args.into_iter().filter(|a| !a.is_empty()).collect();
+                let out = ceph.rbd(&args);
+                assert!(
+                    out.status.success(),
+                    "cleaning up after a case: rbd {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
 }
 
 impl Fixture {
@@ -668,9 +927,11 @@ fn topology(node: &str) -> csi::Topology {
 }
 
 /// Capabilities no RPC may accept, whatever the volume: no access mode, an
-/// unknown one, no access type, the modes for many nodes (ballast pools are
-/// node-local), a filesystem ballast has not, mount flags it does not take.
-fn bad_caps() -> Vec<(&'static str, csi::VolumeCapability)> {
+/// unknown one, no access type, the modes for many nodes (loop pools are
+/// node-local; rbd pools, `shared`, take MULTI_NODE_READER_ONLY but no
+/// writer on many nodes), a filesystem ballast has not, mount flags it does
+/// not take.
+fn bad_caps(shared: bool) -> Vec<(&'static str, csi::VolumeCapability)> {
     let mut v = vec![
         (
             "no access_mode",
@@ -713,6 +974,9 @@ fn bad_caps() -> Vec<(&'static str, csi::VolumeCapability)> {
         ("MULTI_NODE_SINGLE_WRITER", Mode::MultiNodeSingleWriter),
         ("MULTI_NODE_MULTI_WRITER", Mode::MultiNodeMultiWriter),
     ] {
+        if shared && mode == Mode::MultiNodeReaderOnly {
+            continue;
+        }
         v.push((what, cap(mount_type(""), mode)));
     }
     v.push((
@@ -763,21 +1027,27 @@ struct World {
     host: Vec<String>,
 }
 
-fn world(d: &Daemon) -> World {
+fn world(f: &Fixture) -> World {
     World {
-        volumes: d.json(&["volume", "ls"]),
-        images: images(d),
-        host: d.host_leftovers(),
+        volumes: f.d.json(&["volume", "ls"]),
+        images: images(f),
+        host: f.d.host_leftovers(),
     }
 }
 
-/// The image files in the default pool (not the `snapshots` directory an
-/// earlier case's snapshot made).
-fn images(d: &Daemon) -> Vec<String> {
-    d.images()
-        .into_iter()
-        .filter(|n| d.pool_dir().join(n).is_file())
-        .collect()
+/// The images of the default pool: on loop its image files (not the
+/// `snapshots` directory an earlier case's snapshot made), on rbd the RBD
+/// images in its RADOS pool.
+fn images(f: &Fixture) -> Vec<String> {
+    match &f.pool {
+        DefaultPool::Loop => {
+            f.d.images()
+                .into_iter()
+                .filter(|n| f.d.pool_dir().join(n).is_file())
+                .collect()
+        }
+        DefaultPool::Rbd(ceph) => DefaultPool::rbd_images(ceph),
+    }
 }
 
 fn bytes_usage(r: &csi::NodeGetVolumeStatsResponse) -> csi::VolumeUsage {
@@ -923,12 +1193,17 @@ async fn identity_names_the_plugin_and_its_capabilities(mut f: Fixture) {
             "{want:?} missing: {ccaps:?}"
         );
     }
-    for absent in [C::PublishUnpublishVolume, C::ModifyVolume] {
-        assert!(
-            !ccaps.contains(&(absent as i32)),
-            "{absent:?} advertised: {ccaps:?}"
-        );
-    }
+    // With shared (rbd) pools the controller publishes: the one-writer
+    // check before a node stages.
+    assert_eq!(
+        ccaps.contains(&(C::PublishUnpublishVolume as i32)),
+        f.rbd(),
+        "PUBLISH_UNPUBLISH_VOLUME: {ccaps:?}"
+    );
+    assert!(
+        !ccaps.contains(&(C::ModifyVolume as i32)),
+        "ModifyVolume advertised: {ccaps:?}"
+    );
 
     let ncaps: BTreeSet<i32> = ok(
         f.csi
@@ -963,28 +1238,32 @@ async fn identity_names_the_plugin_and_its_capabilities(mut f: Fixture) {
     assert!(ni.max_volumes_per_node >= 0);
     assert_eq!(ni.accessible_topology, Some(topology(NODE)));
 
-    // Not advertised, so not implemented.
+    // Not advertised, so not implemented; on rbd advertised: an unknown
+    // volume is NOT_FOUND, and unpublishing one is OK (the spec: it "can be
+    // safely regarded as ControllerUnpublished").
+    let rbd = f.rbd();
     let c = &mut f.csi.controller;
-    expect_code(
-        c.controller_publish_volume(csi::ControllerPublishVolumeRequest {
+    let publish = c
+        .controller_publish_volume(csi::ControllerPublishVolumeRequest {
             volume_id: "v".into(),
             node_id: NODE.into(),
             volume_capability: Some(mount("")),
             ..Default::default()
         })
-        .await,
-        Code::Unimplemented,
-        "ControllerPublishVolume",
-    );
-    expect_code(
-        c.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
+        .await;
+    let unpublish = c
+        .controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
             volume_id: "v".into(),
             ..Default::default()
         })
-        .await,
-        Code::Unimplemented,
-        "ControllerUnpublishVolume",
-    );
+        .await;
+    if rbd {
+        expect_code(publish, Code::NotFound, "ControllerPublishVolume");
+        ok(unpublish, "ControllerUnpublishVolume");
+    } else {
+        expect_code(publish, Code::Unimplemented, "ControllerPublishVolume");
+        expect_code(unpublish, Code::Unimplemented, "ControllerUnpublishVolume");
+    }
     expect_code(
         c.controller_modify_volume(csi::ControllerModifyVolumeRequest {
             volume_id: "v".into(),
@@ -1018,7 +1297,7 @@ async fn csi_modes_serve_only_their_services_on_the_given_endpoint() {
             ],
             &[],
         );
-        let mut c = Csi::connect(&socket).await;
+        let mut c = Csi::connect(&socket, None).await;
         assert!(
             !d.run.join("csi.sock").exists(),
             "{mode}: --csi-endpoint moves the socket"
@@ -1065,7 +1344,8 @@ async fn csi_modes_serve_only_their_services_on_the_given_endpoint() {
 /// before it looks for the volume (so "absent" below is never NOT_FOUND),
 /// and changes nothing.
 async fn missing_and_malformed_fields_are_invalid_argument(mut f: Fixture) {
-    let before = world(&f.d);
+    let before = world(&f);
+    let shared = f.rbd();
     let staging = f.co.staging("fields");
     let target = f.co.target("fields");
     let c = &mut f.csi.controller;
@@ -1169,11 +1449,21 @@ async fn missing_and_malformed_fields_are_invalid_argument(mut f: Fixture) {
             },
         ),
     ];
-    for (what, bad) in bad_caps() {
+    for (what, bad) in bad_caps(shared) {
         creates.push((
             what,
             csi::CreateVolumeRequest {
                 volume_capabilities: vec![bad],
+                ..good()
+            },
+        ));
+    }
+    if shared {
+        // rbd pools have no block volumes.
+        creates.push((
+            "block access on an rbd pool",
+            csi::CreateVolumeRequest {
+                volume_capabilities: vec![block()],
                 ..good()
             },
         ));
@@ -1253,6 +1543,60 @@ async fn missing_and_malformed_fields_are_invalid_argument(mut f: Fixture) {
             &format!("ControllerExpandVolume: {what}"),
         );
     }
+    if shared {
+        // With shared pools the controller publishes (the one-writer check).
+        let good = || csi::ControllerPublishVolumeRequest {
+            volume_id: "absent".into(),
+            node_id: NODE.into(),
+            volume_capability: Some(mount("")),
+            ..Default::default()
+        };
+        let mut publishes = vec![
+            (
+                "empty volume_id",
+                csi::ControllerPublishVolumeRequest {
+                    volume_id: "".into(),
+                    ..good()
+                },
+            ),
+            (
+                "empty node_id",
+                csi::ControllerPublishVolumeRequest {
+                    node_id: "".into(),
+                    ..good()
+                },
+            ),
+            (
+                "no volume_capability",
+                csi::ControllerPublishVolumeRequest {
+                    volume_capability: None,
+                    ..good()
+                },
+            ),
+        ];
+        for (what, bad) in bad_caps(shared) {
+            publishes.push((
+                what,
+                csi::ControllerPublishVolumeRequest {
+                    volume_capability: Some(bad),
+                    ..good()
+                },
+            ));
+        }
+        for (what, req) in publishes {
+            expect_code(
+                c.controller_publish_volume(req).await,
+                IA,
+                &format!("ControllerPublishVolume: {what}"),
+            );
+        }
+        expect_code(
+            c.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest::default())
+                .await,
+            IA,
+            "ControllerUnpublishVolume: empty volume_id",
+        );
+    }
     expect_code(
         c.list_volumes(csi::ListVolumesRequest {
             max_entries: -1,
@@ -1282,7 +1626,7 @@ async fn missing_and_malformed_fields_are_invalid_argument(mut f: Fixture) {
         IA,
         "GetCapacity: unknown parameter",
     );
-    for (what, bad) in bad_caps() {
+    for (what, bad) in bad_caps(shared) {
         expect_code(
             c.get_capacity(csi::GetCapacityRequest {
                 volume_capabilities: vec![bad],
@@ -1354,7 +1698,7 @@ async fn missing_and_malformed_fields_are_invalid_argument(mut f: Fixture) {
         ));
     }
     stages.push(("no volume_capability", stage_req("absent", &staging, None)));
-    for (what, bad) in bad_caps() {
+    for (what, bad) in bad_caps(shared) {
         stages.push((what, stage_req("absent", &staging, Some(bad))));
     }
     for (what, req) in stages {
@@ -1418,7 +1762,7 @@ async fn missing_and_malformed_fields_are_invalid_argument(mut f: Fixture) {
             ..good()
         },
     ));
-    for (what, bad) in bad_caps() {
+    for (what, bad) in bad_caps(shared) {
         publishes.push((
             what.into(),
             csi::NodePublishVolumeRequest {
@@ -1490,7 +1834,7 @@ async fn missing_and_malformed_fields_are_invalid_argument(mut f: Fixture) {
 
     // Nothing changed: no volume, no image, no mount, and neither the
     // target nor anything in the staging directory was made.
-    assert_eq!(world(&f.d), before);
+    assert_eq!(world(&f), before);
     assert!(!target.exists(), "a refused publish made {target:?}");
     assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
     assert_eq!(
@@ -1504,7 +1848,7 @@ async fn missing_and_malformed_fields_are_invalid_argument(mut f: Fixture) {
 async fn state_errors_follow_each_rpcs_table(mut f: Fixture) {
     let staging = f.co.staging("vol");
     let target = f.co.target("vol");
-    let empty = world(&f.d);
+    let empty = world(&f);
 
     // "Volume does not exist": NOT_FOUND, except DeleteVolume, which MUST
     // answer OK.
@@ -1580,14 +1924,18 @@ async fn state_errors_follow_each_rpcs_table(mut f: Fixture) {
     for id in ["absent", "not/a/ballast/name", "-"] {
         f.delete(id).await;
     }
-    assert_eq!(world(&f.d), empty);
+    assert_eq!(world(&f), empty);
     assert!(!target.exists());
 
     // A volume to work on.
     let vol = f.create("vol", 64 * MIB, mount("ext4")).await;
     assert_eq!(name_of(&vol), "vol");
-    let created = world(&f.d);
+    let created = world(&f);
     assert_eq!(created.images.len(), 1);
+    if f.rbd() {
+        // The RBD image is named by the volume's ID.
+        assert_eq!(created.images, std::slice::from_ref(&vol.volume_id));
+    }
 
     // The name again, incompatible: ALREADY_EXISTS, nothing changes.
     let again = || create_req("vol", 64 * MIB, mount("ext4"));
@@ -1639,7 +1987,7 @@ async fn state_errors_follow_each_rpcs_table(mut f: Fixture) {
         "CreateVolume vol again, compatible",
     );
     assert_eq!(same.volume.as_ref(), Some(&vol));
-    assert_eq!(world(&f.d), created);
+    assert_eq!(world(&f), created);
 
     // Capacity and topology.
     expect_code(
@@ -1675,7 +2023,7 @@ async fn state_errors_follow_each_rpcs_table(mut f: Fixture) {
         Code::OutOfRange,
         "CreateVolume required above limit",
     );
-    assert_eq!(world(&f.d), created);
+    assert_eq!(world(&f), created);
 
     // Order of calls and capabilities the volume does not have.
     expect_code(
@@ -1702,11 +2050,11 @@ async fn state_errors_follow_each_rpcs_table(mut f: Fixture) {
             &format!("NodeStageVolume of an ext4 volume as {what}"),
         );
     }
-    assert_eq!(world(&f.d), created);
+    assert_eq!(world(&f), created);
     assert!(!target.exists());
 
     f.stage("vol", &staging, mount("ext4")).await;
-    let staged = world(&f.d);
+    let staged = world(&f);
     expect_code(
         f.csi
             .controller
@@ -1741,10 +2089,10 @@ async fn state_errors_follow_each_rpcs_table(mut f: Fixture) {
         Code::FailedPrecondition,
         "NodePublishVolume from a path it is not staged at",
     );
-    assert_eq!(world(&f.d), staged);
+    assert_eq!(world(&f), staged);
 
     f.publish("vol", &staging, &target, mount(""), false).await;
-    let published = world(&f.d);
+    let published = world(&f);
     // Same target, other arguments: ALREADY_EXISTS (the spec's table).
     expect_code(
         f.csi
@@ -1778,13 +2126,13 @@ async fn state_errors_follow_each_rpcs_table(mut f: Fixture) {
     let r = f.expand("vol", 32 * MIB).await;
     assert_eq!(r.capacity_bytes, 64 * MIB);
     assert!(!r.node_expansion_required);
-    assert_eq!(world(&f.d), published);
+    assert_eq!(world(&f), published);
 
     f.unpublish("vol", &target).await;
     f.unstage("vol", &staging).await;
     f.delete("vol").await;
     f.d.assert_no_leftovers();
-    assert_eq!(world(&f.d), empty);
+    assert_eq!(world(&f), empty);
 }
 
 // ----- 3. Idempotency -------------------------------------------------------
@@ -1824,7 +2172,7 @@ async fn a_recreated_name_is_never_taken_for_the_old_volume(mut f: Fixture) {
     assert_eq!(mounts_at(&staging), 1);
     f.unstage(&new.volume_id, &staging).await;
     f.delete(&new.volume_id).await;
-    assert!(images(&f.d).is_empty(), "{:?}", images(&f.d));
+    assert!(images(&f).is_empty(), "{:?}", images(&f));
 }
 
 async fn every_call_repeated_gives_the_same_answer_and_no_second_effect(mut f: Fixture) {
@@ -1834,7 +2182,7 @@ async fn every_call_repeated_gives_the_same_answer_and_no_second_effect(mut f: F
     let first = f.create("idem", 64 * MIB, mount("ext4")).await;
     let second = f.create("idem", 64 * MIB, mount("ext4")).await;
     assert_eq!(first, second);
-    assert_eq!(images(&f.d).len(), 1, "{:?}", images(&f.d));
+    assert_eq!(images(&f).len(), 1, "{:?}", images(&f));
 
     for _ in 0..2 {
         f.stage("idem", &staging, mount("ext4")).await;
@@ -1887,7 +2235,7 @@ async fn every_call_repeated_gives_the_same_answer_and_no_second_effect(mut f: F
     }
     for _ in 0..2 {
         f.delete("idem").await;
-        assert!(images(&f.d).is_empty(), "{:?}", images(&f.d));
+        assert!(images(&f).is_empty(), "{:?}", images(&f));
     }
     let (vols, _) = f.list_page("", 0).await;
     assert!(vols.is_empty(), "{vols:?}");
@@ -1901,7 +2249,12 @@ async fn mount_lifecycle_keeps_data_and_leaves_nothing_behind(mut f: Fixture) {
 
     let vol = f.create("data", 64 * MIB, mount("ext4")).await;
     assert_eq!(vol.capacity_bytes, 64 * MIB);
-    assert_eq!(vol.accessible_topology, vec![topology(NODE)]);
+    if f.rbd() {
+        // Shared: every node reaches it.
+        assert!(vol.accessible_topology.is_empty(), "{vol:?}");
+    } else {
+        assert_eq!(vol.accessible_topology, vec![topology(NODE)]);
+    }
 
     f.stage("data", &staging, mount("ext4")).await;
     assert_eq!(mounts_at(&staging), 1);
@@ -1944,7 +2297,7 @@ async fn mount_lifecycle_keeps_data_and_leaves_nothing_behind(mut f: Fixture) {
     f.delete("data").await;
 
     f.d.assert_no_leftovers();
-    assert!(images(&f.d).is_empty(), "{:?}", images(&f.d));
+    assert!(images(&f).is_empty(), "{:?}", images(&f));
     expect_code(
         f.csi
             .controller
@@ -1973,7 +2326,21 @@ async fn read_only_publishes_refuse_writes_and_writers_share_one_filesystem(mut 
         false,
     )
     .await;
-    for t in [&ro, &ro_mode] {
+    let mut readers = vec![ro.clone(), ro_mode.clone()];
+    // Shared storage takes readers on many nodes: read-only too.
+    let many = f.rbd().then(|| f.co.target("ro-many"));
+    if let Some(many) = &many {
+        f.publish(
+            "ro",
+            &staging,
+            many,
+            cap(mount_type(""), Mode::MultiNodeReaderOnly),
+            false,
+        )
+        .await;
+        readers.push(many.clone());
+    }
+    for t in &readers {
         let err = std::fs::write(t.join("x"), b"x").expect_err("a write on a read-only publish");
         assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{t:?}: {err}");
     }
@@ -1988,12 +2355,15 @@ async fn read_only_publishes_refuse_writes_and_writers_share_one_filesystem(mut 
     )
     .await;
     std::fs::write(rw.join("shared"), b"from the writer").unwrap();
-    assert_eq!(
-        std::fs::read(ro.join("shared")).unwrap(),
-        b"from the writer"
-    );
+    for t in [Some(&ro), many.as_ref()].into_iter().flatten() {
+        assert_eq!(
+            std::fs::read(t.join("shared")).unwrap(),
+            b"from the writer",
+            "{t:?}"
+        );
+    }
 
-    for t in [&ro, &ro_mode, &rw] {
+    for t in readers.iter().chain([&rw]) {
         f.unpublish("ro", t).await;
     }
     f.unstage("ro", &staging).await;
@@ -2248,7 +2618,7 @@ async fn block_lifecycle_places_a_device_of_the_size_at_the_target(mut f: Fixtur
     f.unstage("raw", &staging).await;
     f.delete("raw").await;
     f.d.assert_no_leftovers();
-    assert!(images(&f.d).is_empty(), "{:?}", images(&f.d));
+    assert!(images(&f).is_empty(), "{:?}", images(&f));
 }
 
 // ----- 6. Expansion ---------------------------------------------------------
@@ -2353,17 +2723,24 @@ async fn ext4_grows_online_or_at_its_next_stage(mut f: Fixture) {
 
 // ----- 7. ListVolumes pagination --------------------------------------------
 
+/// On rbd, 300 volumes in pages of 11: its smallest volume (an 8 MiB
+/// mount volume, it has no block ones) is provisioned in full, and 1000 of
+/// them are twice what the test cluster's 4 GiB OSD holds; pages of 11 page
+/// (and delete between pages) as many times as 1000 in pages of 37.
 async fn list_volumes_pages_over_a_thousand_volumes_exactly_once(mut f: Fixture) {
-    const COUNT: usize = 1000;
-    const PAGE: i32 = 37;
-    let names: Vec<String> = (0..COUNT).map(|i| format!("page-{i:04}")).collect();
+    let (count, page): (usize, i32) = if f.rbd() { (300, 11) } else { (1000, 37) };
+    let (size, small) = f.small();
+    let names: Vec<String> = (0..count).map(|i| format!("page-{i:04}")).collect();
     let mut workers = tokio::task::JoinSet::new();
     for w in 0..8 {
         let mut c = f.csi.controller.clone();
         let mine: Vec<String> = names.iter().skip(w).step_by(8).cloned().collect();
+        let small = small.clone();
         workers.spawn(async move {
             for name in mine {
-                let r = c.create_volume(create_req(&name, MIB, block())).await;
+                let r = c
+                    .create_volume(create_req(&name, size, small.clone()))
+                    .await;
                 ok(r, &format!("CreateVolume {name}"));
             }
         });
@@ -2371,32 +2748,32 @@ async fn list_volumes_pages_over_a_thousand_volumes_exactly_once(mut f: Fixture)
     while let Some(r) = workers.join_next().await {
         r.unwrap();
     }
-    assert_eq!(images(&f.d).len(), COUNT);
+    assert_eq!(images(&f).len(), count);
     let all: BTreeSet<String> = names.iter().cloned().collect();
 
     // Unlimited: everything in one page.
     let (vols, token) = f.list_page("", 0).await;
-    assert_eq!(vols.len(), COUNT);
+    assert_eq!(vols.len(), count);
     assert!(token.is_empty());
 
-    // Pages of 37 until the token is empty: each volume once.
+    // Pages of 37 (11) until the token is empty: each volume once.
     let mut seen = BTreeSet::new();
     let (mut token, mut pages) = (String::new(), 0);
     loop {
-        let (vols, next) = f.list_page(&token, PAGE).await;
+        let (vols, next) = f.list_page(&token, page).await;
         pages += 1;
-        assert!(vols.len() <= 37, "page {pages}: {}", vols.len());
+        assert!(vols.len() <= page as usize, "page {pages}: {}", vols.len());
         for v in vols {
-            assert_eq!(v.capacity_bytes, MIB);
+            assert_eq!(v.capacity_bytes, size);
             assert!(seen.insert(name_of(&v)), "{} twice", name_of(&v));
         }
         if next.is_empty() {
             break;
         }
-        assert!(pages <= COUNT, "paging does not end");
+        assert!(pages <= count, "paging does not end");
         token = next;
     }
-    assert_eq!(pages, COUNT.div_ceil(37));
+    assert_eq!(pages, count.div_ceil(page as usize));
     assert_eq!(seen, all);
 
     // Again, deleting between pages: the last volume seen (where the token resumes),
@@ -2408,7 +2785,7 @@ async fn list_volumes_pages_over_a_thousand_volumes_exactly_once(mut f: Fixture)
     let mut token = String::new();
     let mut round = 0usize;
     loop {
-        let (vols, next) = f.list_page(&token, PAGE).await;
+        let (vols, next) = f.list_page(&token, page).await;
         for v in &vols {
             assert!(
                 !deleted_unseen.contains(&name_of(v)),
@@ -2448,7 +2825,7 @@ async fn list_volumes_pages_over_a_thousand_volumes_exactly_once(mut f: Fixture)
     );
     assert!(deleted_unseen.is_disjoint(&seen));
     assert!(deleted.len() > 50, "{}", deleted.len());
-    assert_eq!(images(&f.d).len(), COUNT - deleted.len());
+    assert_eq!(images(&f).len(), count - deleted.len());
 
     // The rest go, 8 at a time.
     let mut workers = tokio::task::JoinSet::new();
@@ -2471,15 +2848,19 @@ async fn list_volumes_pages_over_a_thousand_volumes_exactly_once(mut f: Fixture)
     while let Some(r) = workers.join_next().await {
         r.unwrap();
     }
-    assert!(images(&f.d).is_empty());
+    assert!(images(&f).is_empty());
 }
 
 // ----- 8. Capacity and capability validation --------------------------------
 
+/// On rbd the pool's available bytes are the cluster's (less what its
+/// volumes are provisioned), which no other test writes to: a tighter
+/// margin, and a 1 GiB volume where the 4 GiB OSD has no room for 8 GiB.
 async fn get_capacity_is_the_pools_available_bytes_on_this_node_only(mut f: Fixture) {
     // Other tests write to the same disk meanwhile, and usage is cached for
     // a second: compare within a margin, bracketing the CLI's reading.
-    const MARGIN: i64 = 1 << 30;
+    let rbd = f.rbd();
+    let margin: i64 = if rbd { 256 * MIB } else { 1 << 30 };
     let pool_available = |d: &Daemon| {
         d.json(&["pool", "inspect", "default"])["available_bytes"]
             .as_i64()
@@ -2493,7 +2874,7 @@ async fn get_capacity_is_the_pools_available_bytes_on_this_node_only(mut f: Fixt
         a.available_capacity.max(b.available_capacity),
     );
     assert!(
-        cli >= lo - MARGIN && cli <= hi + MARGIN,
+        cli >= lo - margin && cli <= hi + margin,
         "{a:?} {cli} {b:?}"
     );
     assert!(a.available_capacity > 0);
@@ -2506,7 +2887,7 @@ async fn get_capacity_is_the_pools_available_bytes_on_this_node_only(mut f: Fixt
             accessible_topology: Some(topology(NODE)),
         })
         .await;
-    assert!((here.available_capacity - cli).abs() <= MARGIN, "{here:?}");
+    assert!((here.available_capacity - cli).abs() <= margin, "{here:?}");
     // Another node's topology has none of this node's pools.
     let there = f
         .capacity(csi::GetCapacityRequest {
@@ -2516,16 +2897,17 @@ async fn get_capacity_is_the_pools_available_bytes_on_this_node_only(mut f: Fixt
         .await;
     assert_eq!(there.available_capacity, 0);
 
-    // Provisioning counts at once: an 8 GiB (sparse) volume takes 8 GiB.
-    let big = 8i64 << 30;
+    // Provisioning counts at once: an 8 GiB (sparse) volume takes 8 GiB
+    // (a thin 1 GiB image on rbd, 1 GiB).
+    let big: i64 = if rbd { 1 << 30 } else { 8 << 30 };
     let pre = f.capacity(csi::GetCapacityRequest::default()).await;
     f.create("big", big, mount("")).await;
     let after = f.capacity(csi::GetCapacityRequest::default()).await;
     let dropped = pre.available_capacity - after.available_capacity;
-    assert!((dropped - big).abs() <= MARGIN, "dropped {dropped}");
+    assert!((dropped - big).abs() <= margin, "dropped {dropped}");
     let cli = pool_available(&f.d);
     assert!(
-        (after.available_capacity - cli).abs() <= MARGIN,
+        (after.available_capacity - cli).abs() <= margin,
         "{after:?} {cli}"
     );
     // More than is available is refused.
@@ -2534,7 +2916,7 @@ async fn get_capacity_is_the_pools_available_bytes_on_this_node_only(mut f: Fixt
             .controller
             .create_volume(create_req(
                 "too-big",
-                after.available_capacity + 2 * MARGIN,
+                after.available_capacity + 2 * margin,
                 mount(""),
             ))
             .await,
@@ -2544,8 +2926,10 @@ async fn get_capacity_is_the_pools_available_bytes_on_this_node_only(mut f: Fixt
 
     // ValidateVolumeCapabilities: confirmed only for what the volume is.
     f.create("fsvol", 64 * MIB, mount("ext4")).await;
-    f.create("blkvol", 16 * MIB, block()).await;
-    let cases = [
+    if !rbd {
+        f.create("blkvol", 16 * MIB, block()).await;
+    }
+    let mut cases = vec![
         ("fsvol", vec![mount("")], true),
         ("fsvol", vec![mount("ext4"), mount("")], true),
         (
@@ -2561,9 +2945,20 @@ async fn get_capacity_is_the_pools_available_bytes_on_this_node_only(mut f: Fixt
             vec![cap(mount_type(""), Mode::MultiNodeMultiWriter)],
             false,
         ),
-        ("blkvol", vec![block()], true),
-        ("blkvol", vec![mount("")], false),
     ];
+    if rbd {
+        // Readers on many nodes: shared storage has them.
+        cases.push((
+            "fsvol",
+            vec![cap(mount_type(""), Mode::MultiNodeReaderOnly)],
+            true,
+        ));
+    } else {
+        cases.extend([
+            ("blkvol", vec![block()], true),
+            ("blkvol", vec![mount("")], false),
+        ]);
+    }
     for (id, caps, confirmed) in cases {
         let r = f.validate(id, caps.clone()).await;
         match (&r.confirmed, confirmed) {
@@ -2572,7 +2967,12 @@ async fn get_capacity_is_the_pools_available_bytes_on_this_node_only(mut f: Fixt
             _ => panic!("{id} {caps:?}: {r:?}"),
         }
     }
-    for v in ["big", "fsvol", "blkvol"] {
+    let made: &[&str] = if rbd {
+        &["big", "fsvol"]
+    } else {
+        &["big", "fsvol", "blkvol"]
+    };
+    for v in made {
         f.delete(v).await;
     }
 }
@@ -2789,7 +3189,7 @@ async fn snapshots_and_clones_keep_data_and_answer_as_the_spec_says(mut f: Fixtu
     assert_eq!(f.snapshot("src", "snap-1").await, snap);
     std::fs::write(target.join("hello"), b"after the snapshot").unwrap();
     f.create("other", 16 * MIB, mount("ext4")).await;
-    let before = world(&f.d);
+    let before = world(&f);
     expect_code(
         f.csi
             .controller
@@ -2798,7 +3198,7 @@ async fn snapshots_and_clones_keep_data_and_answer_as_the_spec_says(mut f: Fixtu
         Code::AlreadyExists,
         "CreateSnapshot snap-1 of another volume",
     );
-    assert_eq!(world(&f.d), before);
+    assert_eq!(world(&f), before);
 
     // Get and list.
     let got = ok(
@@ -2895,12 +3295,40 @@ async fn snapshots_and_clones_keep_data_and_answer_as_the_spec_says(mut f: Fixtu
         Code::OutOfRange,
         "CreateVolume smaller than its snapshot",
     );
-    assert_eq!(world(&f.d).volumes, before.volumes);
+    assert_eq!(world(&f).volumes, before.volumes);
 
-    // The source goes; its snapshot stays usable.
+    // The source goes; its snapshot stays usable. On rbd a snapshot is the
+    // source image's, so the source stays until its snapshots are gone: the
+    // delete is refused ("has snapshots and the plugin doesn't treat them
+    // as independent entities": the spec's FAILED_PRECONDITION; ballast
+    // answers INTERNAL) and changes nothing.
     f.unpublish("src", &target).await;
     f.unstage("src", &staging).await;
-    f.delete("src").await;
+    if f.rbd() {
+        let before = world(&f);
+        let r = f
+            .csi
+            .controller
+            .delete_volume(csi::DeleteVolumeRequest {
+                volume_id: src.volume_id.clone(),
+                ..Default::default()
+            })
+            .await;
+        match r {
+            Ok(_) => panic!("DeleteVolume of an rbd volume with snapshots: OK"),
+            Err(s) => {
+                assert!(
+                    matches!(s.code(), Code::FailedPrecondition | Code::Internal),
+                    "DeleteVolume of an rbd volume with snapshots: {s:?}"
+                );
+                assert!(s.message().contains("snapshots"), "{s:?}");
+            }
+        }
+        assert_eq!(world(&f), before);
+        assert_eq!(f.get("src").await.volume, Some(src.clone()));
+    } else {
+        f.delete("src").await;
+    }
     let restore = csi::CreateVolumeRequest {
         volume_content_source: Some(from_snapshot("snap-1")),
         ..create_req("restored", 0, mount(""))
@@ -2990,9 +3418,18 @@ async fn snapshots_and_clones_keep_data_and_answer_as_the_spec_says(mut f: Fixtu
     let (ids, _) = f.list_snapshots(csi::ListSnapshotsRequest::default()).await;
     assert!(ids.is_empty(), "{ids:?}");
     f.delete("other").await;
+    if f.rbd() {
+        // Without its snapshots the source goes.
+        f.delete("src").await;
+    }
     f.d.assert_no_leftovers();
-    let files: Vec<_> = walk(&f.d.pool_dir());
-    assert!(files.is_empty(), "left in the pool: {files:?}");
+    if f.rbd() {
+        // A snapshot is the image's: no image, no snapshot.
+        assert!(images(&f).is_empty(), "left in the pool: {:?}", images(&f));
+    } else {
+        let files: Vec<_> = walk(&f.d.pool_dir());
+        assert!(files.is_empty(), "left in the pool: {files:?}");
+    }
 }
 
 /// Every file under `dir`, recursively.
@@ -3031,7 +3468,7 @@ async fn a_single_writer_volume_is_published_at_one_target_only(mut f: Fixture) 
         f.publish("sw", &staging, &t1, mode(single), false).await;
         // The same target again is the same publish.
         f.publish("sw", &staging, &t1, mode(single), false).await;
-        let before = world(&f.d);
+        let before = world(&f);
         for other in [
             single,
             Mode::SingleNodeMultiWriter,
@@ -3053,7 +3490,7 @@ async fn a_single_writer_volume_is_published_at_one_target_only(mut f: Fixture) 
             );
             assert_eq!(mounts_at(&t2), 0, "{what}: mounted at the second target");
             assert!(!t2.exists(), "{what}: a refused publish left {t2:?}");
-            assert_eq!(world(&f.d), before, "{what}");
+            assert_eq!(world(&f), before, "{what}");
         }
         assert_eq!(mounts_at(&t1), 1);
         f.unpublish("sw", &t1).await;
@@ -3095,8 +3532,9 @@ async fn a_single_writer_volume_is_published_at_one_target_only(mut f: Fixture) 
 /// including a bare volume or snapshot name, an edited token and the other
 /// list's token; the tokens it gives are opaque and page on.
 async fn page_tokens_are_opaque_and_only_ours_are_taken(mut f: Fixture) {
+    let (size, small) = f.small();
     for v in ["tok-a", "tok-b", "tok-c"] {
-        f.create(v, MIB, block()).await;
+        f.create(v, size, small.clone()).await;
     }
     for s in ["tok-s1", "tok-s2", "tok-s3"] {
         f.snapshot("tok-a", s).await;
