@@ -444,6 +444,21 @@ fn preempt_takes_a_volume_from_a_live_holder_only_when_asked() {
     }
     let c = Cluster::start();
     let (a, b) = (c.node("h1"), c.node("h2"));
+    // Placement constraints do not apply to shared storage (it was
+    // refused as "no node can take it").
+    let placed = b.json(&[
+        "volume",
+        "create",
+        "placed",
+        "--pool",
+        "ceph",
+        "--size",
+        "16M",
+        "--selector",
+        "zone=x",
+    ]);
+    assert!(placed.get("node").is_none(), "{placed}");
+    b.ok(&["volume", "rm", "placed"]);
     a.ok(&["volume", "create", "db", "--pool", "ceph", "--size", "32M"]);
     let mp_a = PathBuf::from(a.ok(&["volume", "mount", "db"]).trim());
     // Durable on A (a preempt loses what A had not flushed, by design).

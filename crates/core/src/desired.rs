@@ -226,6 +226,29 @@ impl VolumeService {
             }
             return crate::service::check_same(&existing, &req).map(|()| existing);
         }
+        // Shared storage (rbd) is every node's: nothing to place, and the
+        // volume lives on no node; topology, selectors and spread do not
+        // constrain it.
+        if req
+            .pool
+            .as_ref()
+            .is_some_and(|p| self.pools.read().get(p).is_some_and(|p| p.is_shared()))
+        {
+            // Reachable from every node, so only a requirement naming no
+            // node at all cannot be met.
+            let me = self.config.node_id.as_str();
+            let known = |n: &String| n == me || self.nodes.read().contains_key(n.as_str());
+            if !placement.among.is_empty() && !placement.among.iter().any(known) {
+                return Err(Error::Unplaceable {
+                    volume: req.name.clone(),
+                    reasons: format!(
+                        "the topology asks for {}, none of which is a node of this cluster",
+                        placement.among.join(", ")
+                    ),
+                });
+            }
+            return self.create_volume_with(req, wait);
+        }
         // A copy is made where its source is.
         if let Some(source) = &req.source {
             // A source that does not resolve gets its error from the local

@@ -44,6 +44,9 @@ pub fn status(e: Error) -> Status {
         Error::OtherNode { .. } => Status::failed_precondition(msg),
         Error::Unavailable(_) => Status::unavailable(msg),
         Error::NoSpace(_) => Status::resource_exhausted(msg),
+        // Storage that refuses while something depends on it (an image
+        // with snapshots, one still open elsewhere): the volume's state.
+        Error::Driver(ballast_core::DriverError::Busy(_)) => Status::failed_precondition(msg),
         Error::Driver(_) | Error::Internal(_) => Status::internal(msg),
         Error::Store(_) => Status::internal(msg),
         // The CO places again elsewhere (external-provisioner reschedules).

@@ -247,11 +247,12 @@ impl VolumeService {
         let read_only = target.as_ref().is_some_and(|t| t.read_only);
         if pool.is_shared() && read_only && !vol.formatted && !vol.block {
             // Readers on several nodes must not each make the filesystem.
-            return Err(InvalidInput::new(
-                format!("read-only staging of volume {name:?}"),
-                "it has no filesystem yet; stage it read-write once first",
-            )
-            .into());
+            return Err(Error::Busy {
+                kind: "volume",
+                name: name.clone(),
+                detail: "it has no filesystem yet for readers; stage it read-write once first"
+                    .into(),
+            });
         }
         self.claim_shared(pool, &vol, read_only, preempt)?;
         if target.is_none() && node.serves_in_place() {
