@@ -441,6 +441,39 @@ fn csi_lifecycle_on_an_rbd_pool() {
             "shared: no topology: {v:?}"
         );
         let id = v.volume_id.clone();
+        // No block volumes here, so no capacity for them.
+        let block = csi::VolumeCapability {
+            access_mode: Some(AccessMode {
+                mode: Mode::SingleNodeWriter as i32,
+            }),
+            access_type: Some(AccessType::Block(Default::default())),
+        };
+        for (caps, some) in [
+            (vec![cap(Mode::SingleNodeWriter)], true),
+            (vec![block], false),
+        ] {
+            let available = ctl
+                .get_capacity(csi::GetCapacityRequest {
+                    volume_capabilities: caps,
+                    parameters: params.clone(),
+                    accessible_topology: None,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .available_capacity;
+            assert_eq!(available > 0, some, "{available}");
+        }
+        let err = ctl
+            .controller_publish_volume(csi::ControllerPublishVolumeRequest {
+                volume_id: id.clone(),
+                node_id: "nowhere".into(),
+                volume_capability: Some(cap(Mode::SingleNodeWriter)),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
         let stage = |path: &Path| csi::NodeStageVolumeRequest {
             volume_id: id.clone(),
             staging_target_path: path.display().to_string(),

@@ -694,6 +694,18 @@ impl csi::controller_server::Controller for CsiPlugin {
         let read_only = r.readonly || asked.read_only;
         let id = self.name_of(&r.volume_id)?;
         let node = r.node_id.clone();
+        let known = node == self.node_id
+            || self
+                .service
+                .list_nodes()
+                .iter()
+                .any(|n| n.id == node && n.record.is_some());
+        if !known {
+            // The spec's code for a node that does not exist.
+            return Err(Status::not_found(format!(
+                "node {node:?} is not a node of this cluster"
+            )));
+        }
         // A live holder elsewhere is Busy: FAILED_PRECONDITION, the spec's
         // code for "published to another node".
         self.call(move |s| s.claim_for_node(&id, &node, read_only))
@@ -823,9 +835,19 @@ impl csi::controller_server::Controller for CsiPlugin {
             .as_ref()
             .and_then(|t| t.segments.get(TOPOLOGY_KEY).cloned())
             .unwrap_or_else(|| self.node_id.clone());
-        let available = self
-            .call(move |s| s.available_on(&node, pool.as_deref()))
-            .await?;
+        // Capacity must serve every capability asked: an rbd pool has no
+        // block volumes.
+        let block = r
+            .volume_capabilities
+            .iter()
+            .any(|c| matches!(c.access_type, Some(AccessType::Block(_))));
+        let shared = self.pool_is_shared(pool.as_deref());
+        let available = if block && shared {
+            0
+        } else {
+            self.call(move |s| s.available_on(&node, pool.as_deref()))
+                .await?
+        };
         Ok(Response::new(csi::GetCapacityResponse {
             available_capacity: i64_of(available),
             maximum_volume_size: Some(i64_of(available)),
