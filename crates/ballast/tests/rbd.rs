@@ -674,3 +674,53 @@ fn kill_9_at_each_stage_step_of_an_rbd_volume_leaks_no_mapping() {
     d.ok(&["volume", "rm", "c"]);
     d.assert_no_leftovers();
 }
+
+/// A mapping helper that stops answering (SIGSTOP: every request on its
+/// FUSE mount then waits) is found by the watchdog, killed and lazily
+/// unmounted, with a warning event; nothing in ballast waits on it, the
+/// volume unmounts and maps again.
+#[test]
+fn a_hung_rbd_fuse_helper_is_killed_by_the_watchdog_and_the_volume_maps_again() {
+    if !prerequisites("a_hung_rbd_fuse_helper_is_killed_by_the_watchdog_and_the_volume_maps_again")
+    {
+        return;
+    }
+    let (_ceph, d) = setup();
+    d.ok(&["volume", "create", "h", "--pool", "ceph", "--size", "32M"]);
+    d.ok(&["volume", "mount", "h"]);
+    let helper = match helpers_under(&d.state).as_slice() {
+        [p] => *p,
+        other => panic!("one helper expected: {other:?}"),
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(helper as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::path::Path::new(&format!("/proc/{helper}")).exists() {
+        // A stopped process that was SIGKILLed is a zombie until reaped.
+        let stat = std::fs::read_to_string(format!("/proc/{helper}/stat")).unwrap_or_default();
+        if stat.contains(") Z ") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hung helper was never killed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let events = d.ok(&["events", "--limit", "200"]);
+    assert!(events.contains("stopped answering"), "{events}");
+    d.ok(&["volume", "unmount", "h"]);
+    assert!(helpers_under(&d.state).is_empty());
+    assert!(
+        mounts_under(&d.state.join("rbd-maps")).is_empty(),
+        "the FUSE mount is gone"
+    );
+    let mp = PathBuf::from(d.ok(&["volume", "mount", "h"]).trim());
+    std::fs::write(mp.join("again"), b"ok").unwrap();
+    d.ok(&["volume", "unmount", "h"]);
+    d.ok(&["volume", "rm", "h"]);
+    d.assert_no_leftovers();
+}
