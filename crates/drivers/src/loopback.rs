@@ -247,36 +247,7 @@ impl NodeOps for LoopNode {
         device: Option<&Path>,
         mountpoint: &Path,
     ) -> Result<PathBuf, DriverError> {
-        let (Some(device), Some(fs)) = (device, vol.fs) else {
-            return Err(DriverError::Unsupported(format!(
-                "loop volume {} has no device or filesystem to mount",
-                vol.name
-            )));
-        };
-        let device_name = device.display().to_string();
-        match self.top_mount(mountpoint)? {
-            Some(source) if source == device_name => return Ok(mountpoint.to_path_buf()),
-            Some(source) => {
-                return Err(DriverError::Unsupported(format!(
-                    "{} is a mount of {source}, not of volume {}'s device {device_name}; leaving it alone",
-                    mountpoint.display(),
-                    vol.name
-                )))
-            }
-            None => {}
-        }
-        self.host
-            .mount(device, mountpoint, fs, MountOptions::default())?;
-        // Never hand out a path on faith: a directory without the volume
-        // behind it would take the application's writes onto the host's disk.
-        match self.top_mount(mountpoint)? {
-            Some(source) if source == device_name => Ok(mountpoint.to_path_buf()),
-            other => Err(DriverError::Unsupported(format!(
-                "mounted {device_name} at {}, but the mount table shows {}",
-                mountpoint.display(),
-                other.as_deref().unwrap_or("nothing there")
-            ))),
-        }
+        self.mount_with(vol, device, mountpoint, MountOptions::default())
     }
 
     fn unmount(&self, _vol: &Volume, mountpoint: &Path) -> Result<(), DriverError> {
@@ -324,6 +295,49 @@ impl NodeOps for LoopNode {
             Some(device) => top.is_some_and(|source| Path::new(&source) == device),
             None => top.is_some(),
         })
+    }
+}
+
+impl LoopNode {
+    /// Mount the volume's device at `mountpoint` with `opts` (read-only for
+    /// rbd readers), refusing anything else mounted there, and check the
+    /// mount table afterwards.
+    pub fn mount_with(
+        &self,
+        vol: &Volume,
+        device: Option<&Path>,
+        mountpoint: &Path,
+        opts: MountOptions,
+    ) -> Result<PathBuf, DriverError> {
+        let (Some(device), Some(fs)) = (device, vol.fs) else {
+            return Err(DriverError::Unsupported(format!(
+                "loop volume {} has no device or filesystem to mount",
+                vol.name
+            )));
+        };
+        let device_name = device.display().to_string();
+        match self.top_mount(mountpoint)? {
+            Some(source) if source == device_name => return Ok(mountpoint.to_path_buf()),
+            Some(source) => {
+                return Err(DriverError::Unsupported(format!(
+                    "{} is a mount of {source}, not of volume {}'s device {device_name}; leaving it alone",
+                    mountpoint.display(),
+                    vol.name
+                )))
+            }
+            None => {}
+        }
+        self.host.mount(device, mountpoint, fs, opts)?;
+        // Never hand out a path on faith: a directory without the volume
+        // behind it would take the application's writes onto the host's disk.
+        match self.top_mount(mountpoint)? {
+            Some(source) if source == device_name => Ok(mountpoint.to_path_buf()),
+            other => Err(DriverError::Unsupported(format!(
+                "mounted {device_name} at {}, but the mount table shows {}",
+                mountpoint.display(),
+                other.as_deref().unwrap_or("nothing there")
+            ))),
+        }
     }
 }
 

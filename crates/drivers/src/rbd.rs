@@ -515,31 +515,11 @@ impl NodeOps for RbdNode {
         device: Option<&Path>,
         mountpoint: &Path,
     ) -> Result<PathBuf, DriverError> {
-        let (Some(device), Some(fs)) = (device, vol.fs) else {
-            return Err(DriverError::Unsupported(format!(
-                "rbd volume {} has no device or filesystem to mount",
-                vol.name
-            )));
+        let ro = ballast_core::host::MountOptions {
+            read_only: true,
+            ..Default::default()
         };
-        let already = self
-            .host
-            .mounts()?
-            .into_iter()
-            .rev()
-            .find(|m| m.target == mountpoint)
-            .is_some_and(|m| Path::new(&m.source) == device);
-        if !already {
-            self.host.mount(
-                device,
-                mountpoint,
-                fs,
-                ballast_core::host::MountOptions {
-                    read_only: true,
-                    ..Default::default()
-                },
-            )?;
-        }
-        Ok(mountpoint.to_path_buf())
+        self.loops.mount_with(vol, device, mountpoint, ro)
     }
 
     fn unmount(&self, vol: &Volume, mountpoint: &Path) -> Result<(), DriverError> {
