@@ -146,7 +146,7 @@ impl WantOp {
 
 /// An error as another node answered it: its class (which decides the
 /// status every surface answers) and its text.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RemoteError {
     pub node: String,
     pub class: ErrorClass,
@@ -154,7 +154,7 @@ pub struct RemoteError {
 }
 
 /// What kind of failure an error is, independent of where it happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorClass {
     InvalidArgument,
@@ -574,7 +574,7 @@ impl VolumeService {
     }
 
     /// The default pool of a node: the one its daemon makes at start.
-    fn default_pool_of(&self, node: &str) -> Option<Pool> {
+    pub(crate) fn default_pool_of(&self, node: &str) -> Option<Pool> {
         let pools = self.pools.read();
         match pools.get("default") {
             Some(p) if p.node.as_deref() == Some(node) => Some(p.clone()),
@@ -784,7 +784,14 @@ impl VolumeService {
     /// not exist yet.
     pub(crate) fn reserved_in(&self, pool: &str) -> u64 {
         let vols = self.volumes.read();
-        self.wants
+        let moving_in: u64 = self
+            .moves
+            .read()
+            .values()
+            .filter(|m| m.in_flight() && m.to_pool == pool)
+            .map(|m| m.size_bytes)
+            .sum();
+        moving_in + self.wants
             .read()
             .iter()
             .filter(|(name, _)| !vols.contains_key(name.as_str()))
@@ -798,7 +805,7 @@ impl VolumeService {
                 }
                 _ => None,
             })
-            .sum()
+            .sum::<u64>()
     }
 
     /// Start this node's agent: it places wants while this node is the
@@ -853,6 +860,7 @@ impl VolumeService {
                 _ => {}
             }
         }
+        self.moves_pass();
     }
 
     /// Place an unplaced (or stranded) create: rewrite the want with its

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::host::{HostError, LoopDevice};
 use crate::model::{DriverKind, Pool, PoolDisk, Snapshot, Volume};
+use crate::moves::MoveData;
 use crate::progress::Progress;
 
 /// A driver failure: a host operation, or the driver's own file work. The
@@ -38,6 +39,9 @@ pub enum DriverError {
     Timeout(String),
     #[error("{0}")]
     Unsupported(String),
+    /// Data read back does not match its checksum.
+    #[error("{0}")]
+    Corrupt(String),
 }
 
 impl DriverError {
@@ -237,6 +241,57 @@ pub trait Driver: Send + Sync {
     }
     /// Lift the blocklist entries of a fence whose node has cleaned up.
     fn unfence(&self, _pool: &Pool, _addrs: &[String]) -> Result<(), DriverError> {
+        Ok(())
+    }
+
+    // ----- moves (see crate::moves) ---------------------------------------
+
+    /// Where a move's source reads the volume (and keeps its move's
+    /// snapshots, `move_id` naming them).
+    fn move_source(
+        &self,
+        pool: &Pool,
+        _vol: &Volume,
+        _move_id: &str,
+    ) -> Result<MoveData, DriverError> {
+        Err(DriverError::Unsupported(format!(
+            "volumes of pool {} ({}) do not move",
+            pool.name, pool.driver
+        )))
+    }
+    /// Where a move's target receives the volume (made on first call,
+    /// kept on later ones); `installed`: already put in place.
+    fn move_incoming(
+        &self,
+        pool: &Pool,
+        _vol: &Volume,
+        _move_id: &str,
+        _installed: bool,
+    ) -> Result<MoveData, DriverError> {
+        Err(DriverError::Unsupported(format!(
+            "volumes do not move into pool {} ({})",
+            pool.name, pool.driver
+        )))
+    }
+    /// Put what was received where the volume's data lives. Idempotent.
+    fn move_install(&self, pool: &Pool, _vol: &Volume, _move_id: &str) -> Result<(), DriverError> {
+        Err(DriverError::Unsupported(format!(
+            "volumes do not move into pool {} ({})",
+            pool.name, pool.driver
+        )))
+    }
+    /// Delete what a move that did not commit received (also installed).
+    fn move_discard(
+        &self,
+        _pool: &Pool,
+        _vol: &Volume,
+        _move_id: &str,
+        _installed: bool,
+    ) -> Result<(), DriverError> {
+        Ok(())
+    }
+    /// Delete the source's move snapshots. Idempotent.
+    fn move_cleanup(&self, _pool: &Pool, _vol: &Volume, _move_id: &str) -> Result<(), DriverError> {
         Ok(())
     }
 }

@@ -39,6 +39,8 @@ pub enum EventKind {
     Critical,
     /// A node was fenced off shared storage, cleaned up, or unfenced.
     Fence,
+    /// A volume's move to another node or pool.
+    Move,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -14,6 +14,7 @@ pub mod failpoint;
 pub mod host;
 pub(crate) mod locks;
 pub mod model;
+pub mod moves;
 pub mod nodes;
 pub mod pools;
 pub mod progress;

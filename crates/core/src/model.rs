@@ -717,6 +717,8 @@ pub enum VolumeState {
     Resizing,
     /// A delete is in flight.
     Deleting,
+    /// Held for the final pass of a move: nothing may mount it.
+    Moving,
 }
 
 impl VolumeState {
@@ -727,6 +729,7 @@ impl VolumeState {
             VolumeState::Mounted => "mounted",
             VolumeState::Resizing => "resizing",
             VolumeState::Deleting => "deleting",
+            VolumeState::Moving => "moving",
         }
     }
 }
@@ -807,6 +810,31 @@ pub struct Attachment {
 }
 
 impl Volume {
+    /// A volume known by its name, id and pool only: enough for a driver
+    /// to find its data (what a move left behind).
+    pub fn placeholder(name: &str, id: &str, pool: &str) -> Volume {
+        Volume {
+            id: id.to_string(),
+            name: name.to_string(),
+            pool: pool.to_string(),
+            driver: DriverKind::Loop,
+            size_bytes: 0,
+            fs: None,
+            labels: BTreeMap::new(),
+            created_at: Utc::now(),
+            state: VolumeState::Available,
+            formatted: false,
+            block: false,
+            fs_grow_pending: false,
+            autogrow: None,
+            source: None,
+            cow: false,
+            node: None,
+            staging: None,
+            consumers: BTreeMap::new(),
+        }
+    }
+
     /// Whether the volume's storage is on `node` (or shared).
     pub fn is_on(&self, node: &str) -> bool {
         self.node.as_deref().is_none_or(|n| n == node)

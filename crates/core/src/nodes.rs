@@ -75,6 +75,9 @@ pub struct NodeRecord {
     pub version: String,
     /// The node's REST/metrics listener (`--listen`), if it has one.
     pub address: Option<String>,
+    /// Where it accepts move streams (see [`crate::moves`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<crate::moves::TransferEndpoint>,
     /// From the config: zone, rack, ...
     pub labels: BTreeMap<String, String>,
     pub started_at: DateTime<Utc>,
@@ -175,6 +178,7 @@ pub struct NodeInfo {
     pub previous_instance: Option<String>,
     pub version: String,
     pub address: Option<String>,
+    pub transfer: Option<crate::moves::TransferEndpoint>,
     pub labels: BTreeMap<String, String>,
 }
 
@@ -405,6 +409,7 @@ impl VolumeService {
             boot_id: self.boot_id.clone(),
             version: info.version.clone(),
             address: info.address.clone(),
+            transfer: info.transfer.clone(),
             labels: info.labels.clone(),
             started_at,
             instance: info.instance.clone(),

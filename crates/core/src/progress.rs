@@ -131,6 +131,11 @@ impl OperationGuard {
     pub fn progress(&self) -> &Progress {
         &self.progress
     }
+
+    /// The counter, for a thread that reports it elsewhere.
+    pub fn progress_arc(&self) -> Arc<Progress> {
+        Arc::clone(&self.progress)
+    }
 }
 
 impl Drop for OperationGuard {

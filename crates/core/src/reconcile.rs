@@ -132,6 +132,9 @@ impl VolumeService {
             wants: RwLock::new(BTreeMap::new()),
             want_signal: Default::default(),
             want_workers: Mutex::new(Default::default()),
+            moves: Default::default(),
+            move_workers: Mutex::new(Default::default()),
+            mover: Default::default(),
             node_lease: Mutex::new(None),
             clustered: Default::default(),
         };

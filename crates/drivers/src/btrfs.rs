@@ -15,6 +15,7 @@ use std::sync::Arc;
 use ballast_core::driver::{NodeOps, PoolUsage, SourceRef};
 use ballast_core::host::{Host, LoopDevice};
 use ballast_core::model::{DiskKind, DriverKind, Pool, PoolDisk, Snapshot, Volume};
+use ballast_core::moves::MoveData;
 use ballast_core::progress::Progress;
 use ballast_core::{Driver, DriverError};
 
@@ -90,6 +91,33 @@ pub fn snapshots_dir(pool: &Pool) -> PathBuf {
     pool.path.join("snapshots")
 }
 
+/// A move's source snapshots (`<id>/<pass>`).
+fn moves_dir(pool: &Pool) -> PathBuf {
+    pool.path.join("moves")
+}
+
+/// Where a move's target receives snapshots.
+fn incoming_dir(pool: &Pool) -> PathBuf {
+    pool.path.join("incoming")
+}
+
+/// The received snapshot of the highest pass in `work`.
+fn latest_received(work: &Path) -> Result<Option<PathBuf>, DriverError> {
+    let rd = match std::fs::read_dir(work) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(DriverError::io(work, e)),
+    };
+    Ok(rd
+        .flatten()
+        .filter_map(|e| {
+            let n: u32 = e.file_name().to_str()?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, p)| p))
+}
+
 pub fn subvolume(pool: &Pool, vol: &Volume) -> PathBuf {
     volumes_dir(pool).join(&vol.id)
 }
@@ -146,6 +174,19 @@ fn remove_file(path: &Path) -> Result<(), DriverError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(DriverError::io(path, e)),
+    }
+}
+
+impl BtrfsDriver {
+    /// Delete a move's work directory and the snapshots in it.
+    fn clear_work(&self, work: &Path) -> Result<(), DriverError> {
+        if std::fs::symlink_metadata(work).is_err() {
+            return Ok(());
+        }
+        for nested in self.node.nested_subvolumes(work)? {
+            self.host().btrfs_subvolume_delete(&nested)?;
+        }
+        std::fs::remove_dir_all(work).map_err(|e| DriverError::io(work, e))
     }
 }
 
@@ -408,6 +449,76 @@ impl Driver for BtrfsDriver {
 
     fn backing_file(&self, _pool: &Pool, _vol: &Volume) -> Option<PathBuf> {
         None
+    }
+
+    fn move_source(
+        &self,
+        pool: &Pool,
+        vol: &Volume,
+        move_id: &str,
+    ) -> Result<MoveData, DriverError> {
+        let work = moves_dir(pool).join(move_id);
+        std::fs::create_dir_all(&work).map_err(|e| DriverError::io(&work, e))?;
+        Ok(MoveData::Subvolume {
+            path: subvolume(pool, vol),
+            work,
+        })
+    }
+
+    fn move_incoming(
+        &self,
+        pool: &Pool,
+        vol: &Volume,
+        move_id: &str,
+        installed: bool,
+    ) -> Result<MoveData, DriverError> {
+        let work = incoming_dir(pool).join(move_id);
+        if installed {
+            // The data is the volume's subvolume now; a new stream starts
+            // over, so what an earlier one made goes.
+            self.node.delete_subvolume(&subvolume(pool, vol))?;
+        }
+        // `btrfs receive` needs an empty place for a full send; every
+        // stream to this node starts with one.
+        self.clear_work(&work)?;
+        std::fs::create_dir_all(&work).map_err(|e| DriverError::io(&work, e))?;
+        Ok(MoveData::Subvolume {
+            path: subvolume(pool, vol),
+            work,
+        })
+    }
+
+    fn move_install(&self, pool: &Pool, vol: &Volume, move_id: &str) -> Result<(), DriverError> {
+        let work = incoming_dir(pool).join(move_id);
+        let dst = subvolume(pool, vol);
+        if self.node.is_subvolume(&dst)? != Some(true) {
+            let latest = latest_received(&work)?.ok_or_else(|| {
+                DriverError::NotFound(format!("nothing was received in {}", work.display()))
+            })?;
+            std::fs::create_dir_all(volumes_dir(pool))
+                .map_err(|e| DriverError::io(&volumes_dir(pool), e))?;
+            self.host().btrfs_snapshot(&latest, &dst, false)?;
+        }
+        self.host().btrfs_qgroup_limit(&dst, vol.size_bytes)?;
+        self.clear_work(&work)
+    }
+
+    fn move_discard(
+        &self,
+        pool: &Pool,
+        vol: &Volume,
+        move_id: &str,
+        installed: bool,
+    ) -> Result<(), DriverError> {
+        self.clear_work(&incoming_dir(pool).join(move_id))?;
+        if installed {
+            self.node.delete_subvolume(&subvolume(pool, vol))?;
+        }
+        Ok(())
+    }
+
+    fn move_cleanup(&self, pool: &Pool, _vol: &Volume, move_id: &str) -> Result<(), DriverError> {
+        self.clear_work(&moves_dir(pool).join(move_id))
     }
 
     /// Every snapshot and clone is a btrfs snapshot.

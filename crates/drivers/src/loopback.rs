@@ -10,6 +10,7 @@ use std::sync::Arc;
 use ballast_core::driver::{NodeOps, PoolUsage, SourceRef};
 use ballast_core::host::{Host, LoopDevice, MountOptions};
 use ballast_core::model::{DriverKind, FsType, Pool, Snapshot, Volume};
+use ballast_core::moves::MoveData;
 use ballast_core::progress::Progress;
 use ballast_core::{Driver, DriverError};
 
@@ -41,6 +42,23 @@ impl LoopDriver {
 
 pub fn image_path(pool: &Pool, vol: &Volume) -> PathBuf {
     pool.path.join(format!("{}.img", vol.id))
+}
+
+/// Where a move's target receives an image before it is installed.
+fn incoming_dir(pool: &Pool) -> PathBuf {
+    pool.path.join("incoming")
+}
+
+fn incoming_path(pool: &Pool, move_id: &str) -> PathBuf {
+    incoming_dir(pool).join(format!("{move_id}.img"))
+}
+
+fn remove_if_there(path: &Path) -> Result<(), DriverError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(DriverError::io(path, e)),
+    }
 }
 
 /// Snapshots live beside the images, in their own directory.
@@ -199,6 +217,67 @@ impl Driver for LoopDriver {
 
     fn backing_file(&self, pool: &Pool, vol: &Volume) -> Option<PathBuf> {
         Some(image_path(pool, vol))
+    }
+
+    fn move_source(
+        &self,
+        pool: &Pool,
+        vol: &Volume,
+        _move_id: &str,
+    ) -> Result<MoveData, DriverError> {
+        Ok(MoveData::Image(image_path(pool, vol)))
+    }
+
+    fn move_incoming(
+        &self,
+        pool: &Pool,
+        vol: &Volume,
+        move_id: &str,
+        installed: bool,
+    ) -> Result<MoveData, DriverError> {
+        if installed {
+            return Ok(MoveData::Image(image_path(pool, vol)));
+        }
+        let path = incoming_path(pool, move_id);
+        let dir = incoming_dir(pool);
+        std::fs::create_dir_all(&dir).map_err(|e| DriverError::io(&dir, e))?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| DriverError::io(&path, e))?;
+        let len = file.metadata().map_err(|e| DriverError::io(&path, e))?.len();
+        if len != vol.size_bytes {
+            file.set_len(vol.size_bytes)
+                .map_err(|e| DriverError::io(&path, e))?;
+        }
+        sync_dir(&dir)?;
+        Ok(MoveData::Image(path))
+    }
+
+    fn move_install(&self, pool: &Pool, vol: &Volume, move_id: &str) -> Result<(), DriverError> {
+        let from = incoming_path(pool, move_id);
+        let to = image_path(pool, vol);
+        if !from.exists() && to.exists() {
+            return Ok(());
+        }
+        std::fs::rename(&from, &to).map_err(|e| DriverError::io(&from, e))?;
+        sync_dir(&pool.path)
+    }
+
+    fn move_discard(
+        &self,
+        pool: &Pool,
+        vol: &Volume,
+        move_id: &str,
+        installed: bool,
+    ) -> Result<(), DriverError> {
+        remove_if_there(&incoming_path(pool, move_id))?;
+        if installed {
+            remove_if_there(&image_path(pool, vol))?;
+        }
+        Ok(())
     }
 
     fn copies_share_extents(&self, pool: &Pool) -> Result<bool, DriverError> {

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::desired::{Want, WANT_PREFIX};
+use crate::moves::{MoveRecord, MOVE_PREFIX};
 use crate::nodes::{CONTROLLER_KEY, NODE_CONF_PREFIX, NODE_PREFIX};
 use crate::store::{KeyValue, StoreError, WatchEvent};
 
@@ -176,6 +177,15 @@ impl VolumeService {
                 };
             }
             self.want_signal.notify();
+        } else if let Some(name) = key.strip_prefix(MOVE_PREFIX) {
+            {
+                let mut moves = self.moves.write();
+                match value.and_then(|b| decode::<MoveRecord>(key, b)) {
+                    Some(m) => moves.insert(name.to_string(), m),
+                    None => moves.remove(name),
+                };
+            }
+            self.want_signal.notify();
         } else if key == CONTROLLER_KEY {
             *self.controller.write() =
                 value.and_then(|b| decode::<crate::nodes::ControllerRecord>(key, b));
@@ -209,6 +219,7 @@ impl VolumeService {
         let mut confs = BTreeMap::new();
         let mut controller = None;
         let mut wants = BTreeMap::new();
+        let mut moves = BTreeMap::new();
         let mut atts: BTreeMap<String, BTreeMap<String, Attachment>> = BTreeMap::new();
         let mut revs = HashMap::new();
         for kv in kvs {
@@ -239,6 +250,10 @@ impl VolumeService {
                 if let Some(w) = decode::<Want>(key, &kv.value) {
                     wants.insert(name.to_string(), w);
                 }
+            } else if let Some(name) = key.strip_prefix(MOVE_PREFIX) {
+                if let Some(m) = decode::<MoveRecord>(key, &kv.value) {
+                    moves.insert(name.to_string(), m);
+                }
             } else if let Some(id) = key.strip_prefix(NODE_CONF_PREFIX) {
                 if let Some(c) = decode::<crate::nodes::NodeConf>(key, &kv.value) {
                     confs.insert(id.to_string(), c);
@@ -265,6 +280,7 @@ impl VolumeService {
         *self.node_confs.write() = confs;
         *self.controller.write() = controller;
         *self.wants.write() = wants;
+        *self.moves.write() = moves;
         self.want_signal.notify();
         *self.attachments.write() = atts;
         *self.volumes.write() = vols;
@@ -318,6 +334,7 @@ fn is_record_key(key: &str) -> bool {
         NODE_CONF_PREFIX,
         CONTROLLER_KEY,
         WANT_PREFIX,
+        MOVE_PREFIX,
     ]
     .iter()
     .any(|p| key.starts_with(p))

@@ -22,6 +22,7 @@ impl VolumeService {
         let _g = self.lock_op(name, wait)?;
         let vol = self.get_volume(name)?;
         self.check_settled(&vol)?;
+        self.check_not_moving(&vol)?;
         self.check_here(&vol)?;
         if !vol.consumers.is_empty() && !force {
             return Err(Error::InUse {

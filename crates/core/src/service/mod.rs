@@ -278,6 +278,12 @@ pub struct VolumeService {
     pub(crate) node_lease: Mutex<Option<crate::store::LeaseId>>,
     /// An agent runs (see [`VolumeService::is_clustered`]).
     pub(crate) clustered: std::sync::atomic::AtomicBool,
+    /// `move/<volume>` records (see [`crate::moves`]).
+    pub(crate) moves: RwLock<BTreeMap<String, crate::moves::MoveRecord>>,
+    /// Ids of the moves this node's workers run.
+    pub(crate) move_workers: Mutex<std::collections::HashSet<String>>,
+    /// Carries move streams (set once the daemon listens for them).
+    pub(crate) mover: std::sync::OnceLock<Arc<dyn crate::moves::MoveTransport>>,
 }
 
 mod autogrow;
@@ -286,6 +292,8 @@ mod create;
 mod delete;
 mod health;
 mod journal;
+mod moves;
+pub use moves::{MoveRequest, MOVE_STALL};
 mod publish;
 mod resize;
 mod shared;
@@ -465,6 +473,14 @@ impl VolumeService {
     pub(crate) fn check_settled(&self, vol: &Volume) -> Result<()> {
         match vol.state {
             VolumeState::Available | VolumeState::Mounted => Ok(()),
+            VolumeState::Moving => Err(Error::Busy {
+                kind: "volume",
+                name: vol.name.clone(),
+                detail: format!(
+                    "it is held for the final pass of a move; wait, or `ballast volume move {} --cancel`",
+                    vol.name
+                ),
+            }),
             VolumeState::Creating | VolumeState::Resizing | VolumeState::Deleting => {
                 Err(Error::Busy {
                     kind: "volume",

@@ -22,6 +22,7 @@ impl VolumeService {
         let _g = self.lock_op(name, wait)?;
         let vol = self.get_volume(name)?;
         self.check_settled(&vol)?;
+        self.check_not_moving(&vol)?;
         self.check_here(&vol)?;
         let new_size = new_size
             .checked_next_multiple_of(4096)

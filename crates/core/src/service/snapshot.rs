@@ -47,6 +47,7 @@ impl VolumeService {
         }
         let vol = self.get_volume(volume)?;
         self.check_settled(&vol)?;
+        self.check_not_moving(&vol)?;
         self.check_here(&vol)?;
         let pool = self.get_pool(&vol.pool)?;
         let driver = self.driver(pool.driver)?;
