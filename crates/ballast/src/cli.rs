@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use ballast_core::events::Event;
 use ballast_core::model::{format_size, parse_label, validate_name};
-use ballast_server::api::{MountReply, PoolView, SnapshotView, VersionReply, VolumeView};
+use ballast_core::moves::MovePhase;
+use ballast_server::api::{MountReply, MoveView, PoolView, SnapshotView, VersionReply, VolumeView};
 use clap::{Parser, Subcommand, ValueEnum};
 use hyper::Method;
 use serde_json::json;
@@ -171,6 +172,31 @@ pub enum VolumeCmd {
         name: String,
         #[arg(long)]
         size: String,
+    },
+    /// Move a loop or btrfs volume to another node (or pool), with a
+    /// progress bar; its data is copied while in use, and the final pass
+    /// needs it unmounted
+    Move {
+        name: String,
+        /// Target node
+        #[arg(long, required_unless_present_any = ["to_pool", "cancel"])]
+        to: Option<String>,
+        /// Target pool [default: the target node's default pool]
+        #[arg(long, conflicts_with = "to_pool")]
+        pool: Option<String>,
+        /// Move to this pool on the volume's own node
+        #[arg(long, conflicts_with = "to")]
+        to_pool: Option<String>,
+        /// Wait for the volume's consumers to go before the final pass
+        /// (instead of failing)
+        #[arg(long)]
+        wait_idle: bool,
+        /// Stop the volume's move in flight (it is rolled back)
+        #[arg(long, conflicts_with_all = ["to", "pool", "to_pool", "wait_idle"])]
+        cancel: bool,
+        /// Start the move and print it; do not follow it
+        #[arg(long)]
+        detach: bool,
     },
 }
 
@@ -376,6 +402,44 @@ fn volume(c: &Client, output: Output, cmd: &VolumeCmd) -> anyhow::Result<()> {
             )?;
             print_one(output, &s, || println!("{}", s.name))
         }
+        VolumeCmd::Move {
+            name,
+            to,
+            pool,
+            to_pool,
+            wait_idle,
+            cancel,
+            detach,
+        } => {
+            let path = format!("/v1/volumes/{}/move", seg("volume", name)?);
+            let m: MoveView = if *cancel {
+                c.call(Method::DELETE, &path, None)?
+            } else {
+                c.post(
+                    &path,
+                    json!({ "to": to, "pool": pool.clone().or(to_pool.clone()), "wait_idle": wait_idle }),
+                )?
+            };
+            if *detach {
+                return print_one(output, &m, || {
+                    println!("{} {} {:?}", m.volume, m.id, m.phase)
+                });
+            }
+            let what = match cancel {
+                true => format!("cancelling the move of {name}"),
+                false => format!("moving {name} to {} ({})", m.to_node, m.to_pool),
+            };
+            let end = with_progress(c, &what, Some(("move", name)), || follow_move(c, &path, &m))?;
+            print_one(output, &end, || match end.phase {
+                MovePhase::Failed => println!(
+                    "{} stays on {} ({})",
+                    end.volume,
+                    end.from_node,
+                    end.error.as_deref().unwrap_or("cancelled")
+                ),
+                _ => println!("{} moved to {} {}", end.volume, end.to_node, end.to_pool),
+            })
+        }
         VolumeCmd::Resize { name, size } => {
             let path = format!("/v1/volumes/{}/resize", seg("volume", name)?);
             let v: VolumeView =
@@ -384,6 +448,38 @@ fn volume(c: &Client, output: Output, cmd: &VolumeCmd) -> anyhow::Result<()> {
                 })?;
             print_one(output, &v, || println!("{} {}", v.name, v.size))
         }
+    }
+}
+
+/// Poll a move until it is over: committed (or already cleaned up, 404),
+/// or failed (an error, unless it was a cancel the caller asked for).
+fn follow_move(c: &Client, path: &str, started: &MoveView) -> anyhow::Result<MoveView> {
+    let mut last = started.clone();
+    loop {
+        match c.get::<MoveView>(path) {
+            Ok(m) if m.id != started.id => {
+                anyhow::bail!("the move was replaced by another (id {})", m.id)
+            }
+            Ok(m) => match m.phase {
+                MovePhase::Committed => return Ok(m),
+                MovePhase::Failed if m.cancel => return Ok(m),
+                MovePhase::Failed => anyhow::bail!(
+                    "the move of {} failed and was rolled back: {}",
+                    m.volume,
+                    m.error.as_deref().unwrap_or("no reason given")
+                ),
+                _ => last = m,
+            },
+            Err(e) => match e.downcast_ref::<crate::client::ApiFailure>() {
+                // The source deletes a committed move's record.
+                Some(f) if f.status == hyper::StatusCode::NOT_FOUND => {
+                    last.phase = MovePhase::Committed;
+                    return Ok(last);
+                }
+                _ => return Err(e),
+            },
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
 

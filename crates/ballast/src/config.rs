@@ -122,6 +122,11 @@ pub struct ServeArgs {
     /// PEM client key for etcd (with --etcd-cert)
     #[arg(long, env = "BALLAST_ETCD_KEY", requires = "etcd_cert")]
     pub etcd_key: Option<PathBuf>,
+    /// Accept volume moves (TLS; the certificate's fingerprint goes into
+    /// this node's record) on this TCP address; `none` switches it off
+    /// [default: the host of --listen, any port]
+    #[arg(long, env = "BALLAST_TRANSFER_LISTEN")]
+    pub transfer_listen: Option<String>,
 }
 
 /// Where the records live.
@@ -177,6 +182,7 @@ struct FileConfig {
     etcd_ca: Option<PathBuf>,
     etcd_cert: Option<PathBuf>,
     etcd_key: Option<PathBuf>,
+    transfer_listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,6 +218,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub node_labels: std::collections::BTreeMap<String, String>,
     pub node_ttl: std::time::Duration,
+    /// Where move streams are accepted; None: `--transfer-listen none`.
+    pub transfer_listen: Option<String>,
 }
 
 impl Config {
@@ -363,6 +371,27 @@ impl Config {
         if tls.is_some() && listen.is_none() {
             anyhow::bail!("tls is configured but the tcp listener is off (--listen none)");
         }
+        let transfer_listen = match args.transfer_listen.clone().or(file.transfer_listen) {
+            Some(v) if v == "none" => None,
+            Some(v) => {
+                v.parse::<std::net::SocketAddr>()
+                    .map_err(|e| anyhow::anyhow!("transfer listen address {v:?}: {e}"))?;
+                Some(v)
+            }
+            None => {
+                // The REST listener's host: the address other nodes reach.
+                let host = listen
+                    .as_deref()
+                    .and_then(|l| l.parse::<std::net::SocketAddr>().ok())
+                    .map_or_else(|| "127.0.0.1".to_string(), |a| a.ip().to_string());
+                let host = if host.contains(':') {
+                    format!("[{host}]")
+                } else {
+                    host
+                };
+                Some(format!("{host}:0"))
+            }
+        };
         Ok(Config {
             state_dir: args
                 .state_dir
@@ -386,6 +415,7 @@ impl Config {
             store,
             node_labels,
             node_ttl,
+            transfer_listen,
         })
     }
 

@@ -418,8 +418,20 @@ async fn run(config: Config, api_socket: Option<PathBuf>, dirs: &Dirs) -> anyhow
     let instance = uuid::Uuid::new_v4().simple().to_string();
     std::fs::write(&instance_file, format!("{instance}\n"))
         .with_context(|| format!("writing {}", instance_file.display()))?;
+    // Moves to this node arrive here; the record names the endpoint.
+    let transfer = match &config.transfer_listen {
+        Some(addr) => {
+            let rx: Arc<dyn ballast_core::moves::MoveReceiver> = service.clone();
+            let t = ballast_transfer::Transfer::listen(addr, Arc::downgrade(&rx))
+                .with_context(|| format!("listening for moves on {addr}"))?;
+            service.set_move_transport(t.clone());
+            Some(ballast_core::moves::MoveTransport::endpoint(&*t))
+        }
+        None => None,
+    };
     let beat = service.clone();
     let info = ballast_core::nodes::NodeInfo {
+        transfer,
         instance,
         previous_instance,
         version: env!("CARGO_PKG_VERSION").to_string(),

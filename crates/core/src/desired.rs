@@ -791,21 +791,23 @@ impl VolumeService {
             .filter(|m| m.in_flight() && m.to_pool == pool)
             .map(|m| m.size_bytes)
             .sum();
-        moving_in + self.wants
-            .read()
-            .iter()
-            .filter(|(name, _)| !vols.contains_key(name.as_str()))
-            .filter_map(|(_, w)| match &w.op {
-                WantOp::Create {
-                    req,
-                    reserved_bytes,
-                    ..
-                } if w.failed.is_none() && req.pool.as_deref() == Some(pool) => {
-                    Some(*reserved_bytes)
-                }
-                _ => None,
-            })
-            .sum::<u64>()
+        moving_in
+            + self
+                .wants
+                .read()
+                .iter()
+                .filter(|(name, _)| !vols.contains_key(name.as_str()))
+                .filter_map(|(_, w)| match &w.op {
+                    WantOp::Create {
+                        req,
+                        reserved_bytes,
+                        ..
+                    } if w.failed.is_none() && req.pool.as_deref() == Some(pool) => {
+                        Some(*reserved_bytes)
+                    }
+                    _ => None,
+                })
+                .sum::<u64>()
     }
 
     /// Start this node's agent: it places wants while this node is the

@@ -247,7 +247,10 @@ impl Driver for LoopDriver {
             .truncate(false)
             .open(&path)
             .map_err(|e| DriverError::io(&path, e))?;
-        let len = file.metadata().map_err(|e| DriverError::io(&path, e))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| DriverError::io(&path, e))?
+            .len();
         if len != vol.size_bytes {
             file.set_len(vol.size_bytes)
                 .map_err(|e| DriverError::io(&path, e))?;

@@ -143,6 +143,65 @@ impl MountBody {
     }
 }
 
+/// Body of `POST /v1/volumes/{name}/move`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MoveBody {
+    /// The target node (default: the volume's own node, with `pool`).
+    #[serde(default)]
+    #[schema(schema_with = wire::s_opt_node)]
+    pub to: Option<String>,
+    /// The target pool (default: the target node's default pool).
+    #[serde(default)]
+    #[schema(schema_with = wire::s_opt_pool)]
+    pub pool: Option<String>,
+    /// Wait for the volume's consumers to go before the final pass instead
+    /// of failing.
+    #[serde(default)]
+    pub wait_idle: bool,
+}
+
+/// A volume's move as the API shows it (the stream's secret is not shown).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MoveView {
+    pub id: String,
+    pub volume: String,
+    pub from_node: String,
+    pub from_pool: String,
+    pub to_node: String,
+    pub to_pool: String,
+    pub size_bytes: u64,
+    pub phase: ballast_core::moves::MovePhase,
+    pub progress: ballast_core::moves::MoveProgress,
+    pub wait_idle: bool,
+    pub cancel: bool,
+    /// Why it failed.
+    pub error: Option<String>,
+    pub requested_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<ballast_core::moves::MoveRecord> for MoveView {
+    fn from(m: ballast_core::moves::MoveRecord) -> Self {
+        MoveView {
+            id: m.id,
+            volume: m.volume,
+            from_node: m.from_node,
+            from_pool: m.from_pool,
+            to_node: m.to_node,
+            to_pool: m.to_pool,
+            size_bytes: m.size_bytes,
+            phase: m.phase,
+            progress: m.progress,
+            wait_idle: m.wait_idle,
+            cancel: m.cancel,
+            error: m.failed.map(|f| f.message),
+            requested_at: m.requested_at,
+            updated_at: m.updated_at,
+        }
+    }
+}
+
 /// Body of `POST /v1/volumes/{name}/resize`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -241,6 +241,10 @@ where
         mount_volume,
         unmount_volume,
         resize_volume,
+        move_volume,
+        get_move,
+        cancel_move,
+        list_moves,
         list_pools,
         list_nodes,
         get_node,
@@ -270,6 +274,8 @@ where
         CreateVolumeBody,
         MountBody,
         ResizeBody,
+        MoveBody,
+        MoveView,
         VolumeView,
         PoolView,
         CreatePoolBody,
@@ -305,6 +311,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/volumes/{name}/mount", post(mount_volume))
         .route("/v1/volumes/{name}/unmount", post(unmount_volume))
         .route("/v1/volumes/{name}/resize", post(resize_volume))
+        .route(
+            "/v1/volumes/{name}/move",
+            get(get_move).post(move_volume).delete(cancel_move),
+        )
+        .route("/v1/moves", get(list_moves))
         .route("/v1/volumes/{name}/snapshots", post(create_snapshot))
         .route("/v1/snapshots", get(list_snapshots))
         .route(
@@ -587,6 +598,65 @@ async fn resize_volume(
     let size = body.into_size()?;
     let vol = blocking(&state, move |s| s.resize_anywhere(&name, size, Wait::Block)).await?;
     Ok(Json(VolumeView::new(vol, None)))
+}
+
+/// Move a loop or btrfs volume to another node or pool. Answers at once
+/// (202) with the move, which the volume's node carries out: first pass
+/// while in use, then the final pass with the volume held (`moving`), then
+/// the switch once the target verified every checksum. Follow it with GET.
+#[utoipa::path(post, path = "/v1/volumes/{name}/move", request_body = MoveBody,
+    responses((status = 202, body = MoveView), (status = 400, body = ErrorReply),
+        (status = 404, body = ErrorReply), (status = 409, description = "Busy", body = ErrorReply),
+        (status = 503, body = ErrorReply),
+        (status = 507, description = "The target pool cannot hold it", body = ErrorReply)))]
+async fn move_volume(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<MoveBody>,
+) -> Result<(StatusCode, Json<MoveView>), ApiError> {
+    let req = ballast_core::service::MoveRequest {
+        to_node: body.to,
+        to_pool: body.pool,
+        wait_idle: body.wait_idle,
+    };
+    let rec = blocking(&state, move |s| s.request_move(&name, &req)).await?;
+    Ok((StatusCode::ACCEPTED, Json(rec.into())))
+}
+
+/// The volume's move: in flight, committed (the source still cleans up),
+/// or failed (with why). 404 when there is none.
+#[utoipa::path(get, path = "/v1/volumes/{name}/move",
+    responses((status = 200, body = MoveView), (status = 404, body = ErrorReply)))]
+async fn get_move(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<MoveView>, ApiError> {
+    Ok(Json(state.service.get_move(&name)?.into()))
+}
+
+/// Stop a move in flight; the source rolls it back. A move that already
+/// switched the volume is 409.
+#[utoipa::path(delete, path = "/v1/volumes/{name}/move",
+    responses((status = 200, body = MoveView), (status = 404, body = ErrorReply),
+        (status = 409, body = ErrorReply)))]
+async fn cancel_move(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<MoveView>, ApiError> {
+    let rec = blocking(&state, move |s| s.cancel_move(&name)).await?;
+    Ok(Json(rec.into()))
+}
+
+#[utoipa::path(get, path = "/v1/moves", responses((status = 200, body = [MoveView])))]
+async fn list_moves(State(state): State<ApiState>) -> Json<Vec<MoveView>> {
+    Json(
+        state
+            .service
+            .list_moves()
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    )
 }
 
 /// Every node the store knows: ready (its lease is alive) or unreachable

@@ -366,8 +366,24 @@ impl VolumeService {
     }
 
     /// Long operations in flight (full copies), with their progress.
+    /// Long operations in flight: this node's, and the moves other nodes
+    /// run (as far as their records say).
     pub fn operations(&self) -> Vec<crate::progress::Operation> {
-        self.operations.list()
+        let mut ops = self.operations.list();
+        let me = self.config.node_id.as_str();
+        for m in self.moves.read().values() {
+            if m.in_flight() && m.from_node != me {
+                ops.push(crate::progress::Operation {
+                    kind: "move".into(),
+                    target: m.volume.clone(),
+                    source: format!("{} → {}", m.from_node, m.to_node),
+                    started_at: m.requested_at,
+                    done_bytes: m.progress.done_bytes,
+                    total_bytes: m.progress.total_bytes,
+                });
+            }
+        }
+        ops
     }
 
     pub fn recent_events(&self, limit: usize) -> Vec<Event> {

@@ -34,8 +34,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::desired::{ErrorClass, RemoteError};
 use crate::moves::{
-    move_key, MoveData, MoveHello, MovePhase, MoveProgress, MoveReceiver, MoveRecord,
-    MoveTransport,
+    move_key, MoveData, MoveHello, MovePhase, MoveProgress, MoveReceiver, MoveRecord, MoveTransport,
 };
 
 /// A move whose stream keeps failing this long without a pass completing
@@ -129,16 +128,20 @@ impl VolumeService {
             .into());
         };
         if !matches!(vol.driver, DriverKind::Loop | DriverKind::Btrfs) {
-            return Err(InvalidInput::new("move", format!(
-                "volume {name:?} is a {} volume: moves are for loop and btrfs volumes",
-                vol.driver
-            ))
+            return Err(InvalidInput::new(
+                "move",
+                format!(
+                    "volume {name:?} is a {} volume: moves are for loop and btrfs volumes",
+                    vol.driver
+                ),
+            )
             .into());
         }
         if vol.block {
-            return Err(InvalidInput::new("move", format!(
-                "volume {name:?} is a raw block volume: moves are for filesystem volumes"
-            ))
+            return Err(InvalidInput::new(
+                "move",
+                format!("volume {name:?} is a raw block volume: moves are for filesystem volumes"),
+            )
             .into());
         }
         let to_node = req.to_node.clone().unwrap_or_else(|| from_node.clone());
@@ -157,24 +160,27 @@ impl VolumeService {
             })?,
         };
         if !to_pool.is_on(&to_node) || to_pool.is_shared() {
-            return Err(InvalidInput::new("move", format!(
-                "pool {:?} is not a pool of node {to_node:?}",
-                to_pool.name
-            ))
+            return Err(InvalidInput::new(
+                "move",
+                format!("pool {:?} is not a pool of node {to_node:?}", to_pool.name),
+            )
             .into());
         }
         if to_pool.name == from_pool.name {
-            return Err(InvalidInput::new("move", format!(
-                "volume {name:?} is already in pool {:?}",
-                to_pool.name
-            ))
+            return Err(InvalidInput::new(
+                "move",
+                format!("volume {name:?} is already in pool {:?}", to_pool.name),
+            )
             .into());
         }
         if to_pool.driver != vol.driver {
-            return Err(InvalidInput::new("move", format!(
-                "pool {:?} is a {} pool; a {} volume moves to a pool of its own driver",
-                to_pool.name, to_pool.driver, vol.driver
-            ))
+            return Err(InvalidInput::new(
+                "move",
+                format!(
+                    "pool {:?} is a {} pool; a {} volume moves to a pool of its own driver",
+                    to_pool.name, to_pool.driver, vol.driver
+                ),
+            )
             .into());
         }
         let view = self.list_nodes().into_iter().find(|n| n.id == to_node);
@@ -197,7 +203,12 @@ impl VolumeService {
                     detail: "it is cordoned: nothing moves onto it".into(),
                 })
             }
-            Some(v) if v.record.as_ref().and_then(|r| r.transfer.as_ref()).is_none() => {
+            Some(v)
+                if v.record
+                    .as_ref()
+                    .and_then(|r| r.transfer.as_ref())
+                    .is_none() =>
+            {
                 return Err(Error::Unavailable(format!(
                     "node {to_node:?} accepts no move streams (it runs without a transfer listener)"
                 )))
@@ -256,7 +267,9 @@ impl VolumeService {
                 failed: None,
                 updated_at: now,
             };
-            let txn = self.compare_seen(Txn::new(), &key).put(key.clone(), to_json(&rec));
+            let txn = self
+                .compare_seen(Txn::new(), &key)
+                .put(key.clone(), to_json(&rec));
             let event = self.events.next(
                 EventKind::Move,
                 Some(&vol.pool),
@@ -409,9 +422,11 @@ impl VolumeService {
             self.finish_committed(&rec);
             return;
         }
-        let op = self
-            .operations
-            .start("move", &name, &format!("{} → {}", rec.from_node, rec.to_node));
+        let op = self.operations.start(
+            "move",
+            &name,
+            &format!("{} → {}", rec.from_node, rec.to_node),
+        );
         let cancel = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicBool::new(false));
         let reporter = self.start_progress_reporter(&rec, &op, &cancel, &done);
@@ -502,7 +517,11 @@ impl VolumeService {
                         done_bytes: d,
                         total_bytes: t,
                         rate: ((d - pass_start.1) as f64 / secs) as u64,
-                        pass: if rec.phase == MovePhase::Copying { 1 } else { 2 },
+                        pass: if rec.phase == MovePhase::Copying {
+                            1
+                        } else {
+                            2
+                        },
                     };
                     let key = move_key(&name);
                     let txn = svc
@@ -557,13 +576,21 @@ impl VolumeService {
         self.failpoints.hit("move.connected");
         if rec.phase == MovePhase::Copying {
             let stats = link.pass(&src, progress, cancel)?;
-            tracing::info!(volume = name, sent = stats.sent_bytes, "move: first pass done");
+            tracing::info!(
+                volume = name,
+                sent = stats.sent_bytes,
+                "move: first pass done"
+            );
             self.failpoints.hit("move.first_pass");
             self.cut_over(name, id, cancel)?;
             self.failpoints.hit("move.cut_over");
         }
         let stats = link.pass(&src, progress, cancel)?;
-        tracing::info!(volume = name, sent = stats.sent_bytes, "move: final pass done");
+        tracing::info!(
+            volume = name,
+            sent = stats.sent_bytes,
+            "move: final pass done"
+        );
         self.failpoints.hit("move.final_pass");
         link.verify(&src)?;
         self.failpoints.hit("move.verified");
@@ -730,7 +757,9 @@ impl VolumeService {
             next.updated_at = Utc::now();
             match self.unmark_moving(name, Some(&next)) {
                 Ok(()) => {
-                    if let (Ok(pool), Ok(vol)) = (self.get_pool(&rec.from_pool), self.get_volume(name)) {
+                    if let (Ok(pool), Ok(vol)) =
+                        (self.get_pool(&rec.from_pool), self.get_volume(name))
+                    {
                         if let Ok(d) = self.driver(vol.driver) {
                             if let Err(e) = d.move_cleanup(&pool, &vol, id) {
                                 tracing::warn!(volume = name, error = %e, "cannot remove a failed move's snapshots");
@@ -759,14 +788,19 @@ impl VolumeService {
                 .put(key.clone(), to_json(r)),
             None => Txn::new(),
         };
-        if vol.state == VolumeState::Moving && vol.node.as_deref() == Some(self.config.node_id.as_str()) {
+        if vol.state == VolumeState::Moving
+            && vol.node.as_deref() == Some(self.config.node_id.as_str())
+        {
             let mut back = vol.clone();
             back.state = VolumeState::Available;
             let ev = self.event(
                 EventKind::Warning,
                 &vol,
                 match rec.and_then(|r| r.failed.as_ref()) {
-                    Some(f) => format!("the move of volume {name:?} failed and was rolled back: {}", f.message),
+                    Some(f) => format!(
+                        "the move of volume {name:?} failed and was rolled back: {}",
+                        f.message
+                    ),
                     None => format!("volume {name:?} is usable again: its move is gone"),
                 },
             );
@@ -811,8 +845,7 @@ impl VolumeService {
 
     fn write_incoming(&self, inc: &Incoming) -> Result<()> {
         let dir = self.moves_dir();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::Driver(DriverError::io(&dir, e)))?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::Driver(DriverError::io(&dir, e)))?;
         let path = self.incoming_file(&inc.move_id);
         let tmp = path.with_extension("json.tmp");
         let write = || -> std::io::Result<()> {
@@ -829,10 +862,13 @@ impl VolumeService {
     /// The move a stream names, if it is one to this node with that secret.
     fn move_for(&self, hello: &MoveHello) -> Result<MoveRecord> {
         let refuse = |why: &str| {
-            Error::InvalidArgument(InvalidInput::new("move", format!(
-                "refusing a move stream for volume {:?}: {why}",
-                hello.volume
-            )))
+            Error::InvalidArgument(InvalidInput::new(
+                "move",
+                format!(
+                    "refusing a move stream for volume {:?}: {why}",
+                    hello.volume
+                ),
+            ))
         };
         validate_name("volume", &hello.volume)?;
         // The watch may not have brought a just-written record yet.
@@ -1027,6 +1063,3 @@ fn random_secret() -> String {
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
-
-
-

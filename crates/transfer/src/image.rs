@@ -1,0 +1,360 @@
+//! Image moves: the file in fixed chunks, each named by its BLAKE3 digest.
+//!
+//! The target first tells the digest of every chunk it holds (a fresh file
+//! is all holes), so each pass sends only the chunks whose digest differs:
+//! everything the first time, what changed since on the final pass, and
+//! what a resumed move still lacks. Chunks wholly in a hole are found with
+//! SEEK_DATA without reading them, and all-zero chunks travel as a frame
+//! without data; the target punches a hole for them, so the copy stays
+//! sparse. Verification reads the target's file back from the start and
+//! compares every digest with the source's last pass.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Weak;
+
+use ballast_core::moves::{MoveHello, MoveReceiver, PassStats};
+use ballast_core::progress::Progress;
+use ballast_core::DriverError;
+
+use crate::proto::{self, ProtoError};
+
+/// The chunk size of image moves.
+pub const CHUNK: u64 = 4 << 20;
+
+/// The digest of a chunk of zeros (of any length): a hole.
+const ZERO: [u8; 32] = [0u8; 32];
+
+fn digest(data: &[u8]) -> [u8; 32] {
+    if data.iter().all(|&b| b == 0) {
+        ZERO
+    } else {
+        *blake3::hash(data).as_bytes()
+    }
+}
+
+fn chunks_of(size: u64) -> u64 {
+    size.div_ceil(CHUNK)
+}
+
+/// Whether `[start, end)` of `file` holds no data (all hole).
+fn is_hole(file: &File, start: u64, end: u64) -> bool {
+    let Ok(off) = libc::off_t::try_from(start) else {
+        return false;
+    };
+    // SAFETY: lseek on a descriptor we own; it changes only the offset,
+    // which nothing here uses (reads are positional).
+    let next = unsafe { libc::lseek(file.as_raw_fd(), off, libc::SEEK_DATA) };
+    if next < 0 {
+        // ENXIO: no data past `start`; anything else: read it to be sure.
+        return io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
+    }
+    u64::try_from(next).is_ok_and(|n| n >= end)
+}
+
+fn read_chunk(
+    file: &File,
+    path: &Path,
+    index: u64,
+    size: u64,
+    buf: &mut Vec<u8>,
+) -> Result<bool, DriverError> {
+    let start = index * CHUNK;
+    let end = (start + CHUNK).min(size);
+    if is_hole(file, start, end) {
+        return Ok(false);
+    }
+    let len = usize::try_from(end - start).unwrap_or(0);
+    buf.resize(len, 0);
+    file.read_exact_at(buf, start)
+        .map_err(|e| DriverError::io(path, e))?;
+    Ok(true)
+}
+
+/// The digest of every chunk of the first `size` bytes of `path`.
+pub fn chunk_digests(path: &Path, size: u64) -> Result<Vec<[u8; 32]>, DriverError> {
+    let file = File::open(path).map_err(|e| DriverError::io(path, e))?;
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    for i in 0..chunks_of(size) {
+        out.push(if read_chunk(&file, path, i, size, &mut buf)? {
+            digest(&buf)
+        } else {
+            ZERO
+        });
+    }
+    Ok(out)
+}
+
+/// One pass of the sender: read every chunk, send those the target lacks.
+pub fn send_pass<S: Read + Write>(
+    tls: &mut S,
+    path: &Path,
+    target: &mut Vec<[u8; 32]>,
+    sent: &mut Vec<[u8; 32]>,
+    progress: &Progress,
+    cancel: &AtomicBool,
+) -> Result<PassStats, ProtoError> {
+    let file = File::open(path).map_err(|e| DriverError::io(path, e))?;
+    let size = file.metadata().map_err(|e| DriverError::io(path, e))?.len();
+    let n = chunks_of(size);
+    let n_usize = usize::try_from(n).map_err(io::Error::other)?;
+    target.resize(n_usize, ZERO);
+    sent.clear();
+    sent.resize(n_usize, ZERO);
+    let (done, _) = progress.get();
+    progress.set_total(done + size);
+    let mut stats = PassStats::default();
+    // Reading and hashing run ahead of the stream on a thread of their own.
+    let (tx, rx) =
+        std::sync::mpsc::sync_channel::<Result<(u64, Option<Vec<u8>>, [u8; 32]), DriverError>>(4);
+    std::thread::scope(|s| -> Result<(), ProtoError> {
+        let file = &file;
+        s.spawn(move || {
+            for i in 0..n {
+                if cancel.load(Ordering::Relaxed) {
+                    return;
+                }
+                let mut buf = Vec::new();
+                let item = read_chunk(file, path, i, size, &mut buf).map(|has_data| {
+                    if has_data {
+                        let d = digest(&buf);
+                        (i, (d != ZERO).then_some(buf), d)
+                    } else {
+                        (i, None, ZERO)
+                    }
+                });
+                let failed = item.is_err();
+                if tx.send(item).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        for item in rx {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(ProtoError::Local(DriverError::Busy(
+                    "the move was cancelled".into(),
+                )));
+            }
+            let (i, data, d) = item?;
+            let idx = usize::try_from(i).map_err(io::Error::other)?;
+            sent[idx] = d;
+            let len = (size - i * CHUNK).min(CHUNK);
+            if target[idx] != d {
+                match &data {
+                    Some(bytes) => {
+                        proto::write_frame(tls, proto::CHUNK, &[&i.to_be_bytes(), &d, bytes])?;
+                        stats.sent_bytes += bytes.len() as u64;
+                    }
+                    None => proto::write_frame(tls, proto::ZERO, &[&i.to_be_bytes()])?,
+                }
+                target[idx] = d;
+            }
+            stats.scanned_bytes += len;
+            progress.advance(len);
+        }
+        Ok(())
+    })?;
+    if cancel.load(Ordering::Relaxed) {
+        return Err(ProtoError::Local(DriverError::Busy(
+            "the move was cancelled".into(),
+        )));
+    }
+    if sent.len() != n_usize || stats.scanned_bytes != size {
+        return Err(ProtoError::Local(DriverError::Unavailable(format!(
+            "reading {} stopped early",
+            path.display()
+        ))));
+    }
+    proto::send_json(
+        tls,
+        proto::PASS_END,
+        &proto::Done {
+            bytes: stats.sent_bytes,
+        },
+    )?;
+    let _: proto::Done = proto::expect_json(tls, proto::PASS_DONE)?;
+    Ok(stats)
+}
+
+/// The target's side of an image move, until the sender closes.
+pub fn receive<S: Read + Write>(
+    tls: &mut S,
+    path: &Path,
+    size: u64,
+    hello: &MoveHello,
+    receiver: &Weak<dyn MoveReceiver>,
+) -> Result<(), ProtoError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| DriverError::io(path, e))?;
+    let mut have = match chunk_digests(path, size) {
+        Ok(h) => h,
+        Err(e) => return proto::send_error(tls, "failed", &e.to_string()),
+    };
+    let hashes = have.iter().map(proto::digest_hex).collect();
+    proto::send_json(
+        tls,
+        proto::READY,
+        &proto::Ready {
+            hashes: Some(hashes),
+        },
+    )?;
+    let n = have.len();
+    let mut buf = Vec::new();
+    let mut received = 0u64;
+    loop {
+        let kind = match proto::read_frame(tls, &mut buf) {
+            Ok(k) => k,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        match kind {
+            proto::CHUNK | proto::ZERO => {
+                let Some(index) = buf
+                    .get(..8)
+                    .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+                else {
+                    return Err(proto::unexpected(kind));
+                };
+                let idx = usize::try_from(index).unwrap_or(usize::MAX);
+                if idx >= n {
+                    return proto::send_error(
+                        tls,
+                        "failed",
+                        &format!("chunk {index} is past the end"),
+                    );
+                }
+                let start = index * CHUNK;
+                let len = (size - start).min(CHUNK);
+                let r = if kind == proto::CHUNK {
+                    if buf.len() < 40 || (buf.len() - 40) as u64 != len {
+                        return proto::send_error(
+                            tls,
+                            "failed",
+                            &format!("chunk {index} has the wrong length"),
+                        );
+                    }
+                    have[idx].copy_from_slice(&buf[8..40]);
+                    received += len;
+                    file.write_all_at(&buf[40..], start)
+                } else {
+                    have[idx] = ZERO;
+                    punch_hole(&file, start, len)
+                };
+                if let Err(e) = r {
+                    let e = DriverError::io(path, e);
+                    let class = if e.is_no_space() {
+                        "no_space"
+                    } else {
+                        "failed"
+                    };
+                    return proto::send_error(tls, class, &e.to_string());
+                }
+            }
+            proto::PASS_END => {
+                proto::send_json(tls, proto::PASS_DONE, &proto::Done { bytes: received })?
+            }
+            proto::VERIFY => {
+                let v: proto::Verify = proto::parse(&buf)?;
+                if let Err(e) = file.sync_all() {
+                    return proto::send_error(tls, "failed", &DriverError::io(path, e).to_string());
+                }
+                match verify(path, size, v.hashes.unwrap_or_default()) {
+                    Ok(()) => proto::send_json(tls, proto::VERIFIED, &proto::Done { bytes: size })?,
+                    Err(e) => {
+                        let class = if matches!(e, DriverError::Corrupt(_)) {
+                            "corrupt"
+                        } else {
+                            "failed"
+                        };
+                        proto::send_error(tls, class, &e.to_string())?;
+                    }
+                }
+            }
+            proto::INSTALL => crate::install(tls, hello, receiver)?,
+            other => return Err(proto::unexpected(other)),
+        }
+    }
+}
+
+/// Read the file back and compare each chunk's digest with the source's.
+fn verify(path: &Path, size: u64, expected: Vec<String>) -> Result<(), DriverError> {
+    let got = chunk_digests(path, size)?;
+    if got.len() != expected.len() {
+        return Err(DriverError::Corrupt(format!(
+            "{} holds {} chunks, the source {}",
+            path.display(),
+            got.len(),
+            expected.len()
+        )));
+    }
+    let bad: Vec<usize> = got
+        .iter()
+        .zip(expected)
+        .enumerate()
+        .filter(|(_, (g, e))| **g != proto::digest_from_hex(e.clone()))
+        .map(|(i, _)| i)
+        .collect();
+    if let Some(first) = bad.first() {
+        return Err(DriverError::Corrupt(format!(
+            "{} of {} chunks read back differ from the source (first: chunk {first})",
+            bad.len(),
+            got.len()
+        )));
+    }
+    Ok(())
+}
+
+fn punch_hole(file: &File, start: u64, len: u64) -> io::Result<()> {
+    let (Ok(off), Ok(len)) = (libc::off_t::try_from(start), libc::off_t::try_from(len)) else {
+        return Err(io::Error::other("offset out of range"));
+    };
+    // SAFETY: fallocate on a descriptor we own, within the file's size
+    // (KEEP_SIZE): it only deallocates that range.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off,
+            len,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_see_holes_zeros_and_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("img");
+        let f = File::create(&p).unwrap();
+        f.set_len(3 * CHUNK + 100).unwrap();
+        f.write_all_at(&[7u8; 4096], CHUNK + 10).unwrap();
+        // Written zeros read as a hole's digest.
+        f.write_all_at(&vec![0u8; 8192], 2 * CHUNK).unwrap();
+        let d = chunk_digests(&p, 3 * CHUNK + 100).unwrap();
+        assert_eq!(d.len(), 4);
+        assert_eq!(d[0], ZERO);
+        assert_ne!(d[1], ZERO);
+        assert_eq!(d[2], ZERO);
+        assert_eq!(d[3], ZERO);
+        f.write_all_at(&[1u8], 3 * CHUNK + 99).unwrap();
+        let d2 = chunk_digests(&p, 3 * CHUNK + 100).unwrap();
+        assert_eq!(d2[1], d[1]);
+        assert_ne!(d2[3], ZERO);
+    }
+}
