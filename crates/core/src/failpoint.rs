@@ -36,6 +36,17 @@ pub const ALL: &[&str] = &[
     "autogrow.decided",
     "fence.before_blocklist",
     "fence.after_blocklist",
+    // A move, on its source (and the target's two).
+    "move.connected",
+    "move.target_prepared",
+    "move.first_pass",
+    "move.cut_over",
+    "move.final_pass",
+    "move.verified",
+    "move.target_installed",
+    "move.installed",
+    "move.committed",
+    "move.source_deleted",
 ];
 
 /// A test's code run when a failpoint is reached (to race an operation

@@ -29,6 +29,12 @@ impl Progress {
         self.total.store(bytes, Ordering::Relaxed);
     }
 
+    /// Start counting again from 0 (the next pass of a move).
+    pub fn restart(&self, total: u64) {
+        self.done.store(0, Ordering::Relaxed);
+        self.total.store(total, Ordering::Relaxed);
+    }
+
     pub fn advance(&self, bytes: u64) {
         self.done.fetch_add(bytes, Ordering::Relaxed);
     }

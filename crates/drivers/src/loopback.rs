@@ -266,6 +266,8 @@ impl Driver for LoopDriver {
             return Ok(());
         }
         std::fs::rename(&from, &to).map_err(|e| DriverError::io(&from, e))?;
+        // Empty now unless another move is arriving.
+        let _ = std::fs::remove_dir(incoming_dir(pool));
         sync_dir(&pool.path)
     }
 

@@ -106,8 +106,7 @@ pub fn send_pass<S: Read + Write>(
     target.resize(n_usize, ZERO);
     sent.clear();
     sent.resize(n_usize, ZERO);
-    let (done, _) = progress.get();
-    progress.set_total(done + size);
+    progress.restart(size);
     let mut stats = PassStats::default();
     // Reading and hashing run ahead of the stream on a thread of their own.
     let (tx, rx) =

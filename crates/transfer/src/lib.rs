@@ -264,21 +264,37 @@ fn accept_loop(
             tracing::warn!("too many move streams; refusing one");
             continue;
         }
-        let (config, receiver, running) =
-            (Arc::clone(&config), receiver.clone(), Arc::clone(&running));
-        running.fetch_add(1, Ordering::Relaxed);
+        let (config, receiver) = (Arc::clone(&config), receiver.clone());
+        let slot = Slot::take(&running);
         let spawned = std::thread::Builder::new()
             .name("transfer-recv".into())
             .spawn(move || {
+                // Given back however the stream ends (a panic included).
+                let _slot = slot;
                 let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
                 if let Err(e) = serve(tcp, config, &receiver) {
                     tracing::warn!(peer, error = %e, "a move stream ended with an error");
                 }
-                running.fetch_sub(1, Ordering::Relaxed);
             });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "cannot start a thread for a move stream");
         }
+    }
+}
+
+/// One of [`MAX_STREAMS`], held by a stream's thread.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(running: &Arc<AtomicUsize>) -> Slot {
+        running.fetch_add(1, Ordering::Relaxed);
+        Slot(Arc::clone(running))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

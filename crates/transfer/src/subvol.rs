@@ -181,8 +181,8 @@ pub fn send_pass<S: Read + Write>(
         Arc::clone(&done),
         started,
     );
-    let (d0, _) = progress.get();
-    progress.set_total(0);
+    // The size of a send stream is known only at its end.
+    progress.restart(0);
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; BLOCK];
     let mut stats = PassStats::default();
@@ -226,7 +226,7 @@ pub fn send_pass<S: Read + Write>(
             return Err(DriverError::Timeout("btrfs send did not exit".into()).into());
         }
     }
-    progress.set_total(d0 + stats.sent_bytes);
+    progress.set_total(stats.sent_bytes);
     stats.scanned_bytes = stats.sent_bytes;
     proto::send_json(
         tls,

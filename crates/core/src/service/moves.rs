@@ -465,10 +465,9 @@ impl VolumeService {
         drop(op);
         match result {
             Ok(()) => {
-                if let Some(rec) = self.moves.read().get(&name).cloned() {
-                    if rec.phase == MovePhase::Committed {
-                        self.finish_committed(&rec);
-                    }
+                let rec = self.moves.read().get(&name).cloned();
+                if let Some(rec) = rec.filter(|r| r.phase == MovePhase::Committed) {
+                    self.finish_committed(&rec);
                 }
             }
             Err(e) => self.fail_move(&name, &rec.id, &e),
@@ -491,7 +490,9 @@ impl VolumeService {
         std::thread::Builder::new()
             .name("move-progress".into())
             .spawn(move || {
-                let mut pass_start = (Instant::now(), 0u64);
+                // A pass restarts the count: the rate is of this pass.
+                let mut pass_start = Instant::now();
+                let mut last_done = 0u64;
                 let mut written = (0u64, 0u64);
                 while !done.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(250));
@@ -506,17 +507,18 @@ impl VolumeService {
                         cancel.store(true, Ordering::Relaxed);
                     }
                     let (d, t) = progress.get();
-                    if d < pass_start.1 {
-                        pass_start = (Instant::now(), 0);
+                    if d < last_done {
+                        pass_start = Instant::now();
                     }
-                    if (d, t) == written || pass_start.0.elapsed() < PROGRESS_EVERY / 2 {
+                    last_done = d;
+                    if (d, t) == written {
                         continue;
                     }
-                    let secs = pass_start.0.elapsed().as_secs_f64().max(0.001);
+                    let secs = pass_start.elapsed().as_secs_f64().max(0.001);
                     rec.progress = MoveProgress {
                         done_bytes: d,
                         total_bytes: t,
-                        rate: ((d - pass_start.1) as f64 / secs) as u64,
+                        rate: (d as f64 / secs) as u64,
                         pass: if rec.phase == MovePhase::Copying {
                             1
                         } else {
@@ -873,7 +875,8 @@ impl VolumeService {
         validate_name("volume", &hello.volume)?;
         // The watch may not have brought a just-written record yet.
         let key = move_key(&hello.volume);
-        let rec = match self.moves.read().get(&hello.volume).cloned() {
+        let cached = self.moves.read().get(&hello.volume).cloned();
+        let rec = match cached {
             Some(r) if r.id == hello.move_id => r,
             _ => {
                 self.reread(&[&key]);
