@@ -514,11 +514,13 @@ impl VolumeService {
                     if (d, t) == written {
                         continue;
                     }
-                    let secs = pass_start.elapsed().as_secs_f64().max(0.001);
+                    let ms = u64::try_from(pass_start.elapsed().as_millis())
+                        .unwrap_or(u64::MAX)
+                        .max(1);
                     rec.progress = MoveProgress {
                         done_bytes: d,
                         total_bytes: t,
-                        rate: (d as f64 / secs) as u64,
+                        rate: d.saturating_mul(1000) / ms,
                         pass: if rec.phase == MovePhase::Copying {
                             1
                         } else {
