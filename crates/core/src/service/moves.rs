@@ -215,7 +215,6 @@ impl VolumeService {
             }
             Some(_) => {}
         }
-        let key = move_key(name);
         let existing = self.moves.read().get(name).cloned();
         if let Some(m) = &existing {
             if m.in_flight() || m.phase == MovePhase::Committed {
@@ -267,9 +266,7 @@ impl VolumeService {
                 failed: None,
                 updated_at: now,
             };
-            let txn = self
-                .compare_seen(Txn::new(), &key)
-                .put(key.clone(), to_json(&rec));
+            let txn = self.put_move(&rec);
             let event = self.events.next(
                 EventKind::Move,
                 Some(&vol.pool),
@@ -308,10 +305,7 @@ impl VolumeService {
                 return Ok(rec);
             }
             rec.cancel = true;
-            let key = move_key(name);
-            let txn = self
-                .compare_seen(Txn::new(), &key)
-                .put(key.clone(), to_json(&rec));
+            let txn = self.put_move(&rec);
             match self.write_move(txn, &rec, None) {
                 Ok(()) => return Ok(rec),
                 Err(Error::Conflict { .. }) => continue,
@@ -321,6 +315,13 @@ impl VolumeService {
         Err(Error::Conflict {
             name: name.to_string(),
         })
+    }
+
+    /// A transaction writing `rec`, compared on the revision last seen.
+    fn put_move(&self, rec: &MoveRecord) -> Txn {
+        let key = move_key(&rec.volume);
+        self.compare_seen(Txn::new(), &key)
+            .put(key.clone(), to_json(rec))
     }
 
     /// Commit `txn` (which writes `rec`), then take it into the copy.
@@ -527,10 +528,7 @@ impl VolumeService {
                             2
                         },
                     };
-                    let key = move_key(&name);
-                    let txn = svc
-                        .compare_seen(Txn::new(), &key)
-                        .put(key.clone(), to_json(&rec));
+                    let txn = svc.put_move(&rec);
                     if svc.write_move(txn, &rec, None).is_ok() {
                         written = (d, t);
                     }
@@ -647,10 +645,7 @@ impl VolumeService {
             let mut next = rec.clone();
             next.phase = MovePhase::CuttingOver;
             next.updated_at = Utc::now();
-            let key = move_key(name);
-            let txn = self
-                .compare_seen(Txn::new(), &key)
-                .put(key.clone(), to_json(&next));
+            let txn = self.put_move(&next);
             let ev = self.event(
                 EventKind::Move,
                 &vol,
@@ -691,10 +686,7 @@ impl VolumeService {
         let mut next = rec.clone();
         next.phase = MovePhase::Committed;
         next.updated_at = Utc::now();
-        let key = move_key(name);
-        let txn = self
-            .compare_seen(Txn::new(), &key)
-            .put(key.clone(), to_json(&next));
+        let txn = self.put_move(&next);
         let ev = self.events.next(
             EventKind::Move,
             Some(&rec.to_pool),
@@ -785,13 +777,7 @@ impl VolumeService {
     fn unmark_moving(&self, name: &str, rec: Option<&MoveRecord>) -> Result<()> {
         let _g = self.lock_op(name, Wait::Block)?;
         let vol = self.get_volume(name)?;
-        let key = move_key(name);
-        let txn = match rec {
-            Some(r) => self
-                .compare_seen(Txn::new(), &key)
-                .put(key.clone(), to_json(r)),
-            None => Txn::new(),
-        };
+        let txn = rec.map_or_else(Txn::new, |r| self.put_move(r));
         if vol.state == VolumeState::Moving
             && vol.node.as_deref() == Some(self.config.node_id.as_str())
         {
