@@ -320,7 +320,11 @@ fn net_partitions_heals_and_cleans_up() {
     // A process left in a namespace: the check sees it (and the names),
     // and the drop kills it.
     let mut sleeper = net.command("c", &["sleep", "600"]).spawn().unwrap();
-    assert_eq!(net.host_pids("c"), vec![sleeper.id()], "nsenter execs");
+    // nsenter joins the namespace after the spawn returns: wait for it.
+    eventually("nsenter execs in c", || {
+        let pids = net.host_pids("c");
+        (pids == vec![sleeper.id()]).then_some(()).ok_or(format!("{pids:?}"))
+    });
     let before = check.leftovers();
     assert_eq!(before.len(), 5, "4 namespaces and the sleeper: {before:?}");
     assert!(
