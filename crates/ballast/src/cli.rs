@@ -62,6 +62,9 @@ pub enum Command {
     /// Manage snapshots
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// Backups to S3 or a directory, and restores from them
+    #[command(subcommand)]
+    Backup(crate::backup_cli::BackupCmd),
     /// The nodes sharing this daemon's store
     #[command(subcommand)]
     Node(crate::node_cli::NodeCmd),
@@ -295,6 +298,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events { follow, limit } => events(&client()?, output, *follow, *limit),
         Command::Snapshot(cmd) => snapshot(&client()?, output, cmd),
         Command::Claim(cmd) => crate::claims::run(&client()?, output, cmd),
+        Command::Backup(cmd) => crate::backup_cli::run(&client()?, output, cmd),
         Command::Node(cmd) => crate::node_cli::run(&client()?, output, cmd),
         Command::Offers(a) => crate::node_cli::offers(&client()?, output, a),
         Command::Cluster(cmd) => crate::node_cli::cluster(&client()?, output, cmd),

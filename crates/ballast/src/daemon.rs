@@ -447,6 +447,12 @@ async fn run(config: Config, api_socket: Option<PathBuf>, dirs: &Dirs) -> anyhow
     // Places creates while this node is the controller; does the work other
     // nodes ask of this one.
     service.start_agent().context("starting the node agent")?;
+    // Backups this node runs (its volumes'), and their schedules.
+    let engine = ballast_backup::Engine::new().context("starting the backup engine")?;
+    service.set_backup_engine(Arc::new(engine));
+    service
+        .start_backups()
+        .context("starting the backup runner")?;
     // Fences of this node to clean up after, fences to lift, and mapping
     // helpers that stopped answering.
     service

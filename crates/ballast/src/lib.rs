@@ -2,6 +2,7 @@
 //! and `ballast serve`, which wires the core, store, host, drivers and
 //! front-ends together.
 
+pub mod backup_cli;
 pub mod claims;
 pub mod cli;
 pub mod client;

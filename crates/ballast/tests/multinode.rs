@@ -323,7 +323,9 @@ fn net_partitions_heals_and_cleans_up() {
     // nsenter joins the namespace after the spawn returns: wait for it.
     eventually("nsenter execs in c", || {
         let pids = net.host_pids("c");
-        (pids == vec![sleeper.id()]).then_some(()).ok_or(format!("{pids:?}"))
+        (pids == vec![sleeper.id()])
+            .then_some(())
+            .ok_or(format!("{pids:?}"))
     });
     let before = check.leftovers();
     assert_eq!(before.len(), 5, "4 namespaces and the sleeper: {before:?}");

@@ -523,6 +523,44 @@ impl Image {
         Ok(size)
     }
 
+    /// Read up to `buf.len()` bytes at `offset`; the count read (short at
+    /// the end of the image).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        // SAFETY: open image; buf is valid for buf.len() bytes of writes.
+        let rc = unsafe { sys::rbd_read(self.img, offset, buf.len(), buf.as_mut_ptr().cast()) };
+        let rc = c_int::try_from(rc).unwrap_or(-libc::EOVERFLOW);
+        let n = check(|| format!("read {} at {offset}", self.name), rc)?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    /// Write all of `buf` at `offset`.
+    pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            // SAFETY: open image; the slice is valid for its length.
+            let rc = unsafe {
+                sys::rbd_write(self.img, at, buf.len() - done, buf[done..].as_ptr().cast())
+            };
+            let rc = c_int::try_from(rc).unwrap_or(-libc::EOVERFLOW);
+            let n = check(|| format!("write {} at {at}", self.name), rc)?;
+            if n == 0 {
+                return Err(CephError::Call {
+                    what: format!("write {} at {at}: wrote nothing", self.name),
+                    errno: libc::EIO,
+                });
+            }
+            done += usize::try_from(n).unwrap_or(0);
+        }
+        Ok(())
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        // SAFETY: open image.
+        let rc = unsafe { sys::rbd_flush(self.img) };
+        check(|| format!("flush {}", self.name), rc).map(drop)
+    }
+
     pub fn resize(&self, size: u64) -> Result<()> {
         // SAFETY: open image.
         let rc = unsafe { sys::rbd_resize(self.img, size) };

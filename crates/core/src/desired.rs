@@ -250,8 +250,13 @@ impl VolumeService {
             return self.create_volume_with(req, wait);
         }
         // A copy is made where its source is.
-        if let Some(source) = &req.source {
-            // A source that does not resolve gets its error from the local
+        if let Some(source) = req
+            .source
+            .as_ref()
+            .filter(|s| !matches!(s, crate::model::CreateSource::Backup { .. }))
+        {
+            // A backup is on a target every node reaches: placed as any
+            // create. A source that does not resolve gets its error from the local
             // create, which checks it fully.
             let node = match self.source_node(source) {
                 Ok(node) if node != self.config.node_id && self.is_clustered() => node,
@@ -402,6 +407,7 @@ impl VolumeService {
         let pool = match source {
             crate::model::CreateSource::Volume(n) => self.get_volume(n)?.pool,
             crate::model::CreateSource::Snapshot(n) => self.get_snapshot(n)?.pool,
+            crate::model::CreateSource::Backup { .. } => return Ok(self.config.node_id.clone()),
         };
         Ok(self
             .get_pool(&pool)?

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::backups::VolumeData;
 use crate::host::{HostError, LoopDevice};
 use crate::model::{DriverKind, Pool, PoolDisk, Snapshot, Volume};
 use crate::moves::MoveData;
@@ -293,6 +294,23 @@ pub trait Driver: Send + Sync {
     /// Delete the source's move snapshots. Idempotent.
     fn move_cleanup(&self, _pool: &Pool, _vol: &Volume, _move_id: &str) -> Result<(), DriverError> {
         Ok(())
+    }
+
+    // ----- backups (see crate::backups) -----------------------------------
+
+    /// A snapshot's data, for a backup to read.
+    fn snapshot_data(&self, pool: &Pool, _snap: &Snapshot) -> Result<VolumeData, DriverError> {
+        Err(DriverError::Unsupported(format!(
+            "snapshots of pool {} ({}) cannot be backed up",
+            pool.name, pool.driver
+        )))
+    }
+    /// A volume's data (made empty, not staged), for a restore to write.
+    fn volume_data(&self, pool: &Pool, _vol: &Volume) -> Result<VolumeData, DriverError> {
+        Err(DriverError::Unsupported(format!(
+            "backups cannot be restored into pool {} ({})",
+            pool.name, pool.driver
+        )))
     }
 }
 

@@ -41,6 +41,8 @@ pub enum EventKind {
     Fence,
     /// A volume's move to another node or pool.
     Move,
+    /// A backup finished (a failed one is a warning).
+    Backup,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

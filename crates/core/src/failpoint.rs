@@ -47,6 +47,12 @@ pub const ALL: &[&str] = &[
     "move.installed",
     "move.committed",
     "move.source_deleted",
+    // A backup, on the volume's node, and a restore.
+    "backup.running",
+    "backup.snapshot_taken",
+    "backup.uploading",
+    "backup.manifest_written",
+    "restore.after_data",
 ];
 
 /// A test's code run when a failpoint is reached (to race an operation

@@ -5,6 +5,7 @@
 //! Front-ends (REST, Docker plugin, CSI) translate into calls on
 //! `VolumeService` and hold no volume logic of their own.
 
+pub mod backups;
 pub mod claims;
 pub mod desired;
 pub mod driver;

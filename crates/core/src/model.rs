@@ -995,6 +995,11 @@ pub fn parse_autogrow(s: &str) -> Result<Autogrow, InvalidInput> {
 pub enum CreateSource {
     Snapshot(String),
     Volume(String),
+    /// Restored from a backup on a target.
+    Backup {
+        target: String,
+        id: String,
+    },
 }
 
 impl CreateSource {
@@ -1002,6 +1007,7 @@ impl CreateSource {
     pub fn name(&self) -> &str {
         match self {
             CreateSource::Snapshot(n) | CreateSource::Volume(n) => n,
+            CreateSource::Backup { id, .. } => id,
         }
     }
 }

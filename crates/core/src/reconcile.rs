@@ -135,6 +135,8 @@ impl VolumeService {
             moves: Default::default(),
             move_workers: Mutex::new(Default::default()),
             mover: Default::default(),
+            backup_engine: Default::default(),
+            backup_workers: Default::default(),
             node_lease: Mutex::new(None),
             clustered: Default::default(),
         };

@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use ballast_core::backups::VolumeData;
 use ballast_core::driver::{NodeOps, PoolUsage, SourceRef};
 use ballast_core::host::{Host, LoopDevice};
 use ballast_core::model::{DiskKind, DriverKind, Pool, PoolDisk, Snapshot, Volume};
@@ -408,6 +409,14 @@ impl Driver for BtrfsDriver {
     }
 
     // O(1) snapshots and clones: nothing to count in `progress`.
+    fn snapshot_data(&self, pool: &Pool, snap: &Snapshot) -> Result<VolumeData, DriverError> {
+        Ok(VolumeData::Tree(snapshot_path(pool, snap)))
+    }
+
+    fn volume_data(&self, pool: &Pool, vol: &Volume) -> Result<VolumeData, DriverError> {
+        Ok(VolumeData::Tree(subvolume(pool, vol)))
+    }
+
     fn snapshot(
         &self,
         pool: &Pool,

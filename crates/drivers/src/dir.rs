@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use ballast_core::backups::VolumeData;
 use ballast_core::driver::{NodeOps, PoolUsage, SourceRef};
 use ballast_core::host::{Host, LoopDevice};
 use ballast_core::model::{DriverKind, Pool, Snapshot, Volume};
@@ -78,6 +79,14 @@ impl Driver for DirDriver {
 
     fn resize(&self, _pool: &Pool, _vol: &Volume, _new_size: u64) -> Result<(), DriverError> {
         Ok(())
+    }
+
+    fn snapshot_data(&self, pool: &Pool, snap: &Snapshot) -> Result<VolumeData, DriverError> {
+        Ok(VolumeData::Tree(snapshot_dir(pool, snap)))
+    }
+
+    fn volume_data(&self, pool: &Pool, vol: &Volume) -> Result<VolumeData, DriverError> {
+        Ok(VolumeData::Tree(volume_dir(pool, vol)))
     }
 
     fn snapshot(

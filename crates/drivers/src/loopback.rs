@@ -7,6 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use ballast_core::backups::VolumeData;
 use ballast_core::driver::{NodeOps, PoolUsage, SourceRef};
 use ballast_core::host::{Host, LoopDevice, MountOptions};
 use ballast_core::model::{DriverKind, FsType, Pool, Snapshot, Volume};
@@ -159,6 +160,14 @@ impl Driver for LoopDriver {
                 .map_err(|e| DriverError::io(&path, e))?;
         }
         Ok(())
+    }
+
+    fn snapshot_data(&self, pool: &Pool, snap: &Snapshot) -> Result<VolumeData, DriverError> {
+        Ok(VolumeData::Image(snapshot_path(pool, snap)))
+    }
+
+    fn volume_data(&self, pool: &Pool, vol: &Volume) -> Result<VolumeData, DriverError> {
+        Ok(VolumeData::Image(image_path(pool, vol)))
     }
 
     fn snapshot(

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ballast_ceph::{CephError, ClientConf, Cluster, IMAGE_FEATURES};
+use ballast_core::backups::VolumeData;
 use ballast_core::driver::{NodeOps, PoolUsage, SourceRef};
 use ballast_core::host::{Host, LoopDevice};
 use ballast_core::model::{CephPool, DriverKind, Pool, Snapshot, Volume};
@@ -298,6 +299,20 @@ impl Driver for RbdDriver {
     }
 
     /// An RBD snapshot, protected so clones can be made of it.
+    fn snapshot_data(&self, pool: &Pool, snap: &Snapshot) -> Result<VolumeData, DriverError> {
+        let img = self
+            .rados_pool(pool)?
+            .open(&snap.source_volume_id, Some(&snap.id))
+            .map_err(ceph_error)?;
+        Ok(VolumeData::Block(Box::new(RbdBlock(img))))
+    }
+
+    fn volume_data(&self, pool: &Pool, vol: &Volume) -> Result<VolumeData, DriverError> {
+        Ok(VolumeData::Block(Box::new(RbdBlock(
+            self.open(pool, &vol.id)?,
+        ))))
+    }
+
     fn snapshot(
         &self,
         pool: &Pool,
@@ -655,5 +670,28 @@ impl NodeOps for RbdNode {
             }
         }
         killed
+    }
+}
+
+/// An rbd image (or snapshot) read and written through librbd, for
+/// backups and restores.
+struct RbdBlock(ballast_ceph::Image);
+
+fn rbd_io(e: CephError) -> std::io::Error {
+    std::io::Error::from_raw_os_error(e.errno().unwrap_or(libc::EIO))
+}
+
+impl ballast_core::backups::BlockIo for RbdBlock {
+    fn size(&self) -> u64 {
+        self.0.size().unwrap_or(0)
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read_at(offset, buf).map_err(rbd_io)
+    }
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+        self.0.write_at(offset, buf).map_err(rbd_io)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush().map_err(rbd_io)
     }
 }

@@ -620,7 +620,8 @@ impl csi::controller_server::Controller for CsiPlugin {
                 self.service.get_snapshot(n).map(|s| s.size_bytes).ok()
             }
             Some(CreateSource::Volume(n)) => self.service.get_volume(n).map(|v| v.size_bytes).ok(),
-            None => None,
+            // CSI names no backups as sources.
+            Some(CreateSource::Backup { .. }) | None => None,
         };
         let min = min.max(source_size.unwrap_or(0));
         let default = source_size.unwrap_or_else(|| self.service.default_size());

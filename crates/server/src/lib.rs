@@ -4,6 +4,7 @@
 //! error exhaustively; they hold no volume logic.
 
 pub mod api;
+pub mod backups;
 pub mod csi;
 pub mod dashboard;
 pub mod docker;

@@ -110,7 +110,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -216,7 +216,7 @@ where
 }
 
 /// Run a blocking core call off the async workers.
-async fn blocking<T, F>(state: &ApiState, f: F) -> Result<T, ApiError>
+pub(crate) async fn blocking<T, F>(state: &ApiState, f: F) -> Result<T, ApiError>
 where
     F: FnOnce(&VolumeService) -> ballast_core::Result<T> + Send + 'static,
     T: Send + 'static,
@@ -245,6 +245,19 @@ where
         get_move,
         cancel_move,
         list_moves,
+        crate::backups::add_target,
+        crate::backups::list_targets,
+        crate::backups::remove_target,
+        crate::backups::create_backup,
+        crate::backups::list_runs,
+        crate::backups::get_run,
+        crate::backups::list_backups,
+        crate::backups::get_backup,
+        crate::backups::delete_backup,
+        crate::backups::restore_backup,
+        crate::backups::set_schedule,
+        crate::backups::remove_schedule,
+        crate::backups::list_schedules,
         list_pools,
         list_nodes,
         get_node,
@@ -276,6 +289,15 @@ where
         ResizeBody,
         MoveBody,
         MoveView,
+        crate::backups::TargetBody,
+        crate::backups::BackupBody,
+        crate::backups::RestoreBody,
+        crate::backups::ScheduleBody,
+        ballast_core::backups::BackupTarget,
+        ballast_core::backups::BackupRecord,
+        ballast_core::backups::BackupInfo,
+        ballast_core::backups::BackupSchedule,
+        ballast_core::backups::GcStats,
         VolumeView,
         PoolView,
         CreatePoolBody,
@@ -316,6 +338,7 @@ pub fn router(state: ApiState) -> Router {
             get(get_move).post(move_volume).delete(cancel_move),
         )
         .route("/v1/moves", get(list_moves))
+        .merge(crate::backups::routes())
         .route("/v1/volumes/{name}/snapshots", post(create_snapshot))
         .route("/v1/snapshots", get(list_snapshots))
         .route(

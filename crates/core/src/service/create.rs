@@ -74,12 +74,18 @@ impl VolumeService {
         if let Some(existing) = self.volumes.read().get(&req.name).cloned() {
             return check_same(&existing, &req).map(|()| existing);
         }
-        if let Some(source) = req.source.clone() {
-            return self.create_copy(req, source, wait);
-        }
+        let restore = match req.source.clone() {
+            Some(CreateSource::Backup { target, id }) => Some((target, id)),
+            Some(source) => return self.create_copy(req, source, wait),
+            None => None,
+        };
         self.check_pool_here(&pool)?;
         self.check_not_cordoned()?;
         let (size, fs) = self.resolve_shape(&req, &pool)?;
+        let restored = match &restore {
+            Some((target, id)) => Some(self.restored_shape(&pool, target, id)?),
+            None => None,
+        };
         Self::check_autogrow(&req, &pool, size)?;
         let vol = Volume {
             id: uuid::Uuid::new_v4().simple().to_string(),
@@ -91,11 +97,12 @@ impl VolumeService {
             labels: req.labels.clone(),
             created_at: Utc::now(),
             state: VolumeState::Creating,
-            formatted: false,
+            // A restore brings the filesystem with the data.
+            formatted: restored.as_ref().is_some_and(|m| m.formatted),
             block: req.block,
             fs_grow_pending: false,
             autogrow: req.autogrow,
-            source: None,
+            source: req.source.clone(),
             cow: false,
             // Shared storage is no node's: any node may stage it.
             node: (!pool.is_shared()).then(|| self.config.node_id.clone()),
@@ -135,17 +142,26 @@ impl VolumeService {
             return Err(e.into());
         }
         self.failpoints.hit("create.after_image");
+        if let Some((target, id)) = &restore {
+            let op = self.operations.start("restore", &vol.name, id);
+            let r = self.restore_into(&pool, &vol, target, id, op.progress());
+            self.failpoints.hit("restore.after_data");
+            if let Err(e) = r {
+                self.undo_create(&pool, &vol);
+                return Err(e);
+            }
+        }
         let mut done = vol;
         done.state = VolumeState::Available;
-        let ev = self.event(
-            EventKind::Create,
-            &done,
-            format!(
+        let what = match &restore {
+            Some((target, id)) => format!("restored from backup {id} on {target}"),
+            None => format!(
                 "created {} volume of {} bytes",
                 fs.map_or(pool.driver.as_str(), FsType::as_str),
                 size
             ),
-        );
+        };
+        let ev = self.event(EventKind::Create, &done, what);
         if let Err(e) = self.persist(
             Txn::new(),
             &done.name,
@@ -182,6 +198,7 @@ impl VolumeService {
                 self.check_settled(&v)?;
                 (Some(g), Some(v), None)
             }
+            CreateSource::Backup { .. } => unreachable!("restores are created in place"),
             CreateSource::Snapshot(name) => {
                 let s = self.get_snapshot(name)?;
                 if !s.ready {
@@ -293,6 +310,7 @@ impl VolumeService {
         let what = match &source {
             CreateSource::Volume(n) => format!("cloned from volume {n}"),
             CreateSource::Snapshot(n) => format!("restored from snapshot {n}"),
+            CreateSource::Backup { id, .. } => format!("restored from backup {id}"),
         };
         let ev = self.event(EventKind::Create, &done, what);
         if let Err(e) = self.persist(
@@ -490,6 +508,7 @@ pub(crate) fn check_same(existing: &Volume, req: &CreateVolume) -> Result<()> {
             diffs.push(match &existing.source {
                 Some(CreateSource::Snapshot(s)) => format!("source is snapshot {s}"),
                 Some(CreateSource::Volume(v)) => format!("source is volume {v}"),
+                Some(CreateSource::Backup { id, .. }) => format!("source is backup {id}"),
                 None => "it was not made from a snapshot or volume".to_string(),
             });
         }

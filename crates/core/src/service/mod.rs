@@ -284,9 +284,15 @@ pub struct VolumeService {
     pub(crate) move_workers: Mutex<std::collections::HashSet<String>>,
     /// Carries move streams (set once the daemon listens for them).
     pub(crate) mover: std::sync::OnceLock<Arc<dyn crate::moves::MoveTransport>>,
+    /// Stores backups (set by the daemon).
+    pub(crate) backup_engine: std::sync::OnceLock<Arc<dyn crate::backups::BackupEngine>>,
+    /// Ids of the backups this node's workers run.
+    pub(crate) backup_workers: Mutex<std::collections::HashSet<String>>,
 }
 
 mod autogrow;
+mod backups;
+pub use backups::{BackupRequest, RestoreRequest, BACKUP_DEADLINE};
 mod cache;
 mod create;
 mod delete;
