@@ -40,11 +40,13 @@ use serde::{Deserialize, Serialize};
 
 pub use tree::TreeEntry;
 
-/// Chunk size: large enough that a 1 GiB volume is 256 objects, small
-/// enough that changing 10 MiB of it sends little more than 10 MiB.
-pub const CHUNK_SIZE: u64 = 4 << 20;
+/// Chunk size: small, so that a change of 10 MiB inside a filesystem
+/// (its data, and the journal, inode and superblock blocks it touches)
+/// sends little more than 10 MiB; large enough that a 1 GiB volume is
+/// 1024 objects.
+pub const CHUNK_SIZE: u64 = 1 << 20;
 /// Chunks in flight at once.
-const PARALLEL: usize = 8;
+const PARALLEL: usize = 16;
 const MANIFEST_FORMAT: u32 = 1;
 
 /// One backup's manifest, as stored.

@@ -34,6 +34,18 @@ const TOOLS: &[&str] = &[
 const MON_PORT: u16 = 6789;
 const MON: &str = "mon.a";
 const MGR: &str = "mgr.x";
+const RGW: &str = "rgw";
+const RGW_ACCESS: &str = "BALLASTTESTACCESSKEY";
+const RGW_SECRET: &str = "ballast-test-secret-key-0123456789abcdef";
+
+/// A running RADOS Gateway and its S3 user.
+#[derive(Debug, Clone)]
+pub struct Rgw {
+    pub url: String,
+    pub port: u16,
+    pub access_key: String,
+    pub secret_key: String,
+}
 
 /// How long a client command may take before the harness gives up on it:
 /// `ceph` and `rbd` wait for an unreachable monitor forever.
@@ -84,6 +96,16 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// A port for the gateway: free on loopback; in a namespace of its own any
+/// fixed one is.
+fn free_port_on(addr: Ipv4Addr) -> u16 {
+    if addr.is_loopback() {
+        free_port()
+    } else {
+        7480
+    }
+}
+
 fn new_uuid() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/uuid")
         .expect("a uuid from /proc/sys/kernel/random/uuid")
@@ -119,8 +141,10 @@ pub struct Ceph {
     /// in, entered with `nsenter --net` (None: the test's own).
     netns: Option<PathBuf>,
     osd_id: String,
-    /// (daemon name, process) of what runs: mon.a, mgr.x, osd.N.
+    /// (daemon name, process) of what runs: mon.a, mgr.x, osd.N, rgw.
     children: Vec<(String, Child)>,
+    /// The gateway, once started.
+    rgw: Option<Rgw>,
 }
 
 impl Ceph {
@@ -159,6 +183,7 @@ impl Ceph {
             netns,
             osd_id: String::new(),
             children: Vec::new(),
+            rgw: None,
         };
         let fsid = new_uuid();
         std::fs::write(c.conf(), c.conf_text(&fsid)).expect("write ceph.conf");
@@ -246,6 +271,130 @@ impl Ceph {
         }
     }
 
+    /// Start a RADOS Gateway, Ceph's S3 service, on `addr:port` with an S3
+    /// user of its own; returns once it answers HTTP. A gateway that ran
+    /// before (see [`Ceph::stop_rgw`]) comes back with its data.
+    pub fn start_rgw(&mut self) -> Rgw {
+        let port = match &self.rgw {
+            Some(r) => r.port,
+            None => free_port_on(self.addr),
+        };
+        std::fs::create_dir_all(self.root.join("rgw")).expect("rgw data dir");
+        let out_path = self.root.join("log").join("rgw.out");
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(&out_path)
+            .unwrap_or_else(|e| panic!("{}: {e}", out_path.display()));
+        let err = out.try_clone().expect("dup rgw output");
+        let child = self
+            .command("radosgw")
+            .arg("-f")
+            .arg("-c")
+            .arg(self.conf())
+            .args(["-n", "client.admin"])
+            .arg("--rgw-frontends")
+            .arg(format!("beast endpoint={}:{port}", self.addr))
+            .arg("--rgw-data")
+            .arg(self.root.join("rgw"))
+            .args([
+                "--log-file",
+                &self.root.join("log/rgw.log").display().to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn radosgw: {e}"));
+        self.children.push((RGW.to_string(), child));
+        let url = format!("http://{}:{port}", self.addr);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            self.check_children();
+            let mut probe = self.command("curl");
+            probe.args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-m",
+                "5",
+                &url,
+            ]);
+            let answered = run_timeout(probe, Duration::from_secs(10))
+                .map(|o| String::from_utf8_lossy(&o.stdout).starts_with('2'))
+                .unwrap_or(false);
+            if answered {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "radosgw does not answer on {url}:\n{}",
+                tail(&self.root.join("log/rgw.log"), 40)
+            );
+            std::thread::sleep(POLL);
+        }
+        if self.rgw.is_none() {
+            let mut cmd = self.command("radosgw-admin");
+            cmd.arg("-c").arg(self.conf()).args([
+                "user",
+                "create",
+                "--uid=ballast",
+                "--display-name=ballast",
+                "--access-key",
+                RGW_ACCESS,
+                "--secret-key",
+                RGW_SECRET,
+            ]);
+            let out = run_timeout(cmd, CLIENT_TIMEOUT).expect("run radosgw-admin");
+            assert!(
+                out.status.success(),
+                "radosgw-admin user create: {}",
+                text(&out)
+            );
+        }
+        let rgw = Rgw {
+            url,
+            port,
+            access_key: RGW_ACCESS.into(),
+            secret_key: RGW_SECRET.into(),
+        };
+        self.rgw = Some(rgw.clone());
+        rgw
+    }
+
+    /// SIGKILL the gateway (S3 calls then fail: connection refused).
+    pub fn stop_rgw(&mut self) {
+        self.kill(RGW);
+    }
+
+    /// Make a bucket with the gateway's user, through the gateway.
+    pub fn create_bucket(&self, bucket: &str) {
+        let rgw = self.rgw.as_ref().expect("start_rgw first");
+        let mut cmd = self.command("curl");
+        // An unsigned PUT is refused; the harness signs with curl's SigV4.
+        cmd.args([
+            "-s",
+            "-f",
+            "-m",
+            "20",
+            "-X",
+            "PUT",
+            "--aws-sigv4",
+            "aws:amz:us-east-1:s3",
+            "--user",
+            &format!("{}:{}", rgw.access_key, rgw.secret_key),
+            &format!("{}/{bucket}", rgw.url),
+        ]);
+        let out = run_timeout(cmd, CLIENT_TIMEOUT).expect("run curl");
+        assert!(
+            out.status.success(),
+            "create bucket {bucket}: {}",
+            text(&out)
+        );
+    }
+
     /// The end of every daemon's log and output, for a failure message.
     pub fn log(&self) -> String {
         let mut out = String::new();
@@ -285,6 +434,8 @@ admin socket = {d}/run/$name.$pid.asok
 log file = {d}/log/$name.log
 osd pool default size = 1
 osd pool default min size = 1
+osd pool default pg num = 8
+osd pool default pgp num = 8
 osd pool default pg autoscale mode = off
 mon max pg per osd = 500
 mon allow pool size one = true
