@@ -283,7 +283,8 @@ fn sparse_copy(from: &File, to: &File, len: u64, progress: &Progress) -> std::io
     Ok(())
 }
 
-/// Copy a directory tree (files, directories, symlinks, permissions) from
+/// Copy a directory tree (files, directories, symlinks, permissions,
+/// owners) from
 /// `src` to `dst`, which must not exist, counting file bytes into
 /// `progress`. Symlinks are copied, not followed.
 pub fn copy_tree(src: &Path, dst: &Path, progress: &Progress) -> std::io::Result<()> {
@@ -310,6 +311,7 @@ fn copy_tree_counted(src: &Path, dst: &Path, progress: &Progress) -> std::io::Re
     let md = std::fs::symlink_metadata(src)?;
     std::fs::create_dir(dst)?;
     std::fs::set_permissions(dst, md.permissions())?;
+    own_like(&md, dst)?;
     for entry in std::fs::read_dir(src)? {
         let entry = entry?;
         let from = entry.path();
@@ -319,12 +321,21 @@ fn copy_tree_counted(src: &Path, dst: &Path, progress: &Progress) -> std::io::Re
             copy_tree_counted(&from, &to, progress)?;
         } else if ft.is_symlink() {
             std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
+            own_like(&entry.metadata()?, &to)?;
         } else if ft.is_file() {
             progress.advance(std::fs::copy(&from, &to)?);
+            own_like(&entry.metadata()?, &to)?;
         }
         // Sockets, fifos and devices are not data: skipped.
     }
     Ok(())
+}
+
+/// Give `path` (not what a link points to) the owner of `md`: a copy made
+/// as root would otherwise belong to root.
+fn own_like(md: &std::fs::Metadata, path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    std::os::unix::fs::lchown(path, Some(md.uid()), Some(md.gid()))
 }
 
 #[cfg(test)]

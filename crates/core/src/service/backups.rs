@@ -737,6 +737,7 @@ impl VolumeService {
         let started = std::time::Instant::now();
         let last = Mutex::new(std::time::Instant::now());
         let report = |uploaded: u64| {
+            self.failpoints.hit("backup.uploading");
             let mut l = last.lock();
             if l.elapsed() < Duration::from_secs(1) {
                 return;
@@ -754,7 +755,6 @@ impl VolumeService {
             if let Err(e) = self.put_backup(&r, None) {
                 tracing::debug!(error = %e, "backup progress not recorded");
             }
-            self.failpoints.hit("backup.uploading");
         };
         let cancel = AtomicBool::new(false);
         let info = self.engine()?.backup(
