@@ -133,6 +133,9 @@ impl Drop for Engine {
 
 impl Engine {
     pub fn new() -> std::io::Result<Self> {
+        // The S3 client's TLS needs a process-wide crypto provider, and the
+        // build has two (ring, aws-lc): say which. Already set is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("backup-io")
@@ -181,10 +184,12 @@ fn open(target: &BackupTarget) -> Result<Repo, DriverError> {
                 .with_endpoint(url)
                 .with_bucket_name(bucket)
                 .with_region(region.as_deref().unwrap_or("us-east-1"))
-                .with_allow_http(true)
                 .with_virtual_hosted_style_request(false)
+                // The options carry their own allow_http: set it there, or
+                // they switch it off again.
                 .with_client_options(
                     ClientOptions::new()
+                        .with_allow_http(true)
                         .with_connect_timeout(Duration::from_secs(5))
                         .with_timeout(Duration::from_secs(60)),
                 )

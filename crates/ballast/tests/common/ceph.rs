@@ -376,11 +376,15 @@ impl Ceph {
         // An unsigned PUT is refused; the harness signs with curl's SigV4.
         cmd.args([
             "-s",
-            "-f",
+            "-w",
+            "\nHTTP %{http_code}",
             "-m",
             "20",
             "-X",
             "PUT",
+            // S3 wants the payload's hash signed; curl 7.88 does not add it.
+            "-H",
+            "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
             "--aws-sigv4",
             "aws:amz:us-east-1:s3",
             "--user",
@@ -388,8 +392,9 @@ impl Ceph {
             &format!("{}/{bucket}", rgw.url),
         ]);
         let out = run_timeout(cmd, CLIENT_TIMEOUT).expect("run curl");
+        let said = String::from_utf8_lossy(&out.stdout);
         assert!(
-            out.status.success(),
+            out.status.success() && said.trim_end().ends_with("HTTP 200"),
             "create bucket {bucket}: {}",
             text(&out)
         );
