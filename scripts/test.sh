@@ -32,6 +32,10 @@ for p in ceph-mon ceph-osd ceph-mgr rbd-fuse; do
   command -v "$p" >/dev/null || need_pkgs+=("$p")
 done
 command -v ceph >/dev/null || need_pkgs+=(ceph-common)
+# Backups go to Ceph's RADOS Gateway (S3) in crates/ballast/tests/backups.rs;
+# curl makes its bucket there.
+command -v radosgw >/dev/null || need_pkgs+=(radosgw)
+command -v curl >/dev/null || need_pkgs+=(curl)
 [[ -e /usr/include/rados/librados.h ]] || need_pkgs+=(librados-dev)
 [[ -e /usr/include/rbd/librbd.h ]] || need_pkgs+=(librbd-dev)
 compgen -G '/usr/lib/llvm-*/lib/libclang.so' >/dev/null || need_pkgs+=(libclang-dev)

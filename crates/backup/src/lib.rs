@@ -21,13 +21,13 @@ use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path as FsPath;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ballast_core::backups::{
-    BackupEngine, BackupInfo, BackupMeta, BackupTarget, BlockIo, Deadline, GcStats, TargetLocation,
-    VolumeData,
+    BackupEngine, BackupInfo, BackupMeta, BackupRun, BackupTarget, BlockIo, Deadline, GcStats,
+    TargetLocation, VolumeData,
 };
 use ballast_core::progress::Progress;
 use ballast_core::DriverError;
@@ -44,7 +44,13 @@ pub use tree::TreeEntry;
 /// (its data, and the journal, inode and superblock blocks it touches)
 /// sends little more than 10 MiB; large enough that a 1 GiB volume is
 /// 1024 objects.
-pub const CHUNK_SIZE: u64 = 1 << 20;
+pub const CHUNK_SIZE: u64 = CHUNK as u64;
+const CHUNK: usize = 1 << 20;
+
+/// The length of the chunk that starts `rest` bytes before the end.
+pub(crate) fn chunk_len(rest: u64) -> usize {
+    usize::try_from(rest.min(CHUNK_SIZE)).unwrap_or(CHUNK)
+}
 /// Chunks in flight at once.
 const PARALLEL: usize = 16;
 const MANIFEST_FORMAT: u32 = 1;
@@ -460,11 +466,14 @@ impl BackupEngine for Engine {
         target: &BackupTarget,
         meta: &BackupMeta,
         data: &mut VolumeData,
-        progress: &Progress,
-        uploaded: &dyn Fn(u64),
-        cancel: &AtomicBool,
-        deadline: Deadline,
+        run: &BackupRun<'_>,
     ) -> Result<BackupInfo, DriverError> {
+        let BackupRun {
+            progress,
+            uploaded,
+            cancel,
+            deadline,
+        } = *run;
         let repo = Arc::new(open(target)?);
         // The chunks earlier backups of this volume stored are there (a
         // manifest is written only after its chunks): no need to ask.
@@ -521,7 +530,7 @@ impl BackupEngine for Engine {
                 progress.set_total(size);
                 let ranges = file.as_ref().map(|f| data_ranges(f, size));
                 let mut chunks = Vec::new();
-                let mut buf = vec![0u8; CHUNK_SIZE as usize];
+                let mut buf = vec![0u8; CHUNK];
                 let mut off = 0;
                 while off < size {
                     stopped()?;
@@ -529,7 +538,7 @@ impl BackupEngine for Engine {
                     let holds_data = ranges
                         .as_ref()
                         .is_none_or(|r| r.iter().any(|(s, e)| *s < off + len && *e > off));
-                    let chunk = &mut buf[..len as usize];
+                    let chunk = &mut buf[..chunk_len(len)];
                     let hash = if holds_data {
                         read_at(image_or_block, file.as_ref(), off, chunk)?;
                         if is_zero(chunk) {

@@ -145,7 +145,7 @@ pub(crate) fn chunk_files(
         let f = File::open(&p).map_err(|err| io(&p, err))?;
         let mut off = 0;
         while off < *size {
-            let len = CHUNK_SIZE.min(*size - off) as usize;
+            let len = crate::chunk_len(*size - off);
             let mut buf = vec![0u8; len];
             let mut got = 0;
             while got < len {

@@ -240,6 +240,16 @@ impl Deadline {
     }
 }
 
+/// How a backup reports and is stopped.
+pub struct BackupRun<'a> {
+    /// Bytes read of the volume's data.
+    pub progress: &'a Progress,
+    /// Called with the bytes sent so far, after each chunk that went up.
+    pub uploaded: &'a dyn Fn(u64),
+    pub cancel: &'a AtomicBool,
+    pub deadline: Deadline,
+}
+
 /// The chunk store (`crates/backup`). Every call ends by `deadline` (or
 /// when `cancel` is set) with an error.
 pub trait BackupEngine: Send + Sync {
@@ -253,10 +263,7 @@ pub trait BackupEngine: Send + Sync {
         target: &BackupTarget,
         meta: &BackupMeta,
         data: &mut VolumeData,
-        progress: &Progress,
-        uploaded: &dyn Fn(u64),
-        cancel: &AtomicBool,
-        deadline: Deadline,
+        run: &BackupRun<'_>,
     ) -> Result<BackupInfo, DriverError>;
     /// Write backup `id` into `data` (a new, empty volume of at least its
     /// size), checking every chunk's hash.

@@ -748,7 +748,10 @@ impl VolumeService {
             r.progress = BackupProgress {
                 done_bytes: done,
                 total_bytes: total,
-                rate: (done as f64 / started.elapsed().as_secs_f64().max(0.001)) as u64,
+                rate: done.saturating_mul(1000)
+                    / u64::try_from(started.elapsed().as_millis())
+                        .unwrap_or(u64::MAX)
+                        .max(1),
                 uploaded_bytes: uploaded,
             };
             r.updated_at = Utc::now();
@@ -757,15 +760,13 @@ impl VolumeService {
             }
         };
         let cancel = AtomicBool::new(false);
-        let info = self.engine()?.backup(
-            &target,
-            &meta,
-            &mut data,
-            op.progress(),
-            &report,
-            &cancel,
+        let run = BackupRun {
+            progress: op.progress(),
+            uploaded: &report,
+            cancel: &cancel,
             deadline,
-        )?;
+        };
+        let info = self.engine()?.backup(&target, &meta, &mut data, &run)?;
         self.failpoints.hit("backup.manifest_written");
         let (done, total) = op.progress().get();
         rec.progress.done_bytes = done;
