@@ -22,6 +22,9 @@
 //! - `placement`: creates placed across three nodes (see `placement.rs`).
 //! - `rbd`: rbd volumes on an existing Ceph cluster: create, mount, and a
 //!   sequential write against `rbd bench` (see `rbd.rs`).
+//! - `backup`: full and incremental backups of a loop volume to a local
+//!   RADOS Gateway against a plain upload of the same bytes (see
+//!   `backup.rs`).
 //! - `rbd-failover`: an rbd volume following its writer from a hung node
 //!   (SIGSTOP) to another, fence and unfence timed (see `rbd_failover.rs`).
 
@@ -31,9 +34,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod backup;
 mod btrfs;
 mod cluster;
 mod dashboard;
+mod harness;
 mod loopcopy;
 mod metrics;
 mod placement;
@@ -164,6 +169,19 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         reps: usize,
     },
+    /// Full and incremental backups of a 1 GiB loop volume to a local
+    /// RADOS Gateway (started for the run), against a plain upload
+    Backup {
+        /// MiB of random data in the volume (at most 900: what its ext4
+        /// holds)
+        #[arg(long, default_value_t = 900)]
+        data_mib: u64,
+        /// MiB changed before the incremental backup
+        #[arg(long, default_value_t = 10)]
+        changed_mib: u64,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
     /// rbd failover between two nodes on one etcd: SIGSTOP the holder's
     /// daemon, time until the other has the volume mounted and written;
     /// SIGCONT, time until the old holder is unfenced
@@ -222,6 +240,18 @@ fn main() -> Result<()> {
                 ceph_pool: &ceph_pool,
                 volumes,
                 write_mib,
+                reps: reps.max(1),
+            },
+        ),
+        Cmd::Backup {
+            data_mib,
+            changed_mib,
+            reps,
+        } => backup::run(
+            &args.dir,
+            &backup::Opts {
+                data_mib: data_mib.min(900),
+                changed_mib,
                 reps: reps.max(1),
             },
         ),
