@@ -317,19 +317,22 @@ impl Repo {
         Ok(out)
     }
 
-    async fn has_chunk(&self, hash: &str) -> Result<bool, DriverError> {
-        match self.store.head(&chunk_path(hash)).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(store_error(&self.name, e)),
-        }
+    /// Every chunk the target holds (one listing, not a request per chunk).
+    async fn chunk_names(&self) -> Result<HashSet<String>, DriverError> {
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&Path::from("chunks")))
+            .try_collect()
+            .await
+            .map_err(|e| store_error(&self.name, e))?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| m.location.filename().map(str::to_string))
+            .collect())
     }
 
-    /// Store a chunk unless the target has it; the bytes sent.
+    /// Store a chunk; the bytes sent.
     async fn put_chunk(&self, hash: String, data: Bytes) -> Result<u64, DriverError> {
-        if self.has_chunk(&hash).await? {
-            return Ok(0);
-        }
         let n = data.len() as u64;
         self.store
             .put(&chunk_path(&hash), PutPayload::from(data))
@@ -368,7 +371,7 @@ struct Uploads<'a> {
     engine: &'a Engine,
     repo: Arc<Repo>,
     deadline: Deadline,
-    /// Chunks known to be on the target (or on their way).
+    /// Chunks on the target when the run began, or on their way.
     known: HashSet<String>,
     inflight: VecDeque<tokio::task::JoinHandle<Result<u64, DriverError>>>,
     uploaded: u64,
@@ -475,14 +478,11 @@ impl BackupEngine for Engine {
             deadline,
         } = *run;
         let repo = Arc::new(open(target)?);
-        // The chunks earlier backups of this volume stored are there (a
-        // manifest is written only after its chunks): no need to ask.
-        let earlier = self.run(deadline, "list the target's backups", repo.manifests())?;
-        let known: HashSet<String> = earlier
-            .iter()
-            .filter(|m| m.meta.volume_id == meta.volume_id)
-            .flat_map(|m| m.chunk_refs().cloned())
-            .collect();
+        // What the target holds is not sent again: chunks of earlier
+        // backups (of any volume) and of runs that did not finish. The
+        // service collects no garbage on a target while a run to it is in
+        // flight, so none of these goes away before the manifest names it.
+        let known = self.run(deadline, "list the target's chunks", repo.chunk_names())?;
         let mut up = Uploads {
             engine: self,
             repo: Arc::clone(&repo),
@@ -563,6 +563,20 @@ impl BackupEngine for Engine {
         };
         let uploaded_bytes = up.finish()?;
         stopped()?;
+        // Each chunk the manifest names is there now (a listing, not a
+        // request per chunk): one that went away since the run began is
+        // not named by a manifest that would then be damaged.
+        let held = self.run(deadline, "list the target's chunks", repo.chunk_names())?;
+        let named: Vec<&Option<String>> = match &content {
+            Content::Image { chunks, .. } => chunks.iter().collect(),
+            Content::Tree { entries } => entries.iter().flat_map(|e| e.chunks()).collect(),
+        };
+        if let Some(gone) = named.into_iter().flatten().find(|h| !held.contains(*h)) {
+            return Err(DriverError::Unavailable(format!(
+                "chunk {gone} went away from target {} during the backup; run it again",
+                repo.name
+            )));
+        }
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
             meta: meta.clone(),
@@ -593,27 +607,17 @@ impl BackupEngine for Engine {
         let manifest = self.run(deadline, "read the manifest", repo.manifest(id))?;
         // Every chunk there before the first byte is written.
         let refs: HashSet<String> = manifest.chunk_refs().cloned().collect();
-        self.run(deadline, "check the backup's chunks", async {
-            let missing: Vec<String> = futures::stream::iter(refs)
-                .map(|h| {
-                    let repo = Arc::clone(&repo);
-                    async move { repo.has_chunk(&h).await.map(|has| (!has).then_some(h)) }
-                })
-                .buffer_unordered(PARALLEL * 2)
-                .try_filter_map(|m| async move { Ok(m) })
-                .try_collect()
-                .await?;
-            if missing.is_empty() {
-                Ok(())
-            } else {
-                Err(DriverError::Corrupt(format!(
-                    "backup {id} on target {} is damaged: {} of its chunks are missing (e.g. {})",
-                    repo.name,
-                    missing.len(),
-                    missing[0]
-                )))
-            }
-        })?;
+        let held = self.run(deadline, "list the target's chunks", repo.chunk_names())?;
+        let mut missing: Vec<&String> = refs.difference(&held).collect();
+        if !missing.is_empty() {
+            missing.sort();
+            return Err(DriverError::Corrupt(format!(
+                "backup {id} on target {} is damaged: {} of its chunks are missing (e.g. {})",
+                repo.name,
+                missing.len(),
+                missing[0]
+            )));
+        }
         progress.set_total(manifest.data_bytes());
         // Fetches run ahead of the writes, in order.
         let fetch = |hash: String| {

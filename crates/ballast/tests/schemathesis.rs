@@ -79,6 +79,15 @@ include-method = "POST"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "409"]
 
 [[operations]]
+include-path = "/v1/backup-targets"
+include-method = "POST"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404", "409", "503"]
+
+[[operations]]
+include-path-regex = "^/v1/(volumes/\\{name\\}/backup|backup)"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404", "409", "503"]
+
+[[operations]]
 include-path = "/v1/pools/{name}"
 include-method = "DELETE"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404", "409"]

@@ -1,7 +1,7 @@
 """Schemathesis hooks for crates/ballast/tests/schemathesis.rs.
 
 `POST /v1/pools` takes host paths (a pool's directory, disk files, block
-devices). A fuzzer left alone there would make directories and filesystems
+devices), and `POST /v1/backup-targets` a directory that backups write to. A fuzzer left alone there would make directories and filesystems
 anywhere on the host, or format a device it happens to name. Every absolute
 path in such a body is moved under BALLAST_FUZZ_ROOT, the test's own scratch
 directory, right before the request is sent (all phases go through this
@@ -30,7 +30,7 @@ def _confine(value):
 
 @schemathesis.hook
 def before_call(context, case, kwargs):
-    if case.method.upper() != "POST" or case.path != "/v1/pools":
+    if case.method.upper() != "POST" or case.path not in ("/v1/pools", "/v1/backup-targets"):
         return
     body = case.body
     if isinstance(body, dict):

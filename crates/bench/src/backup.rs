@@ -53,7 +53,10 @@ fn backup(d: &Daemon, vol: &str) -> Result<(Duration, u64)> {
         let r = json(&d.rest("GET", &format!("/v1/backup-runs/{id}"), "")?)?;
         match r["phase"].as_str() {
             Some("done") => {
-                return Ok((t.elapsed(), r["progress"]["uploaded_bytes"].as_u64().unwrap_or(0)))
+                return Ok((
+                    t.elapsed(),
+                    r["progress"]["uploaded_bytes"].as_u64().unwrap_or(0),
+                ))
             }
             Some("failed") => bail!("backup failed: {}", r["failed"]["message"]),
             _ => std::thread::sleep(Duration::from_millis(20)),
@@ -118,6 +121,20 @@ fn plain_upload(store: &Arc<dyn ObjectStore>, image: &Path, rep: usize) -> Resul
     Ok((t.elapsed(), sent))
 }
 
+fn remove_prefix(store: &Arc<dyn ObjectStore>, prefix: &str) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut list = store.list(Some(&object_store::path::Path::from(prefix)));
+        while let Some(m) = list.next().await {
+            store.delete(&m?.location).await?;
+        }
+        Ok::<(), object_store::Error>(())
+    })?;
+    Ok(())
+}
+
 fn mib_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / MIB as f64 / d.as_secs_f64().max(1e-9)
 }
@@ -137,8 +154,18 @@ pub fn run(dir: &Path, o: &Opts) -> Result<()> {
     let key = dir.join("s3.secret");
     std::fs::write(&key, &rgw.secret_key)?;
     d.cli(&[
-        "backup", "target", "add", "s3", "--s3", &rgw.url, "--bucket", "bench",
-        "--access-key", &rgw.access_key, "--secret-key-file", key.to_str().unwrap(),
+        "backup",
+        "target",
+        "add",
+        "s3",
+        "--s3",
+        &rgw.url,
+        "--bucket",
+        "bench",
+        "--access-key",
+        &rgw.access_key,
+        "--secret-key-file",
+        key.to_str().unwrap(),
     ])?;
     let store: Arc<dyn ObjectStore> = Arc::new(
         object_store::aws::AmazonS3Builder::new()
@@ -182,9 +209,20 @@ pub fn run(dir: &Path, o: &Opts) -> Result<()> {
             ib as f64 / MIB as f64
         );
         incr.push(it.as_secs_f64());
+        // The one-OSD cluster holds 4 GiB: free what this rep stored.
+        for b in json(&d.cli(&["-o", "json", "backup", "ls", "v"])?)?
+            .as_array()
+            .context("backup ls")?
+        {
+            d.cli(&["backup", "rm", b["id"].as_str().context("no id")?])?;
+        }
+        remove_prefix(&store, &format!("plain/{rep}"))?;
     }
     let (f, p) = (median(full), median(plain));
-    println!("full backup: {f:.0} MiB/s; plain upload: {p:.0} MiB/s; ratio {:.2} (target >= 0.70)", f / p);
+    println!(
+        "full backup: {f:.0} MiB/s; plain upload: {p:.0} MiB/s; ratio {:.2} (target >= 0.70)",
+        f / p
+    );
     println!(
         "incremental backup of {} MiB changed in 1 GiB: {:.2}s median (target <= 2 s)",
         o.changed_mib,

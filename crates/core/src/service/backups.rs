@@ -392,16 +392,19 @@ impl VolumeService {
     }
 
     fn collect_garbage(&self, t: &BackupTarget) -> Result<GcStats> {
-        // Chunks a backup in flight sent are not referred to yet.
-        let keep_since = self
+        // A run in flight may be about to name any chunk the target holds
+        // (it lists them once and sends only the others): collect later.
+        if let Some(r) = self
             .backup_records()?
             .iter()
-            .filter(|r| r.target == t.name && r.in_flight())
-            .map(|r| r.requested_at - chrono::Duration::minutes(1))
-            .min();
+            .find(|r| r.target == t.name && r.in_flight())
+        {
+            tracing::info!(target = %t.name, run = %r.id, "garbage collection deferred: a backup to the target is in flight");
+            return Ok(GcStats::default());
+        }
         Ok(self
             .engine()?
-            .gc(t, keep_since, Deadline::after(Duration::from_secs(600)))?)
+            .gc(t, None, Deadline::after(Duration::from_secs(600)))?)
     }
 
     /// Make volume `req.to` from backup `id`, on the node or pool asked (or
