@@ -163,6 +163,11 @@ fn a_directory_target_backs_up_and_restores_loop_dir_and_btrfs_volumes() {
     assert!(b["uploaded_bytes"].as_u64().unwrap() >= 32 << 20, "{b}");
     // Zeros are not stored: 256 MiB with 32 MiB of data.
     assert!(b["uploaded_bytes"].as_u64().unwrap() < 64 << 20, "{b}");
+    let shown = d.ok(&["backup", "inspect", &id_of(&b)]);
+    assert!(
+        shown.contains(&id_of(&b)) && shown.contains("lv (loop)"),
+        "{shown}"
+    );
     d.ok(&["volume", "unmount", "lv"]);
     d.ok(&["backup", "restore", &id_of(&b), "--to", "lv-r"]);
     let v = d.json(&["volume", "inspect", "lv-r"]);
@@ -733,6 +738,19 @@ fn s3_faults_bad_credentials_missing_bucket_and_a_gateway_killed_mid_upload() {
     assert_eq!(sha256(&mount(&d, "r").join("data")), sum);
     d.ok(&["volume", "unmount", "r"]);
     let _ = rgw;
+
+    // A run that outlives its deadline fails with a timeout event and
+    // lists nothing (700 MiB of new data cannot go up in a second).
+    let mp = mount(&d, "v");
+    write_random_at(&mp, "data", 0, 700, 22);
+    d.ok(&["volume", "unmount", "v"]);
+    let before = d.json(&["backup", "ls"]).as_array().unwrap().len();
+    let err = d.fails(&["backup", "create", "v", "--deadline", "1s"]);
+    assert!(err.contains("timed out after 1 s"), "{err}");
+    let events = d.ok(&["events", "--limit", "20"]);
+    assert!(events.contains("timed out"), "{events}");
+    assert_eq!(d.json(&["backup", "ls"]).as_array().unwrap().len(), before);
+    assert_eq!(d.json(&["snapshot", "ls"]).as_array().unwrap().len(), 0);
 
     // rbd: an image snapshot, read through librbd, restored into a new image.
     ceph.create_pool("rbd");
