@@ -22,6 +22,9 @@
 //! - `placement`: creates placed across three nodes (see `placement.rs`).
 //! - `rbd`: rbd volumes on an existing Ceph cluster: create, mount, and a
 //!   sequential write against `rbd bench` (see `rbd.rs`).
+//! - `move`: a loop and a btrfs volume moved between two pools of one
+//!   daemon against `cp --sparse=always` + fsync and `btrfs send | btrfs
+//!   receive` + sync (see `moves.rs`).
 //! - `rbd-failover`: an rbd volume following its writer from a hung node
 //!   (SIGSTOP) to another, fence and unfence timed (see `rbd_failover.rs`).
 
@@ -36,6 +39,7 @@ mod cluster;
 mod dashboard;
 mod loopcopy;
 mod metrics;
+mod moves;
 mod placement;
 mod rbd;
 mod rbd_failover;
@@ -114,6 +118,14 @@ enum Cmd {
     },
     /// Loop volume copies: reflink clone on xfs, sparse copy vs cp
     Loopcopy {
+        #[arg(long, default_value_t = 5)]
+        n: usize,
+    },
+    /// Moves between two pools (loop, btrfs) against cp and btrfs
+    /// send/receive
+    Move {
+        /// Timed runs per side (alternating which side goes first); the
+        /// medians are compared
         #[arg(long, default_value_t = 5)]
         n: usize,
     },
@@ -202,6 +214,7 @@ fn main() -> Result<()> {
         Cmd::Btrfs { n } => btrfs::btrfs_bench(&args.dir, n),
         Cmd::Dashboard { volumes, runs } => dashboard::dashboard(&args.dir, volumes, runs),
         Cmd::Loopcopy { n } => loopcopy::loopcopy(&args.dir, n),
+        Cmd::Move { n } => moves::move_bench(&args.dir, n.max(1)),
         Cmd::Cluster {
             n,
             volumes,
