@@ -128,6 +128,9 @@ enum Cmd {
         /// medians are compared
         #[arg(long, default_value_t = 5)]
         n: usize,
+        /// Only the loop or only the btrfs figures
+        #[arg(long, value_enum, default_value_t = moves::Which::Both)]
+        only: moves::Which,
     },
     /// The store on etcd against redb: lifecycle, `volume ls` and start at
     /// many volumes, CAS contention on one record
@@ -214,7 +217,7 @@ fn main() -> Result<()> {
         Cmd::Btrfs { n } => btrfs::btrfs_bench(&args.dir, n),
         Cmd::Dashboard { volumes, runs } => dashboard::dashboard(&args.dir, volumes, runs),
         Cmd::Loopcopy { n } => loopcopy::loopcopy(&args.dir, n),
-        Cmd::Move { n } => moves::move_bench(&args.dir, n.max(1)),
+        Cmd::Move { n, only } => moves::move_bench(&args.dir, n.max(1), only),
         Cmd::Cluster {
             n,
             volumes,

@@ -30,10 +30,22 @@ const MIB: u64 = 1 << 20;
 /// Random data written into the volume that moves.
 const DATA_MIB: u64 = 600;
 
-pub fn move_bench(dir: &Path, n: usize) -> Result<()> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Which {
+    Loop,
+    Btrfs,
+    Both,
+}
+
+pub fn move_bench(dir: &Path, n: usize, which: Which) -> Result<()> {
     let dir = dir.join("move");
-    loop_moves(&dir.join("loop"), n)?;
-    btrfs_moves(&dir.join("btrfs"), n)
+    if which != Which::Btrfs {
+        loop_moves(&dir.join("loop"), n)?;
+    }
+    if which != Which::Loop {
+        btrfs_moves(&dir.join("btrfs"), n)?;
+    }
+    Ok(())
 }
 
 fn json(s: &str) -> Result<serde_json::Value> {
