@@ -1,8 +1,9 @@
-//! What the CLI shows while a long call (a copy, a grow) runs: on a
-//! terminal a progress bar drawn from the daemon's `/v1/operations` (a
-//! spinner until the daemon knows the size, or for calls it does not
-//! count), otherwise a quiet line now and then and one when done. All of it
-//! goes to stderr, so stdout stays the command's output.
+//! What the CLI shows while a long call (a copy, a move, a grow) runs: on a
+//! terminal a progress bar drawn from the daemon's `/v1/operations`, with
+//! the daemon's rate and ETA (a spinner until the daemon knows the size, or
+//! for calls it does not count), otherwise a quiet line now and then and one
+//! when done. All of it goes to stderr, so stdout stays the command's
+//! output.
 
 use std::io::IsTerminal;
 use std::sync::mpsc;
@@ -19,7 +20,7 @@ const POLL: Duration = Duration::from_millis(100);
 const QUIET_EVERY: Duration = Duration::from_secs(5);
 
 /// Run `call` while showing progress. `target` is the operation's kind
-/// (`snapshot`, `copy`) and the name of the snapshot or volume being made,
+/// (`snapshot`, `copy`, `move`) and the name of the snapshot or volume being made,
 /// as the daemon lists it; None draws a spinner only (a grow is not counted
 /// in bytes).
 pub(crate) fn with_progress<T>(
@@ -80,6 +81,11 @@ fn watch(
             continue;
         };
         if op.total_bytes == 0 {
+            // A btrfs send knows its size only at its end: bytes and rate
+            // beside the spinner meanwhile.
+            if let (Some(bar), true) = (&bar, op.done_bytes > 0) {
+                bar.set_message(format!("{what}... {}", describe(&op)));
+            }
             continue;
         }
         // A tree copy's files may grow after they were measured.
@@ -87,18 +93,23 @@ fn watch(
         match &bar {
             Some(bar) => {
                 if !sized {
+                    // The rate and ETA are the daemon's (in the message),
+                    // not indicatif's own: the daemon sees every byte, and
+                    // a move's second pass starts its count again.
                     bar.set_style(
                         indicatif::ProgressStyle::with_template(
-                            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                            "{prefix} [{bar:30}] {percent:>3}% {bytes}/{total_bytes} {msg}",
                         )
                         .expect("a valid template")
                         .progress_chars("=> "),
                     );
-                    bar.set_message(what.to_string());
-                    bar.set_length(op.total_bytes);
+                    bar.set_prefix(what.to_string());
                     sized = true;
                 }
+                // Each poll: a move's final pass may count another total.
+                bar.set_length(op.total_bytes);
                 bar.set_position(op.done_bytes);
+                bar.set_message(rate_and_eta(&op));
             }
             None if last_line.elapsed() >= QUIET_EVERY => {
                 eprintln!("{what}: {}", describe(&op));
@@ -112,14 +123,40 @@ fn watch(
     }
 }
 
-/// `25% (512MiB of 2GiB)`.
+/// `25% (512MiB of 2GiB), 100MiB/s, eta 16 seconds`; without a total,
+/// `512MiB, 100MiB/s`.
 fn describe(op: &Operation) -> String {
-    let pct = op.done_bytes.saturating_mul(100) / op.total_bytes.max(1);
-    format!(
-        "{pct}% ({} of {})",
-        format_size(op.done_bytes),
-        format_size(op.total_bytes)
-    )
+    let mut s = if op.total_bytes == 0 {
+        format_size(op.done_bytes)
+    } else {
+        let pct = op.done_bytes.saturating_mul(100) / op.total_bytes;
+        format!(
+            "{pct}% ({} of {})",
+            format_size(op.done_bytes),
+            format_size(op.total_bytes)
+        )
+    };
+    let rate = rate_and_eta(op);
+    if !rate.is_empty() {
+        s.push_str(", ");
+        s.push_str(&rate);
+    }
+    s
+}
+
+/// `100MiB/s, eta 16 seconds`, as far as the daemon knows them.
+fn rate_and_eta(op: &Operation) -> String {
+    if op.rate_bytes_per_sec == 0 {
+        return String::new();
+    }
+    let rate = format!("{}/s", format_size(op.rate_bytes_per_sec));
+    match op.eta_seconds {
+        Some(s) => format!(
+            "{rate}, eta {}",
+            indicatif::HumanDuration(Duration::from_secs(s))
+        ),
+        None => rate,
+    }
 }
 
 #[cfg(test)]
@@ -128,14 +165,29 @@ mod tests {
 
     #[test]
     fn describes_a_copy() {
-        let op = Operation {
-            kind: "snapshot".into(),
-            target: "s".into(),
-            source: "v".into(),
-            started_at: chrono::Utc::now(),
-            done_bytes: 512 << 20,
-            total_bytes: 2 << 30,
-        };
+        let mut op = Operation::new(
+            "snapshot",
+            "s",
+            "v",
+            chrono::Utc::now(),
+            (512 << 20, 2 << 30),
+            0,
+        );
         assert_eq!(describe(&op), "25% (512MiB of 2GiB)");
+        op = Operation::new(
+            "move",
+            "v",
+            "a/p → b/q",
+            chrono::Utc::now(),
+            (512 << 20, 2 << 30),
+            128 << 20,
+        );
+        assert_eq!(
+            describe(&op),
+            "25% (512MiB of 2GiB), 128MiB/s, eta 12 seconds"
+        );
+        op.total_bytes = 0;
+        op.eta_seconds = None;
+        assert_eq!(describe(&op), "512MiB, 128MiB/s");
     }
 }

@@ -5,8 +5,9 @@
 //! reload; it keeps to its Content-Security-Policy. It is read-only: state
 //! changes need the token, from loopback and from elsewhere, and off loopback
 //! the page shows nothing until given the token. A full copy in flight
-//! shows with its progress. Screenshots are kept in
-//! target/test-artifacts/dashboard.png and dashboard-copy.png.
+//! shows with its progress, and a move with a bar that moves, its rate and
+//! its ETA. Screenshots are kept in target/test-artifacts/dashboard.png,
+//! dashboard-copy.png and dashboard-move.png.
 
 #[path = "common/chromium.rs"]
 mod chromium;
@@ -541,4 +542,151 @@ fn chromium_shows_a_copy_in_flight_with_its_progress() {
     d.ok(&["snapshot", "rm", "bulk-snap"]);
     d.ok(&["volume", "rm", "bulk", "--force"]);
     d.assert_no_leftovers();
+}
+
+/// Every render of the operations list, as `[max, value, subject, rate]`
+/// of the bar of `move:mv` (once it knows its size), kept in the page: the
+/// list is redrawn every 0.5 s, and a read from here could fall between
+/// two redraws or after the move.
+const RECORD_MOVE: &str = "window.moveRenders = []; \
+    new MutationObserver(() => { \
+      const li = document.querySelector('#operations li.op[data-op=\"move:mv\"]'); \
+      const p = li && li.querySelector('progress'); \
+      if (p && p.max > 1) window.moveRenders.push([p.max, p.value, \
+        li.querySelector('.subject').textContent, li.querySelector('.rate').textContent]); \
+    }).observe(document.getElementById('operations'), { childList: true }); true";
+
+/// A move of a 1 GiB loop volume holding 800 MiB between two loop pools
+/// shows in the operations panel, labelled with both ends, with a bar whose
+/// value grows from one redraw to the next and the daemon's rate and ETA
+/// beside it; the panel goes when the move is done.
+#[test]
+fn chromium_shows_a_move_in_flight_with_a_moving_bar_rate_and_eta() {
+    let test = "dashboard move";
+    if !common::require_tool(test, chromium::CHROMIUM) || !common::require_root_loop(test) {
+        return;
+    }
+    let d = Daemon::start();
+    let addr = d.listen_addr();
+    let p2 = d.dir.path().join("p2");
+    std::fs::create_dir_all(&p2).unwrap();
+    d.ok(&[
+        "pool",
+        "create",
+        "p2",
+        "--driver",
+        "loop",
+        "--path",
+        p2.to_str().unwrap(),
+    ]);
+    d.ok(&["volume", "create", "mv", "--size", "1G"]);
+    let node = d.json(&["volume", "inspect", "mv"])["node"]
+        .as_str()
+        .expect("the volume's node")
+        .to_string();
+    let mp = PathBuf::from(d.ok(&["volume", "mount", "mv"]).trim());
+    write_random(&mp.join("data"), 800);
+    d.ok(&["volume", "unmount", "mv"]);
+
+    let profile = tempfile::tempdir().unwrap();
+    let mut b = Browser::launch(profile.path()).expect("start chromium");
+    let page = b.new_page(1400, 900).expect("a tab");
+    b.navigate(&page, &format!("http://{addr}/")).unwrap();
+    let (_, shown) = b
+        .wait_for(&page, TABLE_NAMES, SHOWS_WITHIN, has("mv"))
+        .unwrap();
+    assert!(shown, "the page did not load");
+    assert_eq!(
+        b.eval(&page, "document.getElementById('operations-h').textContent")
+            .unwrap(),
+        "Operations in flight"
+    );
+    assert_eq!(b.eval(&page, RECORD_MOVE).unwrap(), json!(true));
+
+    // From the disk, not the page cache: the move's first pass is what
+    // the bar follows, and it should not be over in one redraw.
+    std::process::Command::new("sync").status().unwrap();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    let command = std::process::Command::new(common::BIN)
+        .arg("--socket")
+        .arg(d.socket())
+        .args(["volume", "move", "mv", "--to-pool", "p2"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run the CLI");
+    // A read while the move runs: its row is there, with a sized bar.
+    let (row, shown) = b
+        .wait_for(
+            &page,
+            "(() => { const li = document.querySelector('#operations li.op[data-op=\"move:mv\"]'); \
+             const p = li && li.querySelector('progress'); \
+             return p && p.max > 1 ? [p.max, p.value] : null; })()",
+            Duration::from_secs(60),
+            |v| v.is_array(),
+        )
+        .unwrap();
+    assert!(shown, "the move never showed with its size: {row}");
+    let path = artifacts_dir().join("dashboard-move.png");
+    std::fs::write(&path, b.screenshot(&page).unwrap()).unwrap();
+    eprintln!("screenshot: {}", path.display());
+    let out = command.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains("moved to"), "{said}");
+    assert_eq!(d.json(&["volume", "inspect", "mv"])["pool"], "p2");
+
+    let renders = b.eval(&page, "window.moveRenders").unwrap();
+    let renders = renders.as_array().expect("a list of renders").clone();
+    eprintln!("move renders: {renders:?}");
+    assert!(!renders.is_empty(), "no render of the move's bar");
+    let subject = format!("move mv {node}/default → {node}/p2");
+    for r in &renders {
+        assert_eq!(r[2], json!(subject), "{r}");
+        // The bar's max is the image's size (the pass scans all of it).
+        assert!(r[0].as_f64() >= Some(f64::from(800u32 << 20)), "{r}");
+    }
+    // The bar moves: some redraw shows more done than the one before, in
+    // the same pass (a move's final pass counts from 0 again).
+    let grows = renders.windows(2).any(|w| {
+        w[0][0] == w[1][0] && w[1][1].as_f64().unwrap_or(0.0) > w[0][1].as_f64().unwrap_or(0.0)
+    });
+    assert!(grows, "the bar never grew between two redraws: {renders:?}");
+    // The daemon's rate and ETA beside it: `412 MiB/s · 2 s left`.
+    let rated = renders.iter().any(|r| {
+        r[3].as_str().is_some_and(|s| {
+            let (rate, eta) = s.split_once(" · ").unwrap_or_default();
+            rate.ends_with("iB/s") && eta.ends_with(" s left")
+        })
+    });
+    assert!(rated, "no rate and ETA shown: {renders:?}");
+
+    let (_, gone) = b
+        .wait_for(
+            &page,
+            "document.getElementById('operations-panel').hidden",
+            Duration::from_secs(10),
+            |v| v == &json!(true),
+        )
+        .unwrap();
+    assert!(gone, "the panel stayed after the move");
+    let errors = b.page_errors();
+    assert!(errors.is_empty(), "page errors: {errors:#?}");
+    drop(b);
+    d.ok(&["volume", "rm", "mv", "--force"]);
+    d.ok(&["pool", "rm", "p2"]);
+    d.assert_no_leftovers();
+}
+
+/// `mib` MiB of random data (incompressible, no zero chunks to skip),
+/// synced.
+fn write_random(path: &std::path::Path, mib: usize) {
+    let mut f = std::fs::File::create(path).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut rng = fastrand::Rng::with_seed(mib as u64);
+    for _ in 0..mib {
+        rng.fill(&mut buf);
+        f.write_all(&buf).unwrap();
+    }
+    f.sync_all().unwrap();
 }

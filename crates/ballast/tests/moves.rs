@@ -519,3 +519,113 @@ fn kill_9_of_source_or_target_at_every_move_failpoint_resumes_or_rolls_back() {
         (p == to).then_some(()).ok_or(p)
     });
 }
+
+/// The CLI following a move of a 1 GiB loop volume holding 800 MiB between
+/// two loop pools of one daemon: on a terminal (script(1)'s pty) a bar that
+/// is redrawn as the move advances, with the byte counts and the daemon's
+/// rate and ETA; through a pipe, quiet lines only.
+#[test]
+fn the_cli_draws_a_moving_bar_on_a_terminal_and_quiet_lines_through_a_pipe() {
+    let test = "the_cli_draws_a_moving_bar_on_a_terminal_and_quiet_lines_through_a_pipe";
+    if !require_root_loop(test) || !common::require_tool(test, "script") {
+        return;
+    }
+    let d = Daemon::start();
+    let p2 = d.dir.path().join("p2");
+    std::fs::create_dir_all(&p2).unwrap();
+    d.ok(&[
+        "pool",
+        "create",
+        "p2",
+        "--driver",
+        "loop",
+        "--path",
+        p2.to_str().unwrap(),
+    ]);
+    d.ok(&["volume", "create", "mv", "--size", "1G"]);
+    let node = d.json(&["volume", "inspect", "mv"])["node"]
+        .as_str()
+        .expect("the volume's node")
+        .to_string();
+    let mp = d.ok(&["volume", "mount", "mv"]);
+    let sum = write_random(Path::new(mp.trim()), "data", 800);
+    d.ok(&["volume", "unmount", "mv"]);
+
+    // From the disk, not the page cache, so the first pass takes a while.
+    std::process::Command::new("sync").status().unwrap();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    let command = format!(
+        "{} --socket {} volume move mv --to-pool p2",
+        common::BIN,
+        d.socket().display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run script");
+    let tty = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{tty}");
+    assert!(
+        tty.trim_end().ends_with(&format!("mv moved to {node} p2")),
+        "{tty:?}"
+    );
+    // Each redraw: `moving mv to N (p2) [===>   ]  42% 430.00 MiB/1.00 GiB
+    // 412MiB/s, eta 2 seconds`.
+    let draws: Vec<&str> = tty
+        .split(|c| c == '\r' || c == '\n')
+        .filter(|l| l.contains("moving mv to") && l.contains("] "))
+        .collect();
+    let mut percents = std::collections::BTreeSet::new();
+    let mut counts = std::collections::BTreeSet::new();
+    let mut rated = false;
+    for l in &draws {
+        let Some((_, after)) = l.rsplit_once("] ") else {
+            continue;
+        };
+        let Some((pct, rest)) = after.split_once('%') else {
+            continue;
+        };
+        if let Ok(p) = pct.trim().parse::<u32>() {
+            percents.insert(p);
+        }
+        if let Some((done, _)) = rest.trim_start().split_once('/') {
+            counts.insert(done.to_string());
+        }
+        rated |= rest.contains("iB/s, eta ");
+    }
+    eprintln!("the bar drew {percents:?} with {counts:?}");
+    assert!(
+        percents.len() >= 3 && counts.len() >= 3,
+        "the bar did not advance: percentages {percents:?}, byte counts {counts:?} in {tty:?}"
+    );
+    assert!(rated, "no rate and ETA in the bar: {tty:?}");
+    assert_eq!(d.json(&["volume", "inspect", "mv"])["pool"], "p2");
+    // The source drops the committed record once its copy is gone; until
+    // then another move is refused.
+    eventually("the move's record goes", Duration::from_secs(30), || {
+        let (code, body) = d.http("GET", "/v1/volumes/mv/move", b"");
+        (code == 404).then_some(()).ok_or(body)
+    });
+
+    // Through a pipe: no redraws, no escapes; every line names the move,
+    // the last says it is done.
+    let out = d.cli(&["volume", "move", "mv", "--to-pool", "default"]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    eprintln!("through a pipe: {err:?}");
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains('\r') && !err.contains('\u{1b}'), "{err:?}");
+    let what = format!("moving mv to {node} (default): ");
+    for line in err.lines() {
+        assert!(line.starts_with(&what), "{err:?}");
+    }
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with(&format!("{what}done in ")), "{err:?}");
+    assert_eq!(d.json(&["volume", "inspect", "mv"])["pool"], "default");
+    let mp = d.ok(&["volume", "mount", "mv"]);
+    assert_eq!(sha256(&Path::new(mp.trim()).join("data")), sum);
+    d.ok(&["volume", "unmount", "mv"]);
+    d.ok(&["volume", "rm", "mv", "--force"]);
+    d.ok(&["pool", "rm", "p2"]);
+    d.assert_no_leftovers();
+}

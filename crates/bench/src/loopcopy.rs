@@ -21,7 +21,7 @@ use super::{ms, stats, Daemon};
 
 const MIB: u64 = 1 << 20;
 
-fn run(cmd: &mut Command) -> Result<String> {
+pub(super) fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
     if !out.status.success() {
         bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
@@ -75,14 +75,14 @@ impl Drop for XfsMount {
     }
 }
 
-fn drop_caches() -> Result<()> {
+pub(super) fn drop_caches() -> Result<()> {
     run(&mut Command::new("sync"))?;
     std::fs::write("/proc/sys/vm/drop_caches", "3")?;
     Ok(())
 }
 
 /// The image file `<id>.img` of volume `name`, somewhere under `root`.
-fn image_of(d: &Daemon, root: &Path, name: &str) -> Result<PathBuf> {
+pub(super) fn image_of(d: &Daemon, root: &Path, name: &str) -> Result<PathBuf> {
     let v: serde_json::Value =
         serde_json::from_str(&d.rest("GET", &format!("/v1/volumes/{name}"), "")?)?;
     let file = format!("{}.img", v["id"].as_str().context("volume id")?);

@@ -25,6 +25,9 @@
 //! - `backup`: full and incremental backups of a loop volume to a local
 //!   RADOS Gateway against a plain upload of the same bytes (see
 //!   `backup.rs`).
+//! - `move`: a loop and a btrfs volume moved between two pools of one
+//!   daemon against `cp --sparse=always` + fsync and `btrfs send | btrfs
+//!   receive` + sync (see `moves.rs`).
 //! - `rbd-failover`: an rbd volume following its writer from a hung node
 //!   (SIGSTOP) to another, fence and unfence timed (see `rbd_failover.rs`).
 
@@ -41,6 +44,7 @@ mod dashboard;
 mod harness;
 mod loopcopy;
 mod metrics;
+mod moves;
 mod placement;
 mod rbd;
 mod rbd_failover;
@@ -121,6 +125,17 @@ enum Cmd {
     Loopcopy {
         #[arg(long, default_value_t = 5)]
         n: usize,
+    },
+    /// Moves between two pools (loop, btrfs) against cp and btrfs
+    /// send/receive
+    Move {
+        /// Timed runs per side (alternating which side goes first); the
+        /// medians are compared
+        #[arg(long, default_value_t = 5)]
+        n: usize,
+        /// Only the loop or only the btrfs figures
+        #[arg(long, value_enum, default_value_t = moves::Which::Both)]
+        only: moves::Which,
     },
     /// The store on etcd against redb: lifecycle, `volume ls` and start at
     /// many volumes, CAS contention on one record
@@ -220,6 +235,7 @@ fn main() -> Result<()> {
         Cmd::Btrfs { n } => btrfs::btrfs_bench(&args.dir, n),
         Cmd::Dashboard { volumes, runs } => dashboard::dashboard(&args.dir, volumes, runs),
         Cmd::Loopcopy { n } => loopcopy::loopcopy(&args.dir, n),
+        Cmd::Move { n, only } => moves::move_bench(&args.dir, n.max(1), only),
         Cmd::Cluster {
             n,
             volumes,

@@ -1,21 +1,35 @@
-//! Long operations in flight (full copies for snapshots and clones) and how
-//! far each has got, so a client can draw a progress bar while its own call
-//! is still running. The driver doing the work counts bytes into a
-//! [`Progress`]; readers see [`Operation`]s. Nothing here is stored: after a
-//! restart there is nothing in flight.
+//! Long operations in flight (full copies for snapshots and clones, moves)
+//! and how far each has got, so a client can draw a progress bar, with a
+//! rate and an ETA, while its own call is still running. The driver doing
+//! the work counts bytes into a [`Progress`]; readers see [`Operation`]s.
+//! Nothing here is stored: after a restart there is nothing in flight.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 
 /// Bytes done out of bytes to do, updated by the one thread doing the work.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Progress {
     total: AtomicU64,
     done: AtomicU64,
+    /// When the count last started from 0: the rate is over this span, so
+    /// a move's second pass is not averaged with its first.
+    since: Mutex<Instant>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self {
+            total: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            since: Mutex::new(Instant::now()),
+        }
+    }
 }
 
 impl Progress {
@@ -31,6 +45,7 @@ impl Progress {
 
     /// Start counting again from 0 (the next pass of a move).
     pub fn restart(&self, total: u64) {
+        *self.since.lock() = Instant::now();
         self.done.store(0, Ordering::Relaxed);
         self.total.store(total, Ordering::Relaxed);
     }
@@ -46,21 +61,79 @@ impl Progress {
             self.total.load(Ordering::Relaxed),
         )
     }
+
+    /// Bytes per second since the count last started from 0.
+    pub fn rate(&self) -> u64 {
+        let (done, _) = self.get();
+        rate(done, self.since.lock().elapsed())
+    }
+}
+
+/// `done` bytes over `elapsed`, in bytes per second (0 before a millisecond
+/// has passed: nothing to tell yet).
+pub fn rate(done: u64, elapsed: std::time::Duration) -> u64 {
+    let ms = elapsed.as_millis();
+    if ms == 0 {
+        return 0;
+    }
+    u64::try_from(u128::from(done) * 1000 / ms).unwrap_or(u64::MAX)
+}
+
+/// Seconds left at `rate` bytes/s; None while the total or the rate is
+/// not known yet.
+pub fn eta_seconds(done: u64, total: u64, rate: u64) -> Option<u64> {
+    if total == 0 || rate == 0 {
+        return None;
+    }
+    Some(total.saturating_sub(done).div_ceil(rate))
 }
 
 /// One long operation in flight.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Operation {
-    /// `snapshot` or `copy` (a volume made from a snapshot or a volume).
+    /// `snapshot`, `copy` (a volume made from a snapshot or a volume),
+    /// `move`, `backup` or `restore` (a volume made from a backup).
     pub kind: String,
-    /// The snapshot or volume being made.
+    /// The snapshot or volume being made; for a move or a backup, the
+    /// volume.
     pub target: String,
-    /// What it is copied from.
+    /// What it is copied from; for a move `node/pool → node/pool`, for a
+    /// backup where it goes.
     pub source: String,
     pub started_at: DateTime<Utc>,
+    /// Bytes done (of a move: in its current pass).
     pub done_bytes: u64,
     /// 0 until the operation has measured what it will copy.
     pub total_bytes: u64,
+    /// Bytes per second so far (of a move: over its current pass).
+    pub rate_bytes_per_sec: u64,
+    /// Seconds left at that rate; null while the total or the rate is not
+    /// known. Always sent.
+    #[schema(required = true)]
+    pub eta_seconds: Option<u64>,
+}
+
+impl Operation {
+    /// An operation with its ETA worked out from the figures given.
+    pub fn new(
+        kind: &str,
+        target: &str,
+        source: &str,
+        started_at: DateTime<Utc>,
+        (done_bytes, total_bytes): (u64, u64),
+        rate_bytes_per_sec: u64,
+    ) -> Self {
+        Operation {
+            kind: kind.to_string(),
+            target: target.to_string(),
+            source: source.to_string(),
+            started_at,
+            done_bytes,
+            total_bytes,
+            rate_bytes_per_sec,
+            eta_seconds: eta_seconds(done_bytes, total_bytes, rate_bytes_per_sec),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -111,15 +184,14 @@ impl Operations {
             .lock()
             .values()
             .map(|e| {
-                let (done_bytes, total_bytes) = e.progress.get();
-                Operation {
-                    kind: e.kind.to_string(),
-                    target: e.target.clone(),
-                    source: e.source.clone(),
-                    started_at: e.started_at,
-                    done_bytes,
-                    total_bytes,
-                }
+                Operation::new(
+                    e.kind,
+                    &e.target,
+                    &e.source,
+                    e.started_at,
+                    e.progress.get(),
+                    e.progress.rate(),
+                )
             })
             .collect()
     }
@@ -179,5 +251,40 @@ mod tests {
         assert_eq!(list[0].target, "v2");
         drop(b);
         assert!(ops.list().is_empty());
+    }
+
+    #[test]
+    fn rate_and_eta_from_the_figures() {
+        use std::time::Duration;
+        assert_eq!(rate(0, Duration::ZERO), 0);
+        assert_eq!(rate(100 << 20, Duration::from_secs(2)), 50 << 20);
+        assert_eq!(rate(1500, Duration::from_millis(1500)), 1000);
+        assert_eq!(eta_seconds(0, 0, 0), None, "nothing known yet");
+        assert_eq!(eta_seconds(10, 100, 0), None, "no rate yet");
+        assert_eq!(eta_seconds(0, 0, 5), None, "no total yet");
+        assert_eq!(eta_seconds(40, 100, 20), Some(3));
+        assert_eq!(eta_seconds(41, 100, 20), Some(3), "rounded up");
+        assert_eq!(eta_seconds(100, 100, 20), Some(0));
+        let op = Operation::new(
+            "move",
+            "v",
+            "a/p → b/q",
+            Utc::now(),
+            (1 << 30, 2 << 30),
+            1 << 28,
+        );
+        assert_eq!((op.rate_bytes_per_sec, op.eta_seconds), (1 << 28, Some(4)));
+    }
+
+    #[test]
+    fn a_restart_starts_the_rate_again() {
+        let p = Progress::default();
+        p.set_total(1 << 30);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        p.advance(1 << 20);
+        assert!(p.rate() > 0);
+        p.restart(1 << 30);
+        assert_eq!(p.get(), (0, 1 << 30));
+        assert_eq!(p.rate(), 0, "nothing done in the new pass");
     }
 }

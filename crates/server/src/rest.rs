@@ -965,9 +965,11 @@ struct SnapshotsQuery {
     volume: Option<String>,
 }
 
-/// Long operations in flight (full copies for snapshots and clones) and
-/// how many bytes each has moved: what the CLI draws its progress bar from.
-/// An operation is listed from its start until its own call returns.
+/// Long operations in flight (full copies for snapshots and clones, moves)
+/// and how many bytes each has moved, at what rate and with what ETA: what
+/// the CLI and the dashboard draw their progress bars from. An operation is
+/// listed from its start until its own call returns (a move: until it is
+/// committed or rolled back).
 #[utoipa::path(get, path = "/v1/operations",
     responses((status = 200, body = [ballast_core::progress::Operation])))]
 async fn list_operations(

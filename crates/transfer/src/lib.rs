@@ -7,12 +7,18 @@
 //! it, and the receiver accepts a stream only for a move the store shows,
 //! carrying that move's random secret. There is no unauthenticated port.
 //!
+//! A move between two pools of this same node (the target's endpoint is
+//! this process's own) skips TCP and TLS: the same frames go over a unix
+//! socket pair to a receiving thread in this process. Nothing leaves the
+//! process, and the hello is checked against the store all the same.
+//!
 //! The data path is here too (`image.rs`: sparse chunks with checksums;
 //! `subvol.rs`: btrfs send/receive); what the streams mean (which move,
 //! where the data goes, when to cut over) is the core's.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -36,13 +42,21 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Streams received at once; more wait in the accept queue.
 const MAX_STREAMS: usize = 16;
 
-type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 type TlsServer = rustls::StreamOwned<rustls::ServerConnection, TcpStream>;
+
+/// Either end of a stream: TLS over TCP, or a local socket pair.
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// The peer named in errors of a stream to this node itself.
+const LOCAL_PEER: &str = "this node";
 
 /// This node's side of move streams: the listener and the client.
 pub struct Transfer {
     endpoint: TransferEndpoint,
     provider: Arc<rustls::crypto::CryptoProvider>,
+    /// For streams to this node itself.
+    receiver: Weak<dyn MoveReceiver>,
 }
 
 impl Transfer {
@@ -68,6 +82,7 @@ impl Transfer {
         let listener = TcpListener::bind(addr)?;
         let bound = listener.local_addr()?;
         let config = Arc::new(config);
+        let local = receiver.clone();
         std::thread::Builder::new()
             .name("transfer-accept".into())
             .spawn(move || accept_loop(listener, config, receiver))?;
@@ -78,11 +93,38 @@ impl Transfer {
                 fingerprint,
             },
             provider,
+            receiver: local,
         }))
     }
 
     pub fn local_addr(&self) -> &str {
         &self.endpoint.address
+    }
+
+    /// A stream to this node itself: a socket pair, its far end served by
+    /// a thread of this process (the certificate is ours: nothing to pin).
+    fn connect_local(&self, hello: &MoveHello) -> Result<Box<dyn MoveLink>, DriverError> {
+        let unavailable =
+            |e: io::Error| DriverError::Unavailable(format!("a move stream to {LOCAL_PEER}: {e}"));
+        let (mut near, far) = UnixStream::pair().map_err(unavailable)?;
+        for s in [&near, &far] {
+            s.set_read_timeout(Some(IO_TIMEOUT)).map_err(unavailable)?;
+            s.set_write_timeout(Some(IO_TIMEOUT)).map_err(unavailable)?;
+        }
+        let receiver = self.receiver.clone();
+        std::thread::Builder::new()
+            .name("transfer-recv".into())
+            .spawn(move || {
+                let mut far = far;
+                if let Err(e) = serve_stream(&mut far, &receiver) {
+                    tracing::warn!(peer = LOCAL_PEER, error = %e, "a move stream ended with an error");
+                }
+            })
+            .map_err(unavailable)?;
+        proto::send_json(&mut near, proto::HELLO, hello).map_err(|e| link_error(LOCAL_PEER, e))?;
+        let ready: proto::Ready =
+            proto::expect_json(&mut near, proto::READY).map_err(|e| link_error(LOCAL_PEER, e))?;
+        Ok(Link::new(Box::new(near), LOCAL_PEER.to_string(), ready))
     }
 }
 
@@ -96,6 +138,10 @@ impl MoveTransport for Transfer {
         to: &TransferEndpoint,
         hello: &MoveHello,
     ) -> Result<Box<dyn MoveLink>, DriverError> {
+        // Our own certificate (made at start, never shared): this node.
+        if to.fingerprint == self.endpoint.fingerprint {
+            return self.connect_local(hello);
+        }
         let unavailable =
             |e: String| DriverError::Unavailable(format!("move stream to {}: {e}", to.address));
         let addr: SocketAddr = to
@@ -126,16 +172,7 @@ impl MoveTransport for Transfer {
         proto::send_json(&mut tls, proto::HELLO, hello).map_err(|e| link_error(&to.address, e))?;
         let ready: proto::Ready =
             proto::expect_json(&mut tls, proto::READY).map_err(|e| link_error(&to.address, e))?;
-        Ok(Box::new(Link {
-            tls,
-            peer: to.address.clone(),
-            target: ready
-                .hashes
-                .map(|h| h.into_iter().map(proto::digest_from_hex).collect()),
-            sent: Vec::new(),
-            passes: 0,
-            last_snapshot: None,
-        }))
+        Ok(Link::new(Box::new(tls), to.address.clone(), ready))
     }
 }
 
@@ -170,7 +207,7 @@ fn link_error(peer: &str, e: proto::ProtoError) -> DriverError {
 
 /// The sender's end of one stream.
 struct Link {
-    tls: Tls,
+    stream: Box<dyn Stream>,
     peer: String,
     /// Image moves: the digest of each chunk as the target holds it.
     target: Option<Vec<[u8; 32]>>,
@@ -180,6 +217,21 @@ struct Link {
     /// Subvolume moves: the snapshot the last pass sent (the parent of the
     /// next).
     last_snapshot: Option<std::path::PathBuf>,
+}
+
+impl Link {
+    fn new(stream: Box<dyn Stream>, peer: String, ready: proto::Ready) -> Box<dyn MoveLink> {
+        Box::new(Link {
+            stream,
+            peer,
+            target: ready
+                .hashes
+                .map(|h| h.into_iter().map(proto::digest_from_hex).collect()),
+            sent: Vec::new(),
+            passes: 0,
+            last_snapshot: None,
+        })
+    }
 }
 
 impl MoveLink for Link {
@@ -195,7 +247,7 @@ impl MoveLink for Link {
             ballast_core::moves::MoveData::Image(path) => {
                 let target = self.target.get_or_insert_with(Vec::new);
                 image::send_pass(
-                    &mut self.tls,
+                    &mut self.stream,
                     path,
                     target,
                     &mut self.sent,
@@ -204,7 +256,7 @@ impl MoveLink for Link {
                 )
             }
             ballast_core::moves::MoveData::Subvolume { path, work } => subvol::send_pass(
-                &mut self.tls,
+                &mut self.stream,
                 path,
                 work,
                 &mut self.last_snapshot,
@@ -224,8 +276,8 @@ impl MoveLink for Link {
         };
         let peer = self.peer.clone();
         let r = (|| {
-            proto::send_json(&mut self.tls, proto::VERIFY, &proto::Verify { hashes })?;
-            let _: proto::Done = proto::expect_json(&mut self.tls, proto::VERIFIED)?;
+            proto::send_json(&mut self.stream, proto::VERIFY, &proto::Verify { hashes })?;
+            let _: proto::Done = proto::expect_json(&mut self.stream, proto::VERIFIED)?;
             Ok(())
         })();
         r.map_err(|e| link_error(&peer, e))
@@ -234,8 +286,8 @@ impl MoveLink for Link {
     fn install(&mut self) -> Result<(), DriverError> {
         let peer = self.peer.clone();
         let r = (|| {
-            proto::send_json(&mut self.tls, proto::INSTALL, &proto::Done::default())?;
-            let _: proto::Done = proto::expect_json(&mut self.tls, proto::INSTALLED)?;
+            proto::send_json(&mut self.stream, proto::INSTALL, &proto::Done::default())?;
+            let _: proto::Done = proto::expect_json(&mut self.stream, proto::INSTALLED)?;
             Ok(())
         })();
         r.map_err(|e| link_error(&peer, e))
@@ -307,7 +359,15 @@ fn serve(
     set_timeouts(&tcp)?;
     let conn = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
     let mut tls: TlsServer = rustls::StreamOwned::new(conn, tcp);
-    let hello: MoveHello = proto::expect_json(&mut tls, proto::HELLO)?;
+    serve_stream(&mut tls, receiver)
+}
+
+/// The receiving end of a stream, TLS or local.
+fn serve_stream<S: Read + Write>(
+    tls: &mut S,
+    receiver: &Weak<dyn MoveReceiver>,
+) -> Result<(), proto::ProtoError> {
+    let hello: MoveHello = proto::expect_json(tls, proto::HELLO)?;
     let Some(rx) = receiver.upgrade() else {
         return Ok(());
     };
@@ -323,7 +383,7 @@ fn serve(
                 }
                 _ => "failed",
             };
-            proto::send_error(&mut tls, class, &e.to_string())?;
+            proto::send_error(tls, class, &e.to_string())?;
             return Ok(());
         }
     };
@@ -331,10 +391,10 @@ fn serve(
     tracing::info!(volume = %hello.volume, id = %hello.move_id, "receiving a move");
     match data {
         ballast_core::moves::MoveData::Image(path) => {
-            image::receive(&mut tls, &path, hello.size_bytes, &hello, receiver)
+            image::receive(tls, &path, hello.size_bytes, &hello, receiver)
         }
         ballast_core::moves::MoveData::Subvolume { work, .. } => {
-            subvol::receive(&mut tls, &work, &hello, receiver)
+            subvol::receive(tls, &work, &hello, receiver)
         }
     }
 }

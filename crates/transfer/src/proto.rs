@@ -105,12 +105,21 @@ struct ErrorBody {
 pub fn write_frame<W: Write>(w: &mut W, kind: u8, parts: &[&[u8]]) -> io::Result<()> {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     let len = u32::try_from(len).map_err(|_| io::Error::other("frame too large"))?;
-    let mut head = [0u8; 5];
-    head[0] = kind;
-    head[1..].copy_from_slice(&len.to_be_bytes());
+    // The head and the small parts in one write: over TLS each write is a
+    // record of its own (and a send with TCP_NODELAY).
+    let (data, small) = match parts.split_last() {
+        Some((last, rest)) if last.len() > 4096 => (Some(*last), rest),
+        _ => (None, parts),
+    };
+    let mut head = Vec::with_capacity(5 + small.iter().map(|p| p.len()).sum::<usize>());
+    head.push(kind);
+    head.extend_from_slice(&len.to_be_bytes());
+    for p in small {
+        head.extend_from_slice(p);
+    }
     w.write_all(&head)?;
-    for p in parts {
-        w.write_all(p)?;
+    if let Some(d) = data {
+        w.write_all(d)?;
     }
     Ok(())
 }
@@ -206,4 +215,31 @@ pub fn digest_from_hex(s: String) -> [u8; 32] {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_read_back_as_written() {
+        let data = vec![7u8; 64 << 10];
+        let mut wire = Vec::new();
+        write_frame(&mut wire, CHUNK, &[&3u64.to_be_bytes(), &[9u8; 32], &data]).unwrap();
+        write_frame(&mut wire, ZERO, &[&4u64.to_be_bytes()]).unwrap();
+        write_frame(&mut wire, PASS_END, &[]).unwrap();
+        let mut r = wire.as_slice();
+        let mut buf = Vec::new();
+        assert_eq!(read_frame(&mut r, &mut buf).unwrap(), CHUNK);
+        assert_eq!(buf.len(), 40 + data.len());
+        assert_eq!(
+            (&buf[..8], &buf[8..40], &buf[40..]),
+            (&3u64.to_be_bytes()[..], &[9u8; 32][..], &data[..])
+        );
+        assert_eq!(read_frame(&mut r, &mut buf).unwrap(), ZERO);
+        assert_eq!(buf, 4u64.to_be_bytes());
+        assert_eq!(read_frame(&mut r, &mut buf).unwrap(), PASS_END);
+        assert!(buf.is_empty());
+        assert!(r.is_empty());
+    }
 }

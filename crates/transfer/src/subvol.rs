@@ -111,6 +111,15 @@ fn watchdog(pid: u32, activity: Arc<AtomicU64>, done: Arc<AtomicBool>, started: 
     });
 }
 
+/// Let a pipe to or from a btrfs tool hold [`BLOCK`]: with the default 64
+/// KiB every read of the stream (and every frame) is that small, and the
+/// tool and this process take turns for each. Advisory: a pipe left at its
+/// size still works.
+fn widen_pipe(pipe: &impl std::os::fd::AsRawFd) {
+    let size = i32::try_from(BLOCK).unwrap_or(i32::MAX);
+    let _ = nix::fcntl::fcntl(pipe.as_raw_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(size));
+}
+
 fn millis(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
@@ -160,6 +169,7 @@ pub fn send_pass<S: Read + Write>(
     let mut child = cmd.spawn().map_err(|e| tool_error("btrfs send", e))?;
     let stderr = drain(child.stderr.take());
     let mut out = child.stdout.take().expect("piped");
+    widen_pipe(&out);
     let parent = last
         .as_ref()
         .and_then(|p| p.file_name())
@@ -303,6 +313,9 @@ pub fn receive<S: Read + Write>(
                 };
                 let stderr = Some(drain(child.stderr.take()));
                 let stdin = child.stdin.take();
+                if let Some(p) = &stdin {
+                    widen_pipe(p);
+                }
                 let activity = Arc::new(AtomicU64::new(0));
                 let done = Arc::new(AtomicBool::new(false));
                 let started = Instant::now();

@@ -371,22 +371,52 @@ impl VolumeService {
             .ok_or_else(|| Error::not_found("volume", name))
     }
 
-    /// Long operations in flight (full copies), with their progress.
     /// Long operations in flight: this node's, and the moves other nodes
-    /// run (as far as their records say).
+    /// run (as far as their records say), each with its rate and ETA.
     pub fn operations(&self) -> Vec<crate::progress::Operation> {
         let mut ops = self.operations.list();
         let me = self.config.node_id.as_str();
-        for m in self.moves.read().values() {
+        let moves = self.moves.read();
+        // Both ends in full: a move between two pools of one node would
+        // otherwise read `n1 → n1`.
+        let route = |m: &crate::moves::MoveRecord| {
+            format!(
+                "{}/{} → {}/{}",
+                m.from_node, m.from_pool, m.to_node, m.to_pool
+            )
+        };
+        for op in ops.iter_mut().filter(|o| o.kind == "move") {
+            if let Some(m) = moves.get(&op.target) {
+                op.source = route(m);
+            }
+        }
+        for m in moves.values() {
             if m.in_flight() && m.from_node != me {
-                ops.push(crate::progress::Operation {
-                    kind: "move".into(),
-                    target: m.volume.clone(),
-                    source: format!("{} → {}", m.from_node, m.to_node),
-                    started_at: m.requested_at,
-                    done_bytes: m.progress.done_bytes,
-                    total_bytes: m.progress.total_bytes,
-                });
+                ops.push(crate::progress::Operation::new(
+                    "move",
+                    &m.volume,
+                    &route(m),
+                    m.requested_at,
+                    (m.progress.done_bytes, m.progress.total_bytes),
+                    m.progress.rate,
+                ));
+            }
+        }
+        drop(moves);
+        // Backups other nodes run, from their records (a store read: what
+        // runs here is listed above already).
+        if self.is_clustered() {
+            for r in self.backup_records().unwrap_or_default() {
+                if r.in_flight() && r.node != me {
+                    ops.push(crate::progress::Operation::new(
+                        "backup",
+                        &r.volume,
+                        &r.target,
+                        r.requested_at,
+                        (r.progress.done_bytes, r.progress.total_bytes),
+                        r.progress.rate,
+                    ));
+                }
             }
         }
         ops

@@ -1,5 +1,5 @@
 // The ballast dashboard. Reads the REST API every 2 s (pools, volumes,
-// claims, /metrics), copies in flight every 0.5 s, and follows
+// claims, /metrics), operations in flight every 0.5 s, and follows
 // /v1/events/stream; draws with plain DOM and
 // SVG. Read-only: it sends nothing but GETs.
 //
@@ -9,7 +9,7 @@
 
 (() => {
   const POLL_MS = 2000;
-  /** Copies in flight are polled faster: the list is tiny and a copy short. */
+  /** Operations in flight are polled faster: the list is tiny and a copy short. */
   const OPS_POLL_MS = 500;
   /** Samples kept for the charts: 5 minutes at one per poll. */
   const WINDOW = 150;
@@ -169,23 +169,53 @@
     }));
   }
 
-  // ---- copies in flight --------------------------------------------------
+  // ---- operations in flight ---------------------------------------------
+
+  /** What an operation does, in words (see Operation in the API document). */
+  function opSubject(o) {
+    switch (o.kind) {
+      case 'snapshot': return `snapshot ${o.target} of ${o.source}`;
+      case 'copy': return `copy ${o.target} from ${o.source}`;
+      // The source names both ends: `node/pool → node/pool`.
+      case 'move': return `move ${o.target} ${o.source}`;
+      case 'backup': return `backup of ${o.target} to ${o.source}`;
+      case 'restore': return `restore of backup ${o.source} into ${o.target}`;
+      default: return `${o.kind} ${o.target} from ${o.source}`;
+    }
+  }
+
+  /** `45 s`, `3 min 20 s`, `2 h 5 min`. */
+  function duration(secs) {
+    const s = Math.max(0, Math.round(secs));
+    if (s < 60) return `${s} s`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+    return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  }
+
+  /** The daemon's rate and ETA; empty until it has measured a rate. */
+  function rateText(o) {
+    if (!o.rate_bytes_per_sec) return '';
+    const rate = `${bytes(o.rate_bytes_per_sec)}/s`;
+    return typeof o.eta_seconds === 'number' ? `${rate} · ${duration(o.eta_seconds)} left` : rate;
+  }
 
   function renderOperations(ops) {
     $('operations-panel').hidden = !ops.length;
     $('operations').replaceChildren(...ops.map((o) => {
       const total = o.total_bytes;
-      const done = Math.min(o.done_bytes, total);
-      // No value: an indeterminate bar until the copy knows its size.
+      const done = total ? Math.min(o.done_bytes, total) : o.done_bytes;
+      // No value: an indeterminate bar until the operation knows its size
+      // (a btrfs send knows it only at its end).
       const bar = el('progress', total ? { max: total, value: done } : {});
-      const what = o.kind === 'snapshot'
-        ? `snapshot ${o.target} of ${o.source}`
-        : `${o.target} from ${o.source}`;
+      const what = opSubject(o);
+      const figures = total
+        ? `${pctText(done, total)} · ${bytes(done)} of ${bytes(total)}`
+        : done ? `${bytes(done)} so far` : 'measuring…';
       return el('li', { class: 'op', 'data-op': `${o.kind}:${o.target}` },
         el('span', { class: 'subject', title: what }, what),
         bar,
-        el('span', { class: 'figures' },
-          total ? `${pctText(done, total)} · ${bytes(done)} of ${bytes(total)}` : 'measuring…'));
+        el('span', { class: 'figures' }, figures),
+        el('span', { class: 'rate' }, rateText(o)));
     }));
   }
 
