@@ -327,10 +327,25 @@ pub fn receive<S: Read + Write>(
             }
             proto::VERIFY => {
                 let v: proto::Verify = proto::parse(&buf)?;
-                if let Err(e) = file.sync_all() {
-                    return proto::send_error(tls, "failed", &DriverError::io(path, e).to_string());
+                // The read-back runs while the fsync waits for the disk:
+                // both read the same pages, and the answer waits for both.
+                let (synced, checked) = std::thread::scope(|s| {
+                    let synced = s.spawn(|| file.sync_all());
+                    let checked = verify(path, size, v.hashes.unwrap_or_default());
+                    (synced.join(), checked)
+                });
+                match synced {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        return proto::send_error(
+                            tls,
+                            "failed",
+                            &DriverError::io(path, e).to_string(),
+                        )
+                    }
+                    Err(_) => return proto::send_error(tls, "failed", "the fsync thread panicked"),
                 }
-                match verify(path, size, v.hashes.unwrap_or_default()) {
+                match checked {
                     Ok(()) => proto::send_json(tls, proto::VERIFIED, &proto::Done { bytes: size })?,
                     Err(e) => {
                         let class = if matches!(e, DriverError::Corrupt(_)) {
