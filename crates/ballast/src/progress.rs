@@ -126,15 +126,17 @@ fn watch(
 /// `25% (512MiB of 2GiB), 100MiB/s, eta 16 seconds`; without a total,
 /// `512MiB, 100MiB/s`.
 fn describe(op: &Operation) -> String {
-    let mut s = if op.total_bytes == 0 {
-        format_size(op.done_bytes)
-    } else {
-        let pct = op.done_bytes.saturating_mul(100) / op.total_bytes;
-        format!(
+    let mut s = match op
+        .done_bytes
+        .saturating_mul(100)
+        .checked_div(op.total_bytes)
+    {
+        None => format_size(op.done_bytes),
+        Some(pct) => format!(
             "{pct}% ({} of {})",
             format_size(op.done_bytes),
             format_size(op.total_bytes)
-        )
+        ),
     };
     let rate = rate_and_eta(op);
     if !rate.is_empty() {

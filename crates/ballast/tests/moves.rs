@@ -573,7 +573,7 @@ fn the_cli_draws_a_moving_bar_on_a_terminal_and_quiet_lines_through_a_pipe() {
     // Each redraw: `moving mv to N (p2) [===>   ]  42% 430.00 MiB/1.00 GiB
     // 412MiB/s, eta 2 seconds`.
     let draws: Vec<&str> = tty
-        .split(|c| c == '\r' || c == '\n')
+        .split(['\r', '\n'])
         .filter(|l| l.contains("moving mv to") && l.contains("] "))
         .collect();
     let mut percents = std::collections::BTreeSet::new();

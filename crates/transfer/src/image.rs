@@ -307,7 +307,6 @@ pub fn receive<S: Read + Write>(
                     have[idx].copy_from_slice(&buf[8..40]);
                     received += len;
                     file.write_all_at(&buf[40..], start)
-                        .inspect(|()| start_writeback(&file, start, len))
                 } else {
                     have[idx] = ZERO;
                     punch_hole(&file, start, len)
@@ -323,14 +322,30 @@ pub fn receive<S: Read + Write>(
                 }
             }
             proto::PASS_END => {
-                proto::send_json(tls, proto::PASS_DONE, &proto::Done { bytes: received })?
+                proto::send_json(tls, proto::PASS_DONE, &proto::Done { bytes: received })?;
+                start_writeback(&file);
             }
             proto::VERIFY => {
                 let v: proto::Verify = proto::parse(&buf)?;
-                if let Err(e) = file.sync_all() {
-                    return proto::send_error(tls, "failed", &DriverError::io(path, e).to_string());
+                // The read-back runs while the fsync waits for the disk:
+                // both read the same pages, and the answer waits for both.
+                let (synced, checked) = std::thread::scope(|s| {
+                    let synced = s.spawn(|| file.sync_all());
+                    let checked = verify(path, size, v.hashes.unwrap_or_default());
+                    (synced.join(), checked)
+                });
+                match synced {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        return proto::send_error(
+                            tls,
+                            "failed",
+                            &DriverError::io(path, e).to_string(),
+                        )
+                    }
+                    Err(_) => return proto::send_error(tls, "failed", "the fsync thread panicked"),
                 }
-                match verify(path, size, v.hashes.unwrap_or_default()) {
+                match checked {
                     Ok(()) => proto::send_json(tls, proto::VERIFIED, &proto::Done { bytes: size })?,
                     Err(e) => {
                         let class = if matches!(e, DriverError::Corrupt(_)) {
@@ -376,19 +391,23 @@ fn verify(path: &Path, size: u64, expected: Vec<String>) -> Result<(), DriverErr
     Ok(())
 }
 
-/// Start writing `[start, start + len)` of `file` to disk without waiting:
-/// the check's fsync then finds most of the data already written, instead
-/// of all of it at once after the pass. Advisory: a failure changes
+/// Start writing what a pass wrote to disk, on a thread of its own: the
+/// disk then works while the sender runs its next pass (which, for a
+/// volume nobody wrote to meanwhile, reads and sends nothing), and the
+/// check's fsync finds the most of it done. Advisory: a failure changes
 /// nothing (the fsync still writes whatever is left).
-fn start_writeback(file: &File, start: u64, len: u64) {
-    let (Ok(off), Ok(len)) = (libc::off64_t::try_from(start), libc::off64_t::try_from(len)) else {
-        return;
-    };
-    // SAFETY: sync_file_range on a descriptor we own; it only starts
-    // writeback of pages already written.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE);
-    }
+fn start_writeback(file: &File) {
+    let Ok(file) = file.try_clone() else { return };
+    let _ = std::thread::Builder::new()
+        .name("transfer-flush".into())
+        .spawn(move || {
+            // SAFETY: sync_file_range on a descriptor this thread owns, over
+            // the whole file (length 0: to its end); it only starts
+            // writeback of written pages.
+            unsafe {
+                libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+            }
+        });
 }
 
 fn punch_hole(file: &File, start: u64, len: u64) -> io::Result<()> {

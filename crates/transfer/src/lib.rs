@@ -124,7 +124,11 @@ impl Transfer {
         proto::send_json(&mut near, proto::HELLO, hello).map_err(|e| link_error(LOCAL_PEER, e))?;
         let ready: proto::Ready =
             proto::expect_json(&mut near, proto::READY).map_err(|e| link_error(LOCAL_PEER, e))?;
-        Ok(Link::new(Box::new(near), LOCAL_PEER.to_string(), ready))
+        Ok(Box::new(Link::new(
+            Box::new(near),
+            LOCAL_PEER.to_string(),
+            ready,
+        )))
     }
 }
 
@@ -172,7 +176,11 @@ impl MoveTransport for Transfer {
         proto::send_json(&mut tls, proto::HELLO, hello).map_err(|e| link_error(&to.address, e))?;
         let ready: proto::Ready =
             proto::expect_json(&mut tls, proto::READY).map_err(|e| link_error(&to.address, e))?;
-        Ok(Link::new(Box::new(tls), to.address.clone(), ready))
+        Ok(Box::new(Link::new(
+            Box::new(tls),
+            to.address.clone(),
+            ready,
+        )))
     }
 }
 
@@ -220,8 +228,8 @@ struct Link {
 }
 
 impl Link {
-    fn new(stream: Box<dyn Stream>, peer: String, ready: proto::Ready) -> Box<dyn MoveLink> {
-        Box::new(Link {
+    fn new(stream: Box<dyn Stream>, peer: String, ready: proto::Ready) -> Self {
+        Link {
             stream,
             peer,
             target: ready
@@ -230,7 +238,7 @@ impl Link {
             sent: Vec::new(),
             passes: 0,
             last_snapshot: None,
-        })
+        }
     }
 }
 
