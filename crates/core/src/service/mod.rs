@@ -263,7 +263,8 @@ pub struct VolumeService {
     pub(crate) autogrow_at_max: Mutex<std::collections::HashSet<String>>,
     /// What the pool watcher remembers between passes.
     pub(crate) pool_watch: crate::remediation::PoolWatches,
-    /// Copies in flight and how far they have got.
+    /// Long operations in flight (copies, moves, backups, restores) and how
+    /// far they have got.
     pub(crate) operations: Arc<crate::progress::Operations>,
     /// `want/<volume>` records: work asked of some node (see
     /// [`crate::desired`]).
