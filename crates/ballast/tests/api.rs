@@ -21,6 +21,8 @@ use serde_json::{json, Value};
 const COMMITTED_OPENAPI: &str = include_str!("../../../openapi.json");
 /// The router's source: the routes it registers are read from it.
 const REST_SOURCE: &str = include_str!("../../server/src/rest.rs");
+/// The backup routes, merged into the router from their own module.
+const BACKUP_ROUTES_SOURCE: &str = include_str!("../../server/src/backups.rs");
 
 /// A reply: status, lower-cased header lines, body.
 struct Reply {
@@ -331,10 +333,17 @@ fn the_served_openapi_document_is_the_committed_one() {
     assert!(served["openapi"].as_str().unwrap().starts_with("3."));
 }
 
-/// (path, methods) of every `.route(...)` in the router's source.
+/// (path, methods) of every `.route(...)` in the router's sources.
 fn router_routes() -> Vec<(String, Vec<String>)> {
     let mut out = Vec::new();
-    let parts: Vec<&str> = REST_SOURCE.split(".route(").skip(1).collect();
+    assert!(
+        REST_SOURCE.contains(".merge(crate::backups::routes())"),
+        "the router no longer merges the backup routes: update this test"
+    );
+    let parts: Vec<&str> = [REST_SOURCE, BACKUP_ROUTES_SOURCE]
+        .iter()
+        .flat_map(|src| src.split(".route(").skip(1))
+        .collect();
     for part in parts {
         let part = part.trim_start();
         let path = part
@@ -348,6 +357,8 @@ fn router_routes() -> Vec<(String, Vec<String>)> {
             ".fallback(",
             ".layer(",
             ".method_not_allowed_fallback(",
+            // The end of a function that only builds routes.
+            "\n}",
         ]
         .iter()
         .filter_map(|m| part.find(m))
