@@ -802,13 +802,14 @@ fn default_size_precedence_is_flag_then_env_then_file() {
     }
 }
 
-fn serve_to_exit(state: &Path, run: &Path) -> Output {
+fn serve_to_exit(state: &Path, run: &Path, extra: &[&str]) -> Output {
     let mut child = Command::new(BIN)
         .arg("serve")
         .arg("--state-dir")
         .arg(state)
         .arg("--run-dir")
         .arg(run)
+        .args(extra)
         .env("RUST_LOG", "info")
         .env("RUST_BACKTRACE", "1")
         .stdin(Stdio::null())
@@ -885,7 +886,7 @@ fn serve_refuses_a_corrupt_store_and_leaves_it_alone() {
         let store = state.join("ballast.redb");
         std::fs::write(&store, &bytes).unwrap();
 
-        let out = serve_to_exit(&state, &run);
+        let out = serve_to_exit(&state, &run, &[]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
         assert_eq!(
@@ -1216,4 +1217,42 @@ fn the_document_declares_parameters_errors_and_security() {
     let acquire = &doc["components"]["schemas"]["AcquireClaimBody"]["properties"];
     assert_eq!(acquire["volumes"]["minItems"], 1);
     assert_eq!(acquire["volumes"]["uniqueItems"], true);
+}
+
+/// A transfer listener that cannot be had stops the start with one clear
+/// line, and leaves no socket behind.
+#[test]
+fn serve_refuses_a_bad_transfer_listen_address() {
+    for (addr, reason) in [
+        ("nonsense:xx", "invalid socket address"),
+        ("10.255.255.1:0", "listening for moves on 10.255.255.1:0"),
+    ] {
+        let scratch = tempfile::Builder::new()
+            .prefix("ballast-test-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let state = scratch.path().join("state");
+        let run = scratch.path().join("run");
+        let out = serve_to_exit(
+            &state,
+            &run,
+            &["--listen", "none", "--no-docker", "--transfer-listen", addr],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{addr}: {stderr}");
+        let last = stderr.trim_end().lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("ballast: ") && last.contains(reason),
+            "{addr}: {stderr}"
+        );
+        let sockets: Vec<_> = std::fs::read_dir(&run)
+            .map(|r| r.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            !sockets
+                .iter()
+                .any(|n| n.to_string_lossy().ends_with(".sock")),
+            "{addr}: left {sockets:?}"
+        );
+    }
 }
