@@ -629,3 +629,61 @@ fn the_cli_draws_a_moving_bar_on_a_terminal_and_quiet_lines_through_a_pipe() {
     d.ok(&["pool", "rm", "p2"]);
     d.assert_no_leftovers();
 }
+
+/// A target that stops answering in the middle of a pass (SIGSTOP: its
+/// sockets stay open, nothing is read): the source's calls time out, the
+/// move makes no progress and is rolled back, and the volume, held for the
+/// pass, is the source's again, intact. Once the target runs again it
+/// discards what it received.
+#[test]
+fn a_target_that_stops_answering_mid_pass_is_rolled_back_and_nothing_blocks() {
+    if !prerequisites("a_target_that_stops_answering_mid_pass_is_rolled_back_and_nothing_blocks") {
+        return;
+    }
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let c = Cluster::start();
+    let h1 = c.node("h1");
+    h1.ok(&["volume", "create", "st", "--size", "1G", "--node", "h1"]);
+    let mp = h1.ok(&["volume", "mount", "st"]);
+    let sum = write_random(Path::new(mp.trim()), "f", 600);
+    h1.ok(&["volume", "unmount", "st"]);
+    h1.ok(&["volume", "move", "st", "--to", "h2", "--detach"]);
+    eventually("the pass is under way", Duration::from_secs(60), || {
+        let (_, m) = h1.http("GET", "/v1/volumes/st/move", b"");
+        let going = m["progress"]["done_bytes"].as_u64() > Some(0);
+        assert_ne!(
+            m["phase"], "committed",
+            "the move ended before the target could be stopped"
+        );
+        going.then_some(()).ok_or(m)
+    });
+    let h2 = Pid::from_raw(c.node("h2").pid().unwrap() as i32);
+    kill(h2, Signal::SIGSTOP).unwrap();
+    // No progress for the stall limit: rolled back, with a reason.
+    let failed = eventually("the move is rolled back", Duration::from_secs(240), || {
+        let (code, m) = h1.http("GET", "/v1/volumes/st/move", b"");
+        (code == 200 && m["phase"] == "failed")
+            .then_some(m.clone())
+            .ok_or(m)
+    });
+    kill(h2, Signal::SIGCONT).unwrap();
+    assert!(
+        failed["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{failed}"
+    );
+    // The source has it again, usable, with its data; nobody else does.
+    let v = h1.json(&["volume", "inspect", "st"]);
+    assert_eq!(v["state"], "available", "{v}");
+    assert_eq!(c.placement("h3", "st").0, "h1");
+    assert_eq!(checksum_on(&c, "h1", "st", "f"), sum);
+    eventually(
+        "h2 discards what it received",
+        Duration::from_secs(60),
+        || {
+            let l = leftovers(&pool_dir(&c, "h2"));
+            l.is_empty().then_some(()).ok_or(l)
+        },
+    );
+    c.node("h1").assert_no_leftovers();
+}

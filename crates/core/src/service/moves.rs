@@ -432,6 +432,10 @@ impl VolumeService {
         let done = Arc::new(AtomicBool::new(false));
         let reporter = self.start_progress_reporter(&rec, &op, &cancel, &done);
         let mut last_progress = Instant::now();
+        // Progress is the count changing (a pass restarts it from 0), not
+        // the count being above 0: an attempt that never gets to send
+        // leaves the last one's count where it was.
+        let mut last_done = op.progress().get().0;
         let result = loop {
             match self.move_attempt(&name, &rec.id, op.progress(), &cancel) {
                 Ok(()) => break Ok(()),
@@ -445,7 +449,8 @@ impl VolumeService {
                 Err(e) if is_final(&e) => break Err(e),
                 Err(e) => {
                     let (done_bytes, _) = op.progress().get();
-                    if done_bytes > 0 {
+                    if done_bytes != last_done {
+                        last_done = done_bytes;
                         last_progress = Instant::now();
                     }
                     if last_progress.elapsed() > MOVE_STALL {
