@@ -8,40 +8,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::ceph::{require_ceph, Ceph};
 use common::etcd::{require_etcd, EtcdCluster};
 use common::netns::{require_netns, Net};
-use common::{require_root_loop, require_tool, Daemon};
-
-fn eventually<T, E: std::fmt::Debug>(
-    what: &str,
-    limit: Duration,
-    mut f: impl FnMut() -> Result<T, E>,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(e) if Instant::now() > deadline => panic!("never happened: {what}; last: {e:?}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
-}
-
-fn sha256(path: &Path) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
+use common::{eventually, require_root_loop, require_tool, sha256, Daemon};
 
 /// `mib` MiB of random data at `offset_mib` of file `name` (created if
 /// need be, never truncated); synced.

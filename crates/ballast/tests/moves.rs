@@ -7,11 +7,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::etcd::{require_etcd, EtcdCluster};
 use common::netns::{require_netns, Net};
-use common::{require_root_loop, Daemon};
+use common::{eventually, require_root_loop, sha256, Daemon};
 
 /// h3 starts first and so is the controller; h1 and h2 hold the volumes.
 const HOSTS: [&str; 3] = ["h3", "h1", "h2"];
@@ -124,34 +124,6 @@ impl Drop for Cluster {
 
 fn prerequisites(test: &str) -> bool {
     require_netns(test) && require_root_loop(test) && require_etcd(test)
-}
-
-fn eventually<T, E: std::fmt::Debug>(
-    what: &str,
-    limit: Duration,
-    mut f: impl FnMut() -> Result<T, E>,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(e) if Instant::now() > deadline => panic!("never happened: {what}; last: {e:?}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
-}
-
-fn sha256(path: &Path) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 /// Write `mib` MiB of random data into the file `name` of a mounted volume.

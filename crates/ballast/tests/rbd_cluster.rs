@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::ceph::{require_ceph, Ceph};
 use common::etcd::{require_etcd, EtcdCluster};
 use common::netns::{require_netns, Net};
-use common::{require_root_loop, Daemon};
+use common::{eventually, require_root_loop, Daemon};
 
 const HOSTS: [&str; 3] = ["h1", "h2", "h3"];
 const MEMBERS: [&str; 3] = ["e1", "e2", "e3"];
@@ -179,21 +179,6 @@ fn plugin_call(sock: &Path, endpoint: &str, body: serde_json::Value) -> serde_js
             String::from_utf8_lossy(&resp[split + 4..])
         )
     })
-}
-
-fn eventually<T, E: std::fmt::Debug>(
-    what: &str,
-    limit: Duration,
-    mut f: impl FnMut() -> Result<T, E>,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(e) if Instant::now() > deadline => panic!("never happened: {what}; last: {e:?}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
 }
 
 /// Nothing of `d`'s mapping is left on its host: no rbd-fuse, no mount or
