@@ -346,6 +346,17 @@ fn create(c: &Client, output: Output, a: &CreateArgs) -> anyhow::Result<()> {
         Some(("backup", &rec.volume)),
         || loop {
             let r: BackupRecord = c.get(&path)?;
+            // A run whose node is down is never started: give up a little
+            // after its deadline (a live node fails it by then).
+            if r.in_flight() && chrono::Utc::now() > r.deadline + chrono::Duration::seconds(10) {
+                anyhow::bail!(
+                    "backup run {} did not finish by its deadline ({}); node {} that runs it may be down (see `GET /v1/backup-runs/{}`)",
+                    r.id,
+                    r.deadline.to_rfc3339(),
+                    r.node,
+                    r.id
+                );
+            }
             match r.phase {
                 BackupPhase::Done => return Ok(r),
                 BackupPhase::Failed => anyhow::bail!(

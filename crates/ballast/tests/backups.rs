@@ -612,6 +612,15 @@ fn a_changed_gib_uploads_little_and_both_backups_restore_on_another_host() {
     for d in &nodes {
         d.assert_no_leftovers();
     }
+    // A run on a node that is down never starts: the CLI gives up after
+    // its deadline, clearly, instead of following it for ever.
+    let mut nodes = nodes;
+    nodes[1].kill9();
+    let err = nodes[0].fails(&["backup", "create", "db", "--deadline", "3s"]);
+    assert!(
+        err.contains("did not finish by its deadline") && err.contains("h1"),
+        "{err}"
+    );
     drop(nodes);
     drop(ceph);
     drop(etcd);

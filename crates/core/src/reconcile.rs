@@ -137,6 +137,7 @@ impl VolumeService {
             mover: Default::default(),
             backup_engine: Default::default(),
             backup_workers: Default::default(),
+            backup_runs: Default::default(),
             node_lease: Mutex::new(None),
             clustered: Default::default(),
         };

@@ -558,11 +558,16 @@ impl VolumeService {
         let me = self.config.node_id.clone();
         let now = Utc::now();
         let records = self.backup_records()?;
+        *self.backup_runs.write() = records.clone();
         for r in &records {
             if r.node != me {
                 continue;
             }
-            if r.in_flight() {
+            if r.in_flight() && self.overdue(r, now) {
+                // Its worker is stuck (a read that does not return): the
+                // run is over all the same.
+                self.fail_overdue(r.clone());
+            } else if r.in_flight() {
                 self.start_backup_worker(r.clone());
             } else if now - r.updated_at
                 > chrono::Duration::from_std(FINISHED_KEPT).unwrap_or_default()
@@ -605,6 +610,35 @@ impl VolumeService {
             }
         }
         Ok(())
+    }
+
+    /// A run still going a minute past its deadline while a worker holds it.
+    fn overdue(&self, r: &BackupRecord, now: chrono::DateTime<Utc>) -> bool {
+        now > r.deadline + chrono::Duration::minutes(1)
+            && self.backup_workers.lock().contains(&r.id)
+    }
+
+    fn fail_overdue(&self, mut r: BackupRecord) {
+        let message = format!(
+            "backup {} to {} timed out after {} s: its worker did not return",
+            r.id,
+            r.target,
+            (r.deadline - r.requested_at).num_seconds()
+        );
+        tracing::warn!(volume = %r.volume, "{message}");
+        r.phase = BackupPhase::Failed;
+        r.updated_at = Utc::now();
+        r.failed = Some(crate::desired::RemoteError {
+            node: self.config.node_id.clone(),
+            class: crate::desired::ErrorClass::Unavailable,
+            message: message.clone(),
+        });
+        let ev = self
+            .events
+            .next(EventKind::Warning, None, Some(&r.volume), message);
+        if let Err(e) = self.put_backup(&r, Some(ev)) {
+            tracing::warn!(backup = %r.id, error = %e, "cannot record an overdue backup");
+        }
     }
 
     fn start_backup_worker(self: &Arc<Self>, rec: BackupRecord) {

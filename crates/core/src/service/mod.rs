@@ -289,6 +289,10 @@ pub struct VolumeService {
     pub(crate) backup_engine: std::sync::OnceLock<Arc<dyn crate::backups::BackupEngine>>,
     /// Ids of the backups this node's workers run.
     pub(crate) backup_workers: Mutex<std::collections::HashSet<String>>,
+    /// Every node's backup runs as the runner's last pass read them (at
+    /// most a second old): what `/v1/operations` lists of other nodes'
+    /// runs without a store read per poll.
+    pub(crate) backup_runs: RwLock<Vec<crate::backups::BackupRecord>>,
 }
 
 mod autogrow;
@@ -404,10 +408,10 @@ impl VolumeService {
             }
         }
         drop(moves);
-        // Backups other nodes run, from their records (a store read: what
-        // runs here is listed above already).
+        // Backups other nodes run, from their records as the runner last
+        // read them (what runs here is listed above already).
         if self.is_clustered() {
-            for r in self.backup_records().unwrap_or_default() {
+            for r in self.backup_runs.read().iter() {
                 if r.in_flight() && r.node != me {
                     ops.push(crate::progress::Operation::new(
                         "backup",
