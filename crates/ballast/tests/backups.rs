@@ -329,6 +329,31 @@ fn bad_backup_requests_fail_clearly_and_change_nothing() {
     assert!(err.contains("not found"), "{err}");
     let err = d.fails(&["backup", "inspect", "../x"]);
     assert!(err.contains("invalid argument"), "{err}");
+    for bad in [
+        vec!["--to", "bad/name"],
+        vec!["--to", "ok", "--node", "x\ty"],
+        vec!["--to", "ok", "--pool", ".."],
+    ] {
+        let mut args = vec!["backup", "restore", "20260101T000000Z-00000000"];
+        args.extend(bad.iter().copied());
+        let err = d.fails(&args);
+        assert!(err.contains("invalid argument"), "{bad:?}: {err}");
+    }
+    let err = d.fails(&[
+        "backup",
+        "target",
+        "add",
+        "k",
+        "--s3",
+        "http://127.0.0.1:1",
+        "--bucket",
+        "abc",
+        "--access-key",
+        "a",
+        "--secret-key-file",
+        "/nonexistent/secret",
+    ]);
+    assert!(err.contains("/nonexistent/secret"), "{err}");
     // Nothing of the above made a run, a backup, a schedule or a volume.
     assert_eq!(d.json(&["backup", "ls"]).as_array().unwrap().len(), 0);
     assert_eq!(
