@@ -392,6 +392,10 @@ fn a_schedule_backs_up_again_and_keeps_only_the_newest() {
     let n = list.as_array().unwrap().len();
     assert!((2..=3).contains(&n), "kept {n}: {list}");
     d.ok(&["backup", "unschedule", "v"]);
+    // Again: nothing to stop, fine; an unknown volume is not.
+    d.ok(&["backup", "unschedule", "v"]);
+    let err = d.fails(&["backup", "unschedule", "nosuch"]);
+    assert!(err.contains("not found"), "{err}");
     // The last run (if one was in flight) ends, then retention holds at 2.
     eventually("retention settles at 2", Duration::from_secs(30), || {
         let n = d.json(&["backup", "ls", "v"]).as_array().unwrap().len();

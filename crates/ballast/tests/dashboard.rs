@@ -568,17 +568,7 @@ fn chromium_shows_a_move_in_flight_with_a_moving_bar_rate_and_eta() {
     }
     let d = Daemon::start();
     let addr = d.listen_addr();
-    let p2 = d.dir.path().join("p2");
-    std::fs::create_dir_all(&p2).unwrap();
-    d.ok(&[
-        "pool",
-        "create",
-        "p2",
-        "--driver",
-        "loop",
-        "--path",
-        p2.to_str().unwrap(),
-    ]);
+    d.add_loop_pool("p2");
     d.ok(&["volume", "create", "mv", "--size", "1G"]);
     let node = d.json(&["volume", "inspect", "mv"])["node"]
         .as_str()

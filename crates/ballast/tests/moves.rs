@@ -503,17 +503,7 @@ fn the_cli_draws_a_moving_bar_on_a_terminal_and_quiet_lines_through_a_pipe() {
         return;
     }
     let d = Daemon::start();
-    let p2 = d.dir.path().join("p2");
-    std::fs::create_dir_all(&p2).unwrap();
-    d.ok(&[
-        "pool",
-        "create",
-        "p2",
-        "--driver",
-        "loop",
-        "--path",
-        p2.to_str().unwrap(),
-    ]);
+    d.add_loop_pool("p2");
     d.ok(&["volume", "create", "mv", "--size", "1G"]);
     let node = d.json(&["volume", "inspect", "mv"])["node"]
         .as_str()

@@ -330,8 +330,10 @@ pub(crate) async fn set_schedule(
     ))
 }
 
+/// Stop the volume's scheduled backups (none is fine); its backups stay.
 #[utoipa::path(delete, path = "/v1/volumes/{name}/backup-schedule",
-    responses((status = 204, description = "Removed"), (status = 404, body = ErrorReply)))]
+    responses((status = 204, description = "Removed, or there was none"),
+        (status = 404, description = "No such volume", body = ErrorReply)))]
 pub(crate) async fn remove_schedule(
     State(state): State<ApiState>,
     Path(name): Path<String>,

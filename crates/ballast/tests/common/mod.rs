@@ -431,6 +431,23 @@ impl Daemon {
         (status, v)
     }
 
+    /// Make loop pool `name` on a directory of this daemon's scratch dir
+    /// (a second pool to move or copy into); its directory.
+    pub fn add_loop_pool(&self, name: &str) -> PathBuf {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        self.ok(&[
+            "pool",
+            "create",
+            name,
+            "--driver",
+            "loop",
+            "--path",
+            dir.to_str().unwrap(),
+        ]);
+        dir
+    }
+
     pub fn pool_dir(&self) -> PathBuf {
         self.state.join("pools").join("default")
     }

@@ -520,13 +520,17 @@ impl VolumeService {
         Ok(s)
     }
 
+    /// Stop a volume's schedule; a volume without one is fine (the same
+    /// request again changes nothing).
     pub fn remove_backup_schedule(&self, volume: &str) -> Result<()> {
         validate_name("volume", volume)?;
         if self
             .read::<BackupSchedule>(&schedule_key(volume))?
             .is_none()
         {
-            return Err(Error::not_found("backup schedule", volume));
+            // A schedule outlives its volume; only a name that is neither
+            // is unknown.
+            return self.get_volume(volume).map(drop);
         }
         self.store.commit(Txn::new().delete(schedule_key(volume)))?;
         Ok(())
